@@ -1,0 +1,486 @@
+"""The tunesmith verbs as Python functions. The CLI is a thin shell over these.
+
+    from tunesmith import api
+    result = api.train(api.load_config("examples/instruct_lora.yaml"))
+    print(api.generate(result.run_dir, "What is the opposite of hot?"))
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import Config, config_to_yaml, load_config  # noqa: F401  (re-exported)
+from tunesmith.errors import UserError
+
+FINAL_DIR = "final"
+MERGED_DIR = "merged"
+EVAL_DIR = "eval"
+RUN_INFO_FILE = "tunesmith.json"  # in final/: task and base model, for generate/eval/predict
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    final_dir: Path
+    merged_dir: Path | None
+    before: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def _say(console: Any, message: str) -> None:
+    if console is not None:
+        console.print(message)
+
+
+def setup_torch(config: Config) -> str:
+    """Threads, seed and device for a run; returns the device."""
+    import torch
+
+    from tunesmith.models.load import select_device
+
+    if config.train.num_threads:
+        torch.set_num_threads(config.train.num_threads)
+    torch.manual_seed(config.train.seed)
+    return select_device(config.model.device)
+
+
+def environment() -> dict[str, Any]:
+    import peft
+    import torch
+    import transformers
+
+    from tunesmith import __version__
+
+    info = {
+        "tunesmith": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def train(
+    config: Config,
+    resume: bool = False,
+    merge: bool = False,
+    console: Any = None,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Finetune as the config says; returns where the run went and the before/after metrics."""
+    from tunesmith.models.adapters import count_parameters
+    from tunesmith.models.load import load_tokenizer, resolve_model_path
+    from tunesmith.tasks import get_task
+    from tunesmith.train import rundir
+    from tunesmith.train.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+    from tunesmith.train.loop import LoopSettings, stop_on_signals, train_loop
+    from tunesmith.train.optim import build_optimizer, build_scheduler
+
+    started = time.perf_counter()
+    task = get_task(config.task)
+    device = setup_torch(config)
+    model_path = resolve_model_path(config.model.name)
+    run_dir = rundir.plan_run_dir(config, model_path, resume)
+
+    # Everything that can fail on the user's input happens before anything is written.
+    tokenizer = load_tokenizer(model_path, config.model)
+    prepared = task.prepare_data(config, tokenizer)
+    _say(console, f"[bold]data[/bold]: {_stats_line(prepared.stats)}")
+    findings = preflight(config, prepared, model_path, console)
+    model = task.build_model(model_path, config, device, prepared)
+    loss_module = task.make_loss(model, config)
+    trainable, total = count_parameters(model)
+    _say(console, f"[bold]model[/bold]: {model_path} on {device}, {trainable:,} of {total:,} parameters trainable "
+                  f"({config.adapter.method})")
+
+    from tunesmith.data.pack import RowSchedule
+
+    schedule = RowSchedule(len(prepared.rows), config.train.batch_size, config.train.gradient_accumulation_steps,
+                           config.train.seed)
+    total_steps = config.train.max_steps or schedule.steps_for_epochs(config.train.epochs)
+    optimizer = build_optimizer(loss_module, config.train, device)
+    scheduler = build_scheduler(optimizer, config.train, total_steps)
+    state = TrainerState(step=0, total_steps=total_steps)
+
+    checkpoint = latest_checkpoint(run_dir / "checkpoints") if resume else None
+    if resume and checkpoint is None and run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"--resume: {run_dir} has no complete checkpoint to resume from")
+    if checkpoint is not None:
+        check_resume_compatible(run_dir, config, console)
+    rundir.create_run_dir(run_dir, config)
+    _say(console, f"[bold]run[/bold]: {run_dir}")
+    rundir.write_json(run_dir / EVAL_DIR / "data_check.json", findings)
+    rundir.write_json(run_dir / "environment.json", environment())
+    log = rundir.MetricsLogger(run_dir, tensorboard=config.logging.tensorboard)
+
+    try:
+        before: dict[str, Any] = {}
+        if checkpoint is not None:
+            state = load_checkpoint(checkpoint, loss_module, optimizer, scheduler)
+            state.total_steps = total_steps
+            _say(console, f"resuming from {checkpoint} (step {state.step} of {total_steps})")
+            before_file = run_dir / EVAL_DIR / "before.json"
+            before = json.loads(before_file.read_text()) if before_file.is_file() else {}
+        elif config.eval.before:
+            _say(console, "evaluating the base model ...")
+            before = _evaluate(task, model, loss_module, prepared, tokenizer, config, device, "before")
+            rundir.write_json(run_dir / EVAL_DIR / "before.json", before)
+            _say(console, f"before: {_metrics_line(before)}")
+
+        def step_batches(step: int) -> list[dict[str, Any]]:
+            return [prepared.collate([prepared.rows[i] for i in micro]) for micro in schedule.rows_for_step(step)]
+
+        def evaluate_during(step: int) -> dict[str, Any]:
+            metrics = task.evaluate(model, loss_module, prepared, tokenizer, config, device, "during", generate=False)
+            return {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+        def save(current: TrainerState) -> Path:
+            return save_checkpoint(run_dir / "checkpoints", loss_module, optimizer, scheduler, current,
+                                   config.train.keep_last)
+
+        settings = LoopSettings(
+            total_steps=total_steps,
+            device=device,
+            max_grad_norm=config.train.max_grad_norm,
+            log_every=config.train.log_every,
+            eval_every=config.train.eval_every if prepared.eval else 0,
+            save_every=config.train.save_every,
+            on_nonfinite=config.train.on_nonfinite,
+            max_skipped_steps=config.train.max_skipped_steps,
+        )
+        with stop_on_signals() as stop, _progress(config, total_steps, state.step, console) as advance:
+            def on_step_all(step: int, record: dict[str, Any]) -> None:
+                advance(step, record)
+                if on_step is not None:
+                    on_step(step, record)
+
+            state = train_loop(loss_module, optimizer, scheduler, step_batches, settings, state, log,
+                               evaluate=evaluate_during if prepared.eval else None, save=save, stop=stop,
+                               on_step=on_step_all)
+        save(state)  # the final checkpoint: resuming a finished run is a no-op, not a restart
+
+        final_dir = run_dir / FINAL_DIR
+        _write_final(task, model, tokenizer, final_dir, prepared, config, model_path)
+        after: dict[str, Any] = {}
+        if config.eval.after:
+            after = _evaluate(task, model, loss_module, prepared, tokenizer, config, device, "after")
+            rundir.write_json(run_dir / EVAL_DIR / "after.json", after)
+            _say(console, f"after:  {_metrics_line(after)}")
+        merged_dir = None
+        if merge:
+            merged_dir = run_dir / MERGED_DIR
+            merge_adapter(final_dir, merged_dir)
+            _say(console, f"merged model: {merged_dir}")
+        seconds = time.perf_counter() - started
+        rundir.write_json(run_dir / rundir.SUMMARY_FILE, {
+            "task": config.task, "base_model": model_path, "steps": state.step, "seconds": seconds,
+            "before": before, "after": after, "final_dir": str(final_dir),
+            "trainable_parameters": trainable, "total_parameters": total,
+            "data": _jsonable_stats(prepared.stats),
+        })
+        write_report(run_dir, console=None)
+        return RunResult(run_dir, final_dir, merged_dir, before, after, state.step, seconds)
+    finally:
+        log.close()
+
+
+def _evaluate(task: Any, model: Any, loss_module: Any, prepared: Any, tokenizer: Any, config: Config,
+              device: str, phase: str) -> dict[str, Any]:
+    metrics = task.evaluate(model, loss_module, prepared, tokenizer, config, device, phase)
+    if config.eval.forgetting and config.task != "classify":
+        metrics["general"] = general_perplexity(loss_module, tokenizer, config, device)
+    return metrics
+
+
+def general_perplexity(loss_module: Any, tokenizer: Any, config: Config, device: str) -> dict[str, float]:
+    """The forgetting probe: perplexity on general reference text (the embedded corpus by default)."""
+    from tunesmith.data.load import read_text_file
+    from tunesmith.data.templates import IGNORE_INDEX
+    from tunesmith.data.tokenize import Example
+    from tunesmith.evaluate.metrics import lm_metrics
+    from tunesmith.models.load import GENERAL_TEXT_PATH
+
+    path = Path(config.data.general_text) if config.data.general_text else GENERAL_TEXT_PATH
+    if not path.is_file():
+        raise UserError(f"config key `data.general_text`: file {path} not found")
+    text, _ = read_text_file(path)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][: config.eval.max_general_tokens]
+    block = min(config.data.max_seq_len, 512)
+    examples = [Example(ids[i : i + block], list(ids[i : i + block])) for i in range(0, len(ids) - 1, block)]
+    examples = [e for e in examples if len(e.input_ids) > 1]
+    for example in examples:
+        example.labels[0] = IGNORE_INDEX
+    metrics = lm_metrics(loss_module, examples, tokenizer.pad_token_id, block, config.train.batch_size, device,
+                         packing=False)
+    return {"loss": metrics["loss"], "perplexity": metrics["perplexity"], "source": str(path)}
+
+
+def _write_final(task: Any, model: Any, tokenizer: Any, final_dir: Path, prepared: Any, config: Config,
+                 model_path: str) -> None:
+    """Save to a temporary folder, then rename: final/ is either complete or absent."""
+    temp = final_dir.with_name(final_dir.name + ".tmp")
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir(parents=True)
+    task.save_final(model, tokenizer, temp, prepared, config)
+    info = {"task": config.task, "base_model": model_path, "method": config.adapter.method,
+            "max_seq_len": config.data.max_seq_len}
+    (temp / RUN_INFO_FILE).write_text(json.dumps(info, indent=2))
+    if final_dir.exists():
+        shutil.rmtree(final_dir)
+    temp.rename(final_dir)
+
+
+def preflight(config: Config, prepared: Any, model_path: str, console: Any) -> dict[str, Any]:
+    """The data doctor's checks before training: errors stop the run, warnings are shown and saved."""
+    if not config.data.check:
+        return {"skipped": True}
+    try:
+        from tunesmith.data import check
+    except ImportError:
+        return {"skipped": True, "reason": "data doctor not available"}
+    return check.preflight(config, prepared, console)
+
+
+def check_resume_compatible(run_dir: Path, config: Config, console: Any) -> None:
+    """Refuse a resume whose config changed what the checkpoint means; warn on harmless changes."""
+    from tunesmith.config import read_yaml
+
+    saved = read_yaml(run_dir / "config.yaml")
+    current = json.loads(json.dumps(config.model_dump(mode="json")))
+    harmless_prefixes = ("train.max_steps", "train.epochs", "train.eval_every", "train.log_every",
+                         "train.save_every", "train.keep_last", "eval.", "logging.", "data.check",
+                         "train.num_threads", "data.max_eval_examples")
+    differing = _diff_keys(saved, current)
+    blocking = [k for k in differing if not k.startswith(harmless_prefixes)]
+    if blocking:
+        raise UserError(
+            f"--resume: the config differs from the run's saved config in {', '.join(blocking)}; these change "
+            "what the checkpoint means. Restore them, or start a new run (another run_name)"
+        )
+    if differing:
+        _say(console, f"[yellow]warning[/yellow]: resuming with changed {', '.join(differing)}")
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [d for k in keys for d in _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")]
+    if a != b and not (isinstance(a, str) and a == "***"):
+        return [prefix.rstrip(".")]
+    return []
+
+
+def _jsonable_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    return {k: (asdict(v) if is_dataclass(v) else v) for k, v in stats.items()}
+
+
+def _stats_line(stats: dict[str, Any]) -> str:
+    parts = []
+    for key in ("train", "eval"):
+        value = stats.get(key)
+        if value is not None and hasattr(value, "summary"):
+            parts.append(f"{key}: {value.summary()}")
+    if stats.get("chat_template"):
+        parts.append(f"chat template: {stats['chat_template']}")
+    if stats.get("skipped_records"):
+        parts.append(f"{len(stats['skipped_records'])} bad records skipped")
+    return "; ".join(parts)
+
+
+def _metrics_line(metrics: dict[str, Any]) -> str:
+    shown = []
+    for key in ("loss", "perplexity", "token_accuracy", "accuracy", "macro_f1"):
+        if isinstance(metrics.get(key), (int, float)):
+            shown.append(f"{key} {metrics[key]:.4f}")
+    if isinstance(metrics.get("general"), dict):
+        shown.append(f"general perplexity {metrics['general']['perplexity']:.2f}")
+    return ", ".join(shown) or "(no held-out data)"
+
+
+class _progress:
+    """A rich progress bar with loss, tokens/s and ETA (or nothing when turned off)."""
+
+    def __init__(self, config: Config, total: int, start: int, console: Any):
+        self.enabled = config.logging.progress and console is not None
+        self.total, self.start, self.console = total, start, console
+
+    def __enter__(self) -> Callable[[int, dict[str, Any]], None]:
+        if not self.enabled:
+            return lambda step, record: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tok/s"),
+            TimeRemainingColumn(), console=self.console, transient=False,
+        )
+        self.progress.__enter__()
+        self.task_id = self.progress.add_task("train", total=self.total, completed=self.start, loss="-", speed="-")
+
+        def advance(step: int, record: dict[str, Any]) -> None:
+            fields = {"loss": f"{record['loss']:.4f}"}
+            if "tokens_per_second" in record:
+                fields["speed"] = f"{record['tokens_per_second']:,.0f}"
+            self.progress.update(self.task_id, completed=step, **fields)
+
+        return advance
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self.progress.__exit__(*exc)
+
+
+# --------------------------------------------------------------------------------------------
+# Using a trained model
+
+
+def resolve_trained(model_or_run: str) -> Path:
+    """A run directory -> its merged/ or final/ model; a model directory stays as it is."""
+    path = Path(model_or_run).expanduser()
+    if (path / FINAL_DIR).is_dir():
+        return path / FINAL_DIR
+    if path.is_dir():
+        return path
+    return Path(model_or_run)
+
+
+def load_for_inference(model_or_run: str, device: str = "auto", trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) for a run, an adapter directory, a model directory, 'embedded' or a hub id."""
+    from tunesmith.config import ModelConfig
+    from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve_model_path, select_device
+
+    device = select_device(device)
+    target = resolve_trained(model_or_run)
+    adapter_config = target / "adapter_config.json"
+    model_config = ModelConfig(name=str(target), trust_remote_code=trust_remote_code)
+    if adapter_config.is_file():
+        from peft import PeftModel
+
+        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        base_config = ModelConfig(name=base, trust_remote_code=trust_remote_code)
+        model = load_causal_lm(resolve_model_path(base), base_config, device)
+        try:
+            model = PeftModel.from_pretrained(model, str(target))
+        except Exception as exc:
+            raise UserError(f"{target}: not a loadable PEFT adapter ({type(exc).__name__}: {exc})") from None
+        tokenizer = load_tokenizer(str(target), model_config)
+    else:
+        path = resolve_model_path(str(target) if target.exists() else model_or_run)
+        model_config = ModelConfig(name=path, trust_remote_code=trust_remote_code)
+        model = load_causal_lm(path, model_config, device)
+        tokenizer = load_tokenizer(path, model_config)
+    model.eval()
+    return model, tokenizer
+
+
+def generate(model_or_run: str, prompt: str | list[dict[str, str]], system: str | None = None,
+             max_new_tokens: int = 128, temperature: float = 0.0, loaded: tuple[Any, Any] | None = None) -> str:
+    """The assistant's reply to `prompt` (a string or a list of messages), through the chat template."""
+    from tunesmith.data.templates import resolve_chat_template
+    from tunesmith.evaluate.generation import generate_reply
+
+    model, tokenizer = loaded or load_for_inference(model_or_run)
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
+    template = resolve_chat_template(tokenizer)
+    return generate_reply(model, tokenizer, template, messages, max_new_tokens, temperature)
+
+
+def merge_adapter(adapter_or_run: str | Path, out_dir: str | Path) -> Path:
+    """Merge a LoRA adapter into its base weights; the result loads with plain transformers."""
+    source = resolve_trained(str(adapter_or_run))
+    out_dir = Path(out_dir)
+    model, tokenizer = load_for_inference(str(source), device="cpu")
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.config.use_cache = True
+    temp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(temp, ignore_errors=True)
+    model.save_pretrained(temp, safe_serialization=True)
+    tokenizer.save_pretrained(temp)
+    info = source / RUN_INFO_FILE
+    if info.is_file():
+        shutil.copy(info, temp / RUN_INFO_FILE)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    temp.rename(out_dir)
+    return out_dir
+
+
+def preview(config: Config, num_samples: int = 3) -> list[dict[str, Any]]:
+    """Tokenized samples with each token marked trained or not (for `tunesmith data preview`)."""
+    from tunesmith.data.templates import IGNORE_INDEX
+    from tunesmith.models.load import load_tokenizer, resolve_model_path
+    from tunesmith.tasks import get_task
+
+    tokenizer = load_tokenizer(resolve_model_path(config.model.name), config.model)
+    prepared = get_task(config.task).prepare_data(config, tokenizer)
+    samples = []
+    for example in list(prepared.train)[:num_samples]:
+        pieces = []
+        if example.labels is not None:
+            for token, label in zip(example.input_ids, example.labels, strict=True):
+                pieces.append((tokenizer.decode([token]), label != IGNORE_INDEX))
+        else:
+            pieces.append((tokenizer.decode(example.input_ids), False))
+        samples.append({"source": example.source, "pieces": pieces, "label": example.label})
+    return samples
+
+
+def write_report(run_dir: str | Path, console: Any = None) -> Path | None:
+    """Build report.html for a run (the report module lands with the evaluation issue)."""
+    try:
+        from tunesmith.report import html
+    except ImportError:
+        return None
+    path = html.write_report(Path(run_dir))
+    _say(console, f"report: {path}")
+    return path
+
+
+def demo(output_dir: str = "runs", console: Any = None, max_steps: int | None = None) -> RunResult:
+    """Finetune the embedded model on the embedded sample instructions and show before/after."""
+    from tunesmith.models.load import ASSETS_DIR
+
+    samples = ASSETS_DIR / "samples"
+    config = Config.model_validate({
+        "task": "instruct",
+        "model": {"name": "embedded", "device": "cpu"},
+        "adapter": {"method": "full"},
+        "data": {"train": str(samples / "instruct.jsonl"), "eval": str(samples / "instruct_eval.jsonl"),
+                 "max_seq_len": 256},
+        "train": {"learning_rate": 1e-3, "max_steps": max_steps or 120, "batch_size": 4, "eval_every": 40,
+                  "warmup_ratio": 0.05, "log_every": 5},
+        "eval": {"num_prompts": 4, "max_new_tokens": 32},
+        "output_dir": output_dir,
+        "run_name": default_demo_name(output_dir),
+    })
+    _say(console, "[bold]tunesmith demo[/bold]: instruction finetuning of the embedded model on CPU")
+    return train(config, console=console)
+
+
+def default_demo_name(output_dir: str) -> str:
+    base = "demo"
+    index = 1
+    name = base
+    while (Path(output_dir) / name).exists():
+        index += 1
+        name = f"{base}-{index}"
+    return name

@@ -1,0 +1,259 @@
+"""The `tunesmith` command line: a thin shell over `tunesmith.api`.
+
+Heavy libraries (torch, transformers) are imported inside the commands, so `tunesmith --help`
+answers at once. A user mistake prints one line and exits with code 2 (traceback with --debug).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+app = typer.Typer(
+    name="tunesmith",
+    help="Finetune pre-trained language models on your own data (pretrain, classify, instruct).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Look at and check training data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+_state = {"debug": False}
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _run(action: Callable[[], Any]) -> Any:
+    """Run a command; turn user errors into one red line and exit code 2."""
+    from tunesmith.errors import NonFiniteError, TrainingInterrupted, UserError
+
+    try:
+        return action()
+    except UserError as exc:
+        if _state["debug"]:
+            raise
+        _console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
+        raise typer.Exit(UserError.exit_code) from None
+    except TrainingInterrupted as exc:
+        _console(stderr=True).print(f"[yellow]{exc}[/yellow]")
+        raise typer.Exit(TrainingInterrupted.exit_code) from None
+    except NonFiniteError as exc:
+        if _state["debug"]:
+            raise
+        _console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
+        raise typer.Exit(NonFiniteError.exit_code) from None
+    except KeyboardInterrupt:
+        _console(stderr=True).print("[yellow]interrupted[/yellow]")
+        raise typer.Exit(130) from None
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="show full tracebacks"),
+    version: bool = typer.Option(False, "--version", help="print the version and exit"),
+) -> None:
+    _state["debug"] = debug
+    if version:
+        from tunesmith import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+def _load(config_path: str | None, overrides: list[str] | None) -> Any:
+    from tunesmith.config import load_config
+
+    return load_config(config_path, overrides or [])
+
+
+@app.command()
+def train(
+    config: str = typer.Argument(..., help="YAML config (see examples/)"),
+    overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. train.learning_rate=1e-4"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run from its newest complete checkpoint"),
+    merge: bool = typer.Option(False, "--merge", help="also write a merged model (adapter folded into the base)"),
+    nproc: int = typer.Option(1, "--nproc", help="processes (GPUs) on this node; >1 launches torchrun"),
+) -> None:
+    """Finetune a model as the config says."""
+    if nproc > 1:
+        _exec_torchrun(nproc, sys.argv[1:])
+
+    def action() -> None:
+        from tunesmith import api
+        from tunesmith.config import config_to_yaml
+
+        cfg = _load(config, overrides)
+        console = _console()
+        console.print("[bold]resolved config[/bold]")
+        console.print(config_to_yaml(cfg), markup=False)
+        result = api.train(cfg, resume=resume, merge=merge, console=console)
+        console.print(f"[bold green]done[/bold green]: {result.steps} steps in {result.seconds:.0f}s; "
+                      f"model in {result.final_dir}")
+
+    _run(action)
+
+
+def _exec_torchrun(nproc: int, argv: list[str]) -> None:
+    args = [a for i, a in enumerate(argv) if not (a.startswith("--nproc") or (i and argv[i - 1] == "--nproc"))]
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "-m", "tunesmith", *args]
+    os.execv(sys.executable, command)
+
+
+@app.command()
+def demo(
+    output_dir: str = typer.Option("runs", help="folder for the demo run"),
+    steps: int = typer.Option(None, help="optimizer steps (default 120)"),
+) -> None:
+    """Finetune the embedded model on the embedded sample instructions (CPU, ~2 minutes)."""
+
+    def action() -> None:
+        from rich.table import Table
+
+        from tunesmith import api
+
+        console = _console()
+        result = api.demo(output_dir, console=console, max_steps=steps)
+        table = Table(title="held-out data, before and after finetuning")
+        table.add_column("metric")
+        table.add_column("before", justify="right")
+        table.add_column("after", justify="right")
+        for key in ("loss", "token_accuracy", "perplexity"):
+            if key in result.before and key in result.after:
+                table.add_row(key, f"{result.before[key]:.4f}", f"{result.after[key]:.4f}")
+        console.print(table)
+        gens = Table(title="generations on held-out prompts", show_lines=True)
+        gens.add_column("prompt")
+        gens.add_column("before")
+        gens.add_column("after")
+        gens.add_column("reference")
+        for old, new in zip(result.before.get("generations", []), result.after.get("generations", []), strict=False):
+            gens.add_row(old["prompt"], old["output"], new["output"], new.get("reference", ""))
+        console.print(gens)
+        improved = result.after.get("loss", 0) < result.before.get("loss", 0)
+        verdict = "[green]lower[/green]" if improved else "[red]not lower[/red]"
+        console.print(f"held-out loss {result.before.get('loss', float('nan')):.4f} -> "
+                      f"{result.after.get('loss', float('nan')):.4f} ({verdict}); run: {result.run_dir}")
+
+    _run(action)
+
+
+@app.command()
+def generate(
+    model: str = typer.Argument(..., help="run directory, model/adapter directory, 'embedded' or hub id"),
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="user message (repeat for several)"),
+    system: str = typer.Option(None, help="system message"),
+    max_new_tokens: int = typer.Option(128, help="tokens to generate"),
+    temperature: float = typer.Option(0.0, help="0 = greedy"),
+) -> None:
+    """Generate replies through the chat template."""
+
+    def action() -> None:
+        from tunesmith import api
+
+        loaded = api.load_for_inference(model)
+        for text in prompt:
+            reply = api.generate(model, text, system, max_new_tokens, temperature, loaded=loaded)
+            typer.echo(reply)
+
+    _run(action)
+
+
+@app.command()
+def chat(
+    model: str = typer.Argument(..., help="run directory, model/adapter directory, 'embedded' or hub id"),
+    system: str = typer.Option(None, help="system message"),
+    max_new_tokens: int = typer.Option(256, help="tokens per reply"),
+    temperature: float = typer.Option(0.7, help="sampling temperature; 0 = greedy"),
+) -> None:
+    """Talk to a model interactively (empty line or Ctrl-D to quit, /reset to start over)."""
+
+    def action() -> None:
+        from tunesmith import api
+
+        console = _console()
+        loaded = api.load_for_inference(model)
+        messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+        console.print("[dim]empty line or Ctrl-D to quit; /reset starts over[/dim]")
+        while True:
+            try:
+                text = console.input("[bold]you>[/bold] ")
+            except EOFError:
+                break
+            if not text.strip():
+                break
+            if text.strip() == "/reset":
+                messages = messages[:1] if system else []
+                continue
+            messages.append({"role": "user", "content": text})
+            reply = api.generate(model, messages, None, max_new_tokens, temperature, loaded=loaded)
+            messages.append({"role": "assistant", "content": reply})
+            console.print(f"[bold cyan]model>[/bold cyan] {reply}")
+
+    _run(action)
+
+
+@app.command()
+def merge(
+    run: str = typer.Argument(..., help="run directory or adapter directory"),
+    out: str = typer.Option(..., "--out", help="where to write the merged model"),
+) -> None:
+    """Fold a LoRA adapter into its base model (the result loads with plain transformers)."""
+
+    def action() -> None:
+        from tunesmith import api
+
+        path = api.merge_adapter(run, out)
+        typer.echo(f"merged model: {path}")
+
+    _run(action)
+
+
+@data_app.command("preview")
+def data_preview(
+    config: str = typer.Argument(..., help="YAML config"),
+    overrides: list[str] = typer.Argument(None, help="dotted overrides"),
+    num: int = typer.Option(2, "--num", "-n", help="samples to show"),
+) -> None:
+    """Show tokenized samples: trained tokens highlighted, untrained tokens dimmed."""
+
+    def action() -> None:
+        from rich.text import Text
+
+        from tunesmith import api
+
+        console = _console()
+        cfg = _load(config, overrides)
+        for sample in api.preview(cfg, num):
+            console.rule(f"{sample['source']}" + (f"  label={sample['label']}" if sample["label"] is not None else ""))
+            text = Text()
+            for piece, trained in sample["pieces"]:
+                text.append(piece, style="bold green" if trained else "dim")
+            console.print(text)
+        console.print("[bold green]green[/bold green] = trained (loss), [dim]dim[/dim] = context only")
+
+    _run(action)
+
+
+@app.command()
+def config_reference() -> None:
+    """Print every config key with its default and description (Markdown)."""
+    from tunesmith.config import config_reference as reference
+
+    typer.echo(reference())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""The typed configuration schema, YAML loading and dotted command-line overrides.
+
+Every knob a user can turn lives here, with a one-line description. The YAML maps onto
+these models one to one; unknown keys are errors that suggest the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunesmith.errors import UserError
+
+Task = Literal["instruct", "pretrain", "classify"]
+DataFormat = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "labeled"]
+
+# Keys whose values must never be printed or saved (tokens, API keys).
+SECRET_KEY_PATTERN = re.compile(r"(^|_)(token|api_key|password|secret|hf_token)$", re.IGNORECASE)
+SECRET_VALUE_PATTERN = re.compile(r"(hf_[A-Za-z0-9]{8,}|sk-[A-Za-z0-9_\-]{16,}|[0-9a-f]{40})")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    name: str = Field("embedded", description="base model: 'embedded', a local directory or a Hugging Face id")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit) when `name` is a hub id")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights dtype; auto = bf16 on GPUs that have it, fp32 on CPU"
+    )
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
+        "auto", description="attention kernel; auto = sdpa (PyTorch's own)"
+    )
+    trust_remote_code: bool = Field(
+        False, description="run Python code shipped with a model repo (off: only turn on for repos you trust)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
+    token: str | None = Field(None, description="hub token for private models (never logged or saved)")
+
+
+class AdapterConfig(Section):
+    method: Literal["lora", "full"] = Field("lora", description="lora = PEFT LoRA adapter; full = all weights")
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA alpha; scaling is alpha / r")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="modules that get LoRA: 'all-linear' or a list of module names"
+    )
+
+
+class ReplayConfig(Section):
+    path: str = Field(..., description="general text mixed into continued pretraining")
+    ratio: float = Field(0.1, gt=0.0, lt=1.0, description="fraction of training blocks taken from `path`")
+
+
+class DataConfig(Section):
+    train: str | list[str] | None = Field(None, description="training data: files, folders, globs or a hub dataset")
+    eval: str | list[str] | None = Field(None, description="held-out data; when empty, eval_fraction of train")
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of train held out when `eval` is empty")
+    max_eval_examples: int = Field(200, ge=1, description="cap on held-out examples (evaluation cost)")
+    format: DataFormat = Field("auto", description="record format; auto detects it from the fields")
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="map canonical field -> your column, e.g. {instruction: question, output: answer}",
+    )
+    max_seq_len: int = Field(512, ge=8, description="tokens per sequence; longer samples are truncated")
+    packing: bool = Field(True, description="pack several samples per row (documents never see each other)")
+    system_prompt: str | None = Field(None, description="system message prepended to conversations without one")
+    chat_template: str | None = Field(
+        None, description="Jinja chat template; default: the tokenizer's own, else tunesmith's ChatML"
+    )
+    on_error: Literal["raise", "skip"] = Field("raise", description="bad records: stop (raise) or skip them")
+    max_skipped: int = Field(100, ge=0, description="with on_error: skip, stop after this many bad records")
+    replay: ReplayConfig | None = Field(None, description="pretrain: mix general text into training")
+    general_text: str | None = Field(
+        None, description="general reference text for the forgetting probe; default: the embedded corpus"
+    )
+    labels: list[str] | None = Field(None, description="classify: label names in order; default: sorted from data")
+    multi_label: bool = Field(False, description="classify: each example may carry several labels")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="classify multi-label: decision threshold")
+    class_weights: Literal["none", "balanced"] | dict[str, float] = Field(
+        "none", description="classify: 'balanced', explicit {label: weight}, or none"
+    )
+    check: bool = Field(True, description="run the data doctor before training; errors stop the run")
+    cache_dir: str | None = Field(None, description="pretrain: token cache folder; default ~/.cache/tunesmith")
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _non_empty(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and not value:
+            raise ValueError("is an empty list; give at least one path")
+        return value
+
+
+class TrainConfig(Section):
+    learning_rate: float = Field(2e-4, gt=0.0, description="peak learning rate (LoRA ~2e-4, full ~2e-5)")
+    epochs: float = Field(1.0, gt=0.0, description="passes over the training data (ignored when max_steps is set)")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
+    batch_size: int = Field(8, ge=1, description="sequences (packed rows) per micro-batch")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="share of steps with linear warmup")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="final LR as a share of the peak")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay (not applied to norms and biases)")
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1")
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0, description="AdamW beta2")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="gradient clipping; 0 turns it off")
+    seed: int = Field(42, description="seed for init, shuffling and dropout")
+    eval_every: int = Field(50, ge=0, description="evaluate every N steps; 0 only at the end")
+    log_every: int = Field(1, ge=1, description="write metrics every N steps")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 only at the end and on interrupt")
+    keep_last: int = Field(2, ge=1, description="checkpoints kept; older ones are deleted after a successful save")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
+    on_nonfinite: Literal["stop", "skip"] = Field("stop", description="NaN/inf loss or gradient: stop, or skip step")
+    max_skipped_steps: int = Field(10, ge=0, description="with on_nonfinite: skip, stop after this many skips")
+    num_threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores")
+    compile: bool = Field(False, description="torch.compile the model (GPU fast path)")
+
+
+class EvalConfig(Section):
+    before: bool = Field(True, description="evaluate the base model before training")
+    after: bool = Field(True, description="evaluate the tuned model after training")
+    prompts: list[str] = Field(default_factory=list, description="instruct: prompts generated before and after")
+    num_prompts: int = Field(4, ge=0, description="instruct: held-out prompts to generate for when none given")
+    max_new_tokens: int = Field(64, ge=1, description="generation length for the side-by-side generations")
+    forgetting: bool = Field(True, description="perplexity on general text before and after (forgetting probe)")
+    max_general_tokens: int = Field(16384, ge=256, description="tokens of general text used by the probe")
+
+
+class LoggingConfig(Section):
+    tensorboard: bool = Field(False, description="also log to TensorBoard (runs/<name>/tensorboard)")
+    wandb: bool = Field(False, description="also log to Weights & Biases (extra: tunesmith[wandb])")
+    wandb_project: str | None = Field(None, description="W&B project")
+    mlflow: bool = Field(False, description="also log to MLflow (extra: tunesmith[mlflow])")
+    progress: bool = Field(True, description="show the progress bar")
+
+
+class DistributedConfig(Section):
+    strategy: Literal["auto", "ddp", "fsdp"] = Field("auto", description="multi-process: ddp or fsdp (FSDP2)")
+
+
+class Config(Section):
+    task: Task = Field("instruct", description="pretrain | classify | instruct")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    output_dir: str = Field("runs", description="folder that holds run directories")
+    run_name: str | None = Field(None, description="run directory name; default: <task>-<date>-<time>")
+
+    @model_validator(mode="after")
+    def _check_run_name(self) -> Config:
+        if self.run_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._\-]*", self.run_name):
+            raise ValueError(
+                f"run_name {self.run_name!r} must be a plain name (letters, digits, '.', '_', '-'; no '/' or '..')"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, overrides and errors
+
+
+def _section_fields(model_cls: type[BaseModel], path: tuple[str | int, ...]) -> list[str]:
+    """The valid keys at `path` (for 'did you mean' suggestions)."""
+    cls: Any = model_cls
+    for part in path:
+        field = cls.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        cls = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if cls is None:
+            return []
+    return list(cls.model_fields)
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            valid = _section_fields(Config, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            parent = ".".join(str(p) for p in loc[:-1])
+            hint = f"did you mean `{parent + '.' if parent else ''}{close[0]}`?" if close else ""
+            hint = hint or f"valid keys here: {', '.join(valid)}"
+            lines.append(f"{source}: unknown config key `{key}`; {hint}")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            value = item.get("input")
+            shown = "" if isinstance(value, dict) or key.endswith("token") else f" (got {value!r})"
+            lines.append(f"{source}: config key `{key}`: {message}{shown}")
+    return "\n".join(lines)
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Turn ['train.learning_rate=1e-4', 'data.packing=false'] into a nested dict."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} must look like key.subkey=value, e.g. train.learning_rate=1e-4")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {item!r} conflicts with an earlier override of `{part}`")
+        node[parts[-1]] = value
+    return nested
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; check the path (examples are in examples/)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise UserError(f"{where}: invalid YAML ({getattr(exc, 'problem', exc)}); fix the syntax") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a UTF-8 text file; a config must be YAML text") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a config must be a YAML mapping of keys (task:, model:, data: ...)")
+    return raw
+
+
+def build_config(values: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(values)
+    except ValidationError as exc:
+        raise UserError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults) and apply dotted overrides."""
+    values = read_yaml(path) if path is not None else {}
+    if overrides:
+        values = _deep_merge(values, parse_overrides(overrides))
+    return build_config(values, source=str(path) if path is not None else "overrides")
+
+
+def redact(value: Any) -> Any:
+    """Replace secrets (keys named like tokens, strings shaped like tokens) with '***'."""
+    if isinstance(value, dict):
+        return {
+            k: ("***" if isinstance(v, str) and v and SECRET_KEY_PATTERN.search(str(k)) else redact(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        return SECRET_VALUE_PATTERN.sub("***", value)
+    return value
+
+
+def config_to_yaml(config: Config) -> str:
+    """The resolved config as YAML, secrets redacted (what is printed and saved in the run)."""
+    return yaml.safe_dump(redact(config.model_dump(mode="json")), sort_keys=False, allow_unicode=True)
+
+
+def config_reference() -> str:
+    """A Markdown table of every key, its default and description (for the README)."""
+    rows = ["| key | default | description |", "|---|---|---|"]
+
+    def walk(cls: type[BaseModel], prefix: str) -> None:
+        for name, field in cls.model_fields.items():
+            annotation = field.annotation
+            sub = next(
+                (
+                    c
+                    for c in [annotation, *getattr(annotation, "__args__", ())]
+                    if isinstance(c, type) and issubclass(c, BaseModel)
+                ),
+                None,
+            )
+            if sub is not None and name != "replay":
+                walk(sub, f"{prefix}{name}.")
+                continue
+            default = field.get_default(call_default_factory=True)
+            rows.append(f"| `{prefix}{name}` | `{default!r}` | {field.description or ''} |")
+
+    walk(Config, "")
+    return "\n".join(rows)

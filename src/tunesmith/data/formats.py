@@ -1,0 +1,214 @@
+"""Record formats: detect them, and convert every row into one canonical record.
+
+Canonical records (DESIGN.md): `TextRecord`, `Conversation`, `LabeledText`. Each keeps its
+`source` (file:line) so any later problem can be reported where the user can fix it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunesmith.data.load import ErrorPolicy, Source
+from tunesmith.errors import UserError
+
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+}
+# The fields each format needs, for detection and for the "missing field" message.
+FORMAT_FIELDS = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "alpaca": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
+    "labeled": ("text", "label"),
+}
+TASK_FORMATS = {
+    "instruct": ("messages", "sharegpt", "alpaca", "prompt_completion"),
+    "pretrain": ("text",),
+    "classify": ("labeled",),
+}
+
+
+@dataclass
+class TextRecord:
+    text: str
+    source: Source = field(default_factory=lambda: Source("<memory>"))
+
+
+@dataclass
+class Conversation:
+    messages: list[dict[str, str]]
+    source: Source = field(default_factory=lambda: Source("<memory>"))
+
+
+@dataclass
+class LabeledText:
+    text: str
+    label: Any  # str, int, or a list of those for multi-label
+    text_pair: str | None = None
+    source: Source = field(default_factory=lambda: Source("<memory>"))
+
+
+Record = TextRecord | Conversation | LabeledText
+
+
+def apply_field_mapping(row: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
+    """Rename the user's columns to canonical names: fields = {canonical: user_column}."""
+    if not fields:
+        return row
+    mapped = dict(row)
+    for canonical, column in fields.items():
+        if column in row:
+            mapped[canonical] = row[column]
+    return mapped
+
+
+def detect_format(row: dict[str, Any], task: str, source: Source) -> str:
+    keys = set(row)
+    for name in TASK_FORMATS[task]:
+        if name == "messages" and "messages" in keys:
+            messages = row["messages"]
+            if isinstance(messages, list) and messages and isinstance(messages[0], dict) and "from" in messages[0]:
+                return "sharegpt"
+            return "messages"
+        if all(f in keys for f in FORMAT_FIELDS[name]):
+            return name
+    if task == "instruct" and "conversations" in keys:
+        return "sharegpt"
+    expected = " or ".join("+".join(FORMAT_FIELDS[n]) for n in TASK_FORMATS[task])
+    raise UserError(
+        f"{source}: cannot tell the {task} data format from the fields {sorted(keys)}; expected {expected}. "
+        "Rename your columns with data.fields (e.g. data.fields.output=answer) or set data.format"
+    )
+
+
+def _require_str(value: Any, name: str, source: Source, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{source}: field `{name}` must be a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise ValueError(f"{source}: field `{name}` is empty")
+    return value
+
+
+def _normalize_messages(raw: Any, source: Source, role_key: str, content_key: str, sharegpt: bool) -> list[dict[str, str]]:
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"{source}: `messages` must be a non-empty list of {{role, content}} objects")
+    messages = []
+    for index, message in enumerate(raw):
+        if not isinstance(message, dict) or role_key not in message or content_key not in message:
+            raise ValueError(f"{source}: message {index} must be an object with `{role_key}` and `{content_key}`")
+        role = message[role_key]
+        role = SHAREGPT_ROLES.get(str(role).lower()) if sharegpt else role
+        if role not in ROLES:
+            valid = ", ".join(SHAREGPT_ROLES if sharegpt else ROLES)
+            raise ValueError(f"{source}: message {index} has unknown role {message[role_key]!r}; use one of {valid}")
+        content = _require_str(message[content_key], f"messages[{index}].{content_key}", source, allow_empty=True)
+        messages.append({"role": role, "content": content})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise ValueError(f"{source}: conversation has no assistant turn, so nothing to train on")
+    return messages
+
+
+def to_record(row: dict[str, Any], fmt: str, source: Source, system_prompt: str | None = None) -> Record:
+    """Convert one row of a known format; raises ValueError with file:line on bad content."""
+    missing = [f for f in FORMAT_FIELDS[fmt] if f not in row]
+    if missing:
+        raise ValueError(
+            f"{source}: missing field `{missing[0]}` for the {fmt} format (found {sorted(row)}); "
+            f"map your column with data.fields.{missing[0]}=<column>"
+        )
+    if fmt == "messages":
+        messages = _normalize_messages(row["messages"], source, "role", "content", sharegpt=False)
+    elif fmt == "sharegpt":
+        raw = row.get("conversations", row.get("messages"))
+        messages = _normalize_messages(raw, source, "from", "value", sharegpt=True)
+    elif fmt == "alpaca":
+        instruction = _require_str(row["instruction"], "instruction", source)
+        extra = row.get("input") or ""
+        extra = _require_str(extra, "input", source, allow_empty=True)
+        prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        messages = [{"role": "user", "content": prompt}]
+        messages.append({"role": "assistant", "content": _require_str(row["output"], "output", source)})
+        if isinstance(row.get("system"), str) and row["system"].strip():
+            messages.insert(0, {"role": "system", "content": row["system"]})
+    elif fmt == "prompt_completion":
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(prompt, list):  # conversational prompt/completion (TRL style)
+            messages = _normalize_messages(prompt + (completion if isinstance(completion, list) else []), source,
+                                           "role", "content", sharegpt=False)
+        else:
+            messages = [
+                {"role": "user", "content": _require_str(prompt, "prompt", source)},
+                {"role": "assistant", "content": _require_str(completion, "completion", source)},
+            ]
+    elif fmt == "text":
+        return TextRecord(_require_str(row["text"], "text", source), source)
+    elif fmt == "labeled":
+        label = row["label"]
+        if label is None or (isinstance(label, str) and not label.strip()) or (isinstance(label, list) and not label):
+            raise ValueError(f"{source}: field `label` is empty")
+        pair = row.get("text_pair")
+        pair = _require_str(pair, "text_pair", source) if pair not in (None, "") else None
+        return LabeledText(_require_str(row["text"], "text", source), label, pair, source)
+    else:  # pragma: no cover - guarded by the config schema
+        raise UserError(f"unknown data format {fmt!r}")
+    if system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return Conversation(messages, source)
+
+
+def normalize(
+    rows: Iterable[tuple[dict[str, Any], Source]],
+    task: str,
+    fmt: str = "auto",
+    fields: dict[str, str] | None = None,
+    system_prompt: str | None = None,
+    policy: ErrorPolicy | None = None,
+) -> Iterator[Record]:
+    """Detect the format on the first row (unless given) and convert every row."""
+    policy = policy or ErrorPolicy()
+    fields = fields or {}
+    if fmt != "auto" and fmt not in TASK_FORMATS[task]:
+        raise UserError(
+            f"config key `data.format`: {fmt!r} does not fit task {task!r}; use one of {', '.join(TASK_FORMATS[task])}"
+        )
+    detected = None if fmt == "auto" else fmt
+    for row, source in rows:
+        row = apply_field_mapping(row, fields)
+        if detected is None:
+            detected = detect_format(row, task, source)
+        try:
+            yield to_record(row, detected, source, system_prompt)
+        except ValueError as exc:
+            policy.bad(str(exc))
+
+
+def load_records(
+    spec: str | list[str],
+    task: str,
+    fmt: str = "auto",
+    fields: dict[str, str] | None = None,
+    system_prompt: str | None = None,
+    policy: ErrorPolicy | None = None,
+    what: str = "data.train",
+) -> list[Record]:
+    """Read and normalize every record; an empty result is an error."""
+    from tunesmith.data.load import iter_rows
+
+    policy = policy or ErrorPolicy()
+    records = list(normalize(iter_rows(spec, policy, what), task, fmt, fields, system_prompt, policy))
+    if not records:
+        shown = spec if isinstance(spec, str) else ", ".join(spec)
+        raise UserError(f"{what}: no usable records in {shown}; the data is empty")
+    return records

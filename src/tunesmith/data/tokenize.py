@@ -1,0 +1,77 @@
+"""Tokenizing canonical records into examples: `input_ids` + `labels` (LM) or `input_ids` + `label`.
+
+Truncation is counted and reported; a sample that loses all its supervised tokens to
+truncation is dropped and counted, never trained as all IGNORE_INDEX.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunesmith.data.formats import Conversation
+from tunesmith.data.templates import IGNORE_INDEX, ChatTemplate, encode_conversation
+from tunesmith.errors import UserError
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int] | None = None  # LM tasks: IGNORE_INDEX where not trained
+    label: Any = None  # classify: class index, or a multi-hot list
+    source: str = ""
+
+    @property
+    def num_supervised(self) -> int:
+        return sum(1 for t in self.labels if t != IGNORE_INDEX) if self.labels is not None else 1
+
+
+@dataclass
+class TokenizeStats:
+    num_records: int = 0
+    num_examples: int = 0
+    num_tokens: int = 0
+    num_supervised_tokens: int = 0
+    num_truncated: int = 0
+    num_dropped_no_supervised: int = 0
+    dropped_sources: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{self.num_examples} examples", f"{self.num_tokens:,} tokens ({self.num_supervised_tokens:,} trained)"]
+        if self.num_truncated:
+            parts.append(f"{self.num_truncated} truncated")
+        if self.num_dropped_no_supervised:
+            parts.append(f"{self.num_dropped_no_supervised} dropped: truncation cut every trained token")
+        return ", ".join(parts)
+
+
+def tokenize_conversations(
+    records: list[Conversation],
+    tokenizer: Any,
+    template: ChatTemplate,
+    max_seq_len: int,
+    what: str = "data.train",
+) -> tuple[list[Example], TokenizeStats]:
+    stats = TokenizeStats(num_records=len(records))
+    examples = []
+    for record in records:
+        input_ids, labels = encode_conversation(tokenizer, template, record.messages)
+        if len(input_ids) > max_seq_len:
+            stats.num_truncated += 1
+            input_ids, labels = input_ids[:max_seq_len], labels[:max_seq_len]
+        example = Example(input_ids, labels, source=str(record.source))
+        if example.num_supervised == 0:
+            stats.num_dropped_no_supervised += 1
+            if len(stats.dropped_sources) < 5:
+                stats.dropped_sources.append(example.source)
+            continue
+        examples.append(example)
+        stats.num_tokens += len(input_ids)
+        stats.num_supervised_tokens += example.num_supervised
+    stats.num_examples = len(examples)
+    if not examples:
+        raise UserError(
+            f"{what}: every sample lost all its assistant tokens to truncation at data.max_seq_len={max_seq_len} "
+            f"(e.g. {', '.join(stats.dropped_sources)}); raise data.max_seq_len or shorten the prompts"
+        )
+    return examples, stats

@@ -1,0 +1,130 @@
+"""Loading base models and tokenizers: path resolution, dtype, device, attention, safety checks."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import ModelConfig
+from tunesmith.errors import UserError
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+EMBEDDED_MODEL_DIR = ASSETS_DIR / "base-model"
+EMBEDDED_NAMES = ("embedded", "tunesmith/embedded")
+GENERAL_TEXT_PATH = ASSETS_DIR / "general_heldout.txt"
+
+
+def resolve_model_path(name: str) -> str:
+    """A local directory for local models, or the hub id unchanged."""
+    if name in EMBEDDED_NAMES:
+        return str(EMBEDDED_MODEL_DIR)
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        if not os.path.isfile(os.path.join(expanded, "config.json")) and not os.path.isfile(
+            os.path.join(expanded, "adapter_config.json")
+        ):
+            raise UserError(f"model.name: {name} is a folder but holds no config.json; point at a model directory")
+        return os.path.abspath(expanded)
+    if os.path.exists(expanded):
+        raise UserError(f"model.name: {name} is a file; point at a model directory (with config.json)")
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1 or os.sep + os.sep in name
+    if looks_local:
+        raise UserError(
+            f"model.name: model directory {name} not found; give an existing directory, 'embedded', "
+            "or a Hugging Face id like Qwen/Qwen2.5-0.5B"
+        )
+    return name
+
+
+def check_remote_code(path: str, trust_remote_code: bool) -> None:
+    """Refuse a local model that ships its own Python code unless the user allowed it."""
+    config_file = Path(path) / "config.json"
+    if trust_remote_code or not config_file.is_file():
+        return
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{config_file}: not valid JSON; the model directory is damaged") from None
+    if "auto_map" in config:
+        raise UserError(
+            f"model {path} ships its own Python code (auto_map in config.json) and would run it; "
+            "set model.trust_remote_code: true only if you trust this model"
+        )
+
+
+def select_device(preference: str = "auto") -> str:
+    import torch
+
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise UserError("model.device: cuda was asked for but no CUDA GPU is visible; use model.device=auto")
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return preference
+
+
+def select_dtype(preference: str, device: str) -> Any:
+    import torch
+
+    if preference == "auto":
+        # bf16 where the GPU has it; fp32 on CPU (no bf16 units there: 40x+ slower).
+        if device == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, preference)
+
+
+def load_tokenizer(path: str, config: ModelConfig, padding_side: str = "right") -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=config.revision, trust_remote_code=config.trust_remote_code, token=config.token
+        )
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.name: could not load a tokenizer from {path} ({_first_line(exc)})") from None
+    if tokenizer.pad_token is None:
+        # Decoder LLMs often ship without a pad token; padding is never trained or attended to.
+        fallback = tokenizer.eos_token or tokenizer.unk_token
+        if fallback is None:
+            tokenizer.add_special_tokens({"pad_token": "<|pad|>"})
+        else:
+            tokenizer.pad_token = fallback
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def model_load_kwargs(config: ModelConfig, device: str) -> dict[str, Any]:
+    attn = None if config.attn_implementation == "auto" else config.attn_implementation
+    return {
+        "dtype": select_dtype(config.dtype, device),
+        "attn_implementation": attn or "sdpa",
+        "trust_remote_code": config.trust_remote_code,
+        "revision": config.revision,
+        "token": config.token,
+    }
+
+
+def load_causal_lm(path: str, config: ModelConfig, device: str) -> Any:
+    """The base causal LM on `device`, with the KV cache off (packed rows need that)."""
+    from transformers import AutoModelForCausalLM
+
+    check_remote_code(path, config.trust_remote_code)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **model_load_kwargs(config, device))
+    except (OSError, ValueError) as exc:
+        message = _first_line(exc)
+        if "trust_remote_code" in message:
+            raise UserError(
+                f"model {path} needs its own Python code; set model.trust_remote_code: true if you trust it"
+            ) from None
+        raise UserError(f"model.name: could not load {path} ({message})") from None
+    # With a cache, transformers stops detecting packed documents and they attend to each other.
+    model.config.use_cache = False
+    return model.to(device)

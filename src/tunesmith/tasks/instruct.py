@@ -1,0 +1,120 @@
+"""Instruction finetuning: conversations, loss on assistant tokens only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.config import Config
+from tunesmith.data.formats import load_records
+from tunesmith.data.load import ErrorPolicy
+from tunesmith.data.pack import collate_rows, make_rows
+from tunesmith.data.templates import resolve_chat_template
+from tunesmith.data.tokenize import tokenize_conversations
+from tunesmith.evaluate.generation import generate_reply
+from tunesmith.evaluate.metrics import lm_metrics
+from tunesmith.models.adapters import apply_adapter, unwrap_causal_lm
+from tunesmith.models.load import load_causal_lm
+from tunesmith.tasks import PreparedData, hold_out
+from tunesmith.train.loss import CausalLMLoss
+
+
+def prepare_data(config: Config, tokenizer: Any) -> PreparedData:
+    data = config.data
+    policy = ErrorPolicy(data.on_error, data.max_skipped)
+    if data.train is None:
+        from tunesmith.errors import UserError
+
+        raise UserError("config key `data.train` is missing; point it at your instruction data file")
+    records = load_records(data.train, "instruct", data.format, data.fields, data.system_prompt, policy)
+    if data.eval is not None:
+        eval_records = load_records(data.eval, "instruct", data.format, data.fields, data.system_prompt, policy,
+                                    what="data.eval")
+    else:
+        records, eval_records = hold_out(records, data.eval_fraction, data.max_eval_examples, config.train.seed)
+    template = resolve_chat_template(tokenizer, data.chat_template)
+    train, train_stats = tokenize_conversations(records, tokenizer, template, data.max_seq_len)
+    evaluation, eval_stats = (
+        tokenize_conversations(eval_records, tokenizer, template, data.max_seq_len, what="data.eval")
+        if eval_records
+        else ([], None)
+    )
+    pad_id = tokenizer.pad_token_id
+    return PreparedData(
+        train=train,
+        eval=evaluation,
+        rows=make_rows(train, data.max_seq_len, data.packing),
+        collate=lambda rows: collate_rows(rows, train, pad_id),
+        stats={
+            "train": train_stats,
+            "eval": eval_stats,
+            "skipped_records": list(policy.skipped),
+            "chat_template": template.origin,
+        },
+        template=template,
+        eval_records=eval_records,
+    )
+
+
+def build_model(model_path: str, config: Config, device: str, prepared: PreparedData) -> Any:
+    model = load_causal_lm(model_path, config.model, device)
+    if config.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return apply_adapter(model, config.adapter, task_type="CAUSAL_LM")
+
+
+def make_loss(model: Any, config: Config) -> torch.nn.Module:
+    return CausalLMLoss(model)
+
+
+def generation_prompts(prepared: PreparedData, config: Config) -> list[list[dict[str, str]]]:
+    """The fixed prompts generated before and after: the config's, else the first held-out ones."""
+    if config.eval.prompts:
+        return [[{"role": "user", "content": p}] for p in config.eval.prompts]
+    prompts = []
+    for record in prepared.eval_records[: config.eval.num_prompts]:
+        # Everything up to the last assistant turn is the prompt; that turn is the reference.
+        last = max(i for i, m in enumerate(record.messages) if m["role"] == "assistant")
+        prompts.append(record.messages[:last])
+    return prompts
+
+
+def evaluate(model: Any, loss: torch.nn.Module, prepared: PreparedData, tokenizer: Any, config: Config,
+             device: str, phase: str = "after", generate: bool = True) -> dict[str, Any]:
+    """Held-out loss, token accuracy and perplexity, plus generations for the fixed prompts."""
+    metrics: dict[str, Any] = {}
+    if prepared.eval:
+        metrics.update(lm_metrics(loss, prepared.eval, tokenizer.pad_token_id, config.data.max_seq_len,
+                                  config.train.batch_size, device, config.data.packing))
+    if generate:
+        generations = []
+        for index, messages in enumerate(generation_prompts(prepared, config)):
+            reply = generate_reply(model, tokenizer, prepared.template, messages, config.eval.max_new_tokens)
+            item = {"prompt": messages[-1]["content"], "output": reply}
+            if not config.eval.prompts and index < len(prepared.eval_records):
+                record = prepared.eval_records[index]
+                item["reference"] = [m for m in record.messages if m["role"] == "assistant"][-1]["content"]
+            generations.append(item)
+        metrics["generations"] = generations
+    return metrics
+
+
+def save_final(model: Any, tokenizer: Any, out_dir: Path, prepared: PreparedData, config: Config) -> None:
+    """A PEFT adapter directory (LoRA) or a full model directory, with the tokenizer and template."""
+    from tunesmith.data.templates import end_of_turn_ids
+
+    causal_lm = unwrap_causal_lm(model)
+    # Inference users want the KV cache; it is off only for packed training.
+    causal_lm.config.use_cache = True
+    if causal_lm.generation_config is not None:
+        causal_lm.generation_config.eos_token_id = end_of_turn_ids(tokenizer, prepared.template)
+        causal_lm.generation_config.pad_token_id = tokenizer.pad_token_id
+    # The tokenizer carries the template the model was trained with, so plain
+    # `apply_chat_template` gives the same prompts as tunesmith.
+    tokenizer.chat_template = prepared.template.template
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    causal_lm.config.use_cache = False

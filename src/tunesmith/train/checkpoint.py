@@ -1,0 +1,184 @@
+"""Checkpoints that survive crashes: written to a temporary name, fsynced, then renamed.
+
+Layout of `checkpoints/step-000123/` (the format is the resume contract; keep it stable):
+    trainable.safetensors   trainable parameters by name (LoRA weights, a head, or all weights)
+    optimizer.pt            optimizer state (tensors and plain values only; loaded weights_only=True)
+    rng.pt                  torch CPU (+ CUDA) random generator states
+    trainer_state.json      step, total steps, format version; written last
+
+A directory named `step-N` exists only after the rename, which is atomic, so a crash mid-save
+leaves at most a `.tmp-*` folder that is never taken as a checkpoint. Old checkpoints are
+deleted only after the new one is complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tunesmith.errors import UserError
+
+FORMAT_VERSION = 1
+TRAINABLE_FILE = "trainable.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+RNG_FILE = "rng.pt"
+STATE_FILE = "trainer_state.json"
+CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainerState:
+    step: int  # optimizer steps completed
+    total_steps: int
+    format_version: int = FORMAT_VERSION
+    skipped_steps: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def save_checkpoint(
+    checkpoints_dir: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    state: TrainerState,
+    keep_last: int,
+) -> Path:
+    """Write a complete checkpoint atomically, then rotate old ones. Returns its directory."""
+    weights = trainable_state(model)
+    bad = [name for name, t in weights.items() if not torch.isfinite(t).all()]
+    if bad:
+        # Never persist a poisoned model: resuming from it would only spread the NaNs.
+        raise RuntimeError(f"refusing to checkpoint non-finite weights (e.g. {bad[0]})")
+    checkpoints_dir.mkdir(parents=True, exist_ok=True)
+    final = checkpoints_dir / checkpoint_name(state.step)
+    temp = checkpoints_dir / f".tmp-{checkpoint_name(state.step)}-{os.getpid()}"
+    shutil.rmtree(temp, ignore_errors=True)
+    try:
+        temp.mkdir()
+        save_file(weights, str(temp / TRAINABLE_FILE))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, temp / OPTIMIZER_FILE)
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, temp / RNG_FILE)
+        (temp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+        for child in temp.iterdir():
+            _fsync_file(child)
+        _fsync_dir(temp)
+        if final.exists():  # a checkpoint of the same step from an earlier attempt
+            shutil.rmtree(final)
+        os.replace(temp, final)
+        _fsync_dir(checkpoints_dir)
+    except OSError as exc:
+        shutil.rmtree(temp, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            needed = sum(t.numel() * t.element_size() for t in weights.values()) * 3
+            free = shutil.disk_usage(checkpoints_dir).free
+            raise UserError(
+                f"disk full while writing checkpoint {final}: needs about {needed / 2**20:.1f} MiB, "
+                f"{free / 2**20:.1f} MiB free; free space or point output_dir elsewhere (older checkpoints kept)"
+            ) from None
+        raise
+    rotate_checkpoints(checkpoints_dir, keep_last)
+    return final
+
+
+def list_checkpoints(checkpoints_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first. Temporary folders are never listed."""
+    if not checkpoints_dir.is_dir():
+        return []
+    found = []
+    for child in checkpoints_dir.iterdir():
+        match = CHECKPOINT_PATTERN.match(child.name)
+        if match and child.is_dir() and not child.is_symlink() and (child / STATE_FILE).is_file():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
+    found = list_checkpoints(checkpoints_dir)
+    return found[-1][1] if found else None
+
+
+def rotate_checkpoints(checkpoints_dir: Path, keep_last: int) -> None:
+    found = list_checkpoints(checkpoints_dir)
+    for _, path in found[: max(0, len(found) - keep_last)]:
+        shutil.rmtree(path, ignore_errors=True)
+    for child in checkpoints_dir.iterdir():
+        if child.name.startswith(".tmp-") and not child.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(child, ignore_errors=True)  # left by a crashed save
+
+
+def load_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> TrainerState:
+    """Restore model, optimizer, scheduler and RNG state. Refuses pickles that are not plain data."""
+    if path.is_symlink():
+        raise UserError(f"checkpoint {path} is a symlink; refusing to follow it")
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        raise UserError(f"{path} is not a complete tunesmith checkpoint (no {STATE_FILE})")
+    raw_state = json.loads(state_file.read_text())
+    if raw_state.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path}: checkpoint format {raw_state.get('format_version')} is not {FORMAT_VERSION}")
+    weights = load_file(str(path / TRAINABLE_FILE))
+    parameters = dict(model.named_parameters())
+    expected = {n for n, p in parameters.items() if p.requires_grad}
+    if set(weights) != expected:
+        missing = sorted(expected - set(weights))[:3]
+        unexpected = sorted(set(weights) - expected)[:3]
+        raise UserError(
+            f"{path}: checkpoint does not match the model (missing {missing}, unexpected {unexpected}); "
+            "was it written with another model or adapter setting?"
+        )
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            parameters[name].copy_(tensor)
+    try:
+        # weights_only=True: a checkpoint is data; a pickle that wants to run code is refused.
+        optim_state = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        rng = torch.load(path / RNG_FILE, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(
+            f"{path}: refusing to load the optimizer/RNG state ({type(exc).__name__}); it is not plain tensor "
+            "data, which a tunesmith checkpoint always is. Do not resume from files you do not trust"
+        ) from None
+    optimizer.load_state_dict(optim_state["optimizer"])
+    scheduler.load_state_dict(optim_state["scheduler"])
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return TrainerState(**raw_state)

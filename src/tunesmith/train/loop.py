@@ -1,0 +1,166 @@
+"""The training loop: one function, read top to bottom.
+
+It receives a loss module (model + loss), an optimizer, a scheduler and a function that gives
+the micro-batches of each step. It knows nothing about file formats, tasks or tokenizers.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.errors import NonFiniteError, TrainingInterrupted
+from tunesmith.train.checkpoint import TrainerState
+from tunesmith.train.loss import batch_to_device
+
+
+@dataclass
+class LoopSettings:
+    total_steps: int
+    device: str = "cpu"
+    max_grad_norm: float = 1.0
+    log_every: int = 1
+    eval_every: int = 0
+    save_every: int = 0
+    on_nonfinite: str = "stop"
+    max_skipped_steps: int = 10
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGINT; the loop finishes the current step, checkpoints and exits."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal_name is not None
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    flag = StopFlag()
+    previous = {}
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag:  # a second signal: the user really wants out now
+            raise KeyboardInterrupt
+        flag.signal_name = signal.Signals(signum).name
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread (e.g. inside a notebook worker): no handler
+            pass
+    try:
+        yield flag
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _nonfinite_grads(parameters: list[torch.nn.Parameter]) -> str | None:
+    for parameter in parameters:
+        if parameter.grad is not None and not torch.isfinite(parameter.grad).all():
+            return "gradient"
+    return None
+
+
+def train_loop(
+    loss_module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    step_batches: Callable[[int], list[dict[str, Any]]],
+    settings: LoopSettings,
+    state: TrainerState,
+    log: Callable[[dict[str, Any]], None],
+    evaluate: Callable[[int], dict[str, Any]] | None = None,
+    save: Callable[[TrainerState], Path] | None = None,
+    stop: StopFlag | None = None,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+) -> TrainerState:
+    parameters = [p for p in loss_module.parameters() if p.requires_grad]
+    # clip_grad_norm_ with an infinite max still returns the norm, which we log and check.
+    clip_to = settings.max_grad_norm if settings.max_grad_norm > 0 else math.inf
+    loss_module.train()
+    window_start, window_tokens = time.perf_counter(), 0
+
+    while state.step < settings.total_steps:
+        step = state.step
+        micro_batches = step_batches(step)
+        # Normalise by the targets of the whole optimizer step, not per micro-batch: a
+        # micro-batch with few supervised tokens must not weigh as much as a full one.
+        step_targets = sum(float(b["num_targets"]) for b in micro_batches)
+        step_loss = 0.0
+        step_correct = 0
+        for batch in micro_batches:
+            batch = batch_to_device(batch, settings.device)
+            inputs = {k: v for k, v in batch.items() if k != "num_targets"}
+            out = loss_module(**inputs)
+            # max(.., 1): a step with zero targets contributes zero gradient, never NaN.
+            (out["loss_sum"] / max(step_targets, 1.0)).backward()
+            step_loss += float(out["loss_sum"].detach())
+            step_correct += int(out["num_correct"])
+            window_tokens += int(batch["input_ids"].numel())
+            del out  # free the graph's outputs before the next micro-batch
+
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, clip_to))
+        loss_value = step_loss / max(step_targets, 1.0)
+        problem = None
+        if not math.isfinite(loss_value):
+            problem = "loss"
+        elif not math.isfinite(grad_norm):
+            problem = _nonfinite_grads(parameters) or "gradient norm"
+        if problem is not None:
+            # The bad update is never applied: drop the gradients and either stop or skip.
+            optimizer.zero_grad(set_to_none=True)
+            state.skipped_steps += 1
+            log({"step": step + 1, "event": "nonfinite", "what": problem, "loss": loss_value, "grad_norm": grad_norm})
+            if settings.on_nonfinite != "skip" or state.skipped_steps > settings.max_skipped_steps:
+                raise NonFiniteError(
+                    f"step {step + 1}: non-finite {problem} (loss={loss_value}, grad_norm={grad_norm}); "
+                    "the step was not applied and no checkpoint with these values was written. "
+                    "Lower train.learning_rate, or set train.on_nonfinite: skip"
+                )
+            state.step += 1
+            scheduler.step()
+            continue
+
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used, before the schedule moves
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+
+        record = {
+            "step": state.step,
+            "loss": loss_value,
+            "token_accuracy": step_correct / max(step_targets, 1.0),
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "num_targets": int(step_targets),
+        }
+        if state.step % settings.log_every == 0 or state.step == settings.total_steps:
+            elapsed = time.perf_counter() - window_start
+            record["tokens_per_second"] = window_tokens / elapsed if elapsed > 0 else 0.0
+            window_start, window_tokens = time.perf_counter(), 0
+            log(record)
+        if on_step is not None:
+            on_step(state.step, record)
+
+        if evaluate is not None and settings.eval_every and state.step % settings.eval_every == 0:
+            log({"step": state.step, **evaluate(state.step)})
+            loss_module.train()
+        stopping = bool(stop)
+        if save is not None and (stopping or (settings.save_every and state.step % settings.save_every == 0)):
+            path = save(state)
+            if stopping:
+                raise TrainingInterrupted(str(path))
+    return state
