@@ -44,7 +44,8 @@ def build_tiny_model(directory: Path, arch: str = "llama", seed: int = 0) -> Pat
                              tie_word_embeddings=False)
         model = Qwen2ForCausalLM(config)
     elif arch == "gpt2":
-        config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=512)
+        config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=512,
+                            bos_token_id=0, eos_token_id=0)
         model = GPT2LMHeadModel(config)
     else:
         raise ValueError(arch)
