@@ -78,7 +78,9 @@ def assistant_spans(tokenizer: Any, template: ChatTemplate, messages: list[dict[
                 f"the chat template ({template.origin}) does not render conversations prefix by prefix, so the "
                 "assistant tokens cannot be located; set data.chat_template to a template that does"
             )
-        spans.append((len(before), len(through)))
+        # The turn ends with its end-of-turn token; the template's separator after it (a
+        # newline) is layout, not something the model should learn to say.
+        spans.append((len(before), max(len(before), len(through.rstrip()))))
     return text, spans
 
 

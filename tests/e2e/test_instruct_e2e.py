@@ -1,0 +1,123 @@
+"""Instruction finetuning end to end on tiny local models: what trains, what is saved, what loads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from tunesmith import api
+from tunesmith.config import build_config
+from tunesmith.data.pack import RowSchedule
+from tunesmith.tasks import instruct
+from tunesmith.train.checkpoint import TrainerState
+from tunesmith.train.loop import LoopSettings, train_loop
+from tunesmith.train.optim import build_optimizer, build_scheduler
+
+from ..conftest import tiny_config, write_jsonl
+
+
+def run_steps(config, steps: int = 4):
+    """Train `steps` steps through the task module and the loop; returns (model, snapshot before)."""
+    from tunesmith.models.load import load_tokenizer
+
+    tokenizer = load_tokenizer(config.model.name, config.model)
+    prepared = instruct.prepare_data(config, tokenizer)
+    model = instruct.build_model(config.model.name, config, "cpu", prepared)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    loss = instruct.make_loss(model, config)
+    optimizer = build_optimizer(loss, config.train, "cpu")
+    scheduler = build_scheduler(optimizer, config.train, steps)
+    schedule = RowSchedule(len(prepared.rows), config.train.batch_size, 1, 0)
+    records = []
+    train_loop(loss, optimizer, scheduler,
+               lambda s: [prepared.collate([prepared.rows[i] for i in m]) for m in schedule.rows_for_step(s)],
+               LoopSettings(total_steps=steps), TrainerState(0, steps), records.append)
+    return model, before, records
+
+
+def test_lora_changes_every_adapter_weight_and_no_base_weight(tiny_llama, tmp_path, instruct_rows):
+    train_file = write_jsonl(tmp_path / "train.jsonl", instruct_rows)
+    config = build_config(tiny_config(tiny_llama, train_file, tmp_path / "runs"))
+    model, before, records = run_steps(config)
+    adapter, base = 0, 0
+    for name, parameter in model.named_parameters():
+        if "lora_" in name:
+            adapter += 1
+            assert parameter.requires_grad and not torch.equal(parameter, before[name]), name
+        else:
+            base += 1
+            assert not parameter.requires_grad and torch.equal(parameter, before[name]), name
+    assert adapter > 0 and base > 0
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+
+
+def test_full_finetuning_changes_the_weights(tiny_llama, tmp_path, instruct_rows):
+    train_file = write_jsonl(tmp_path / "train.jsonl", instruct_rows)
+    config = build_config(tiny_config(tiny_llama, train_file, tmp_path / "runs", adapter={"method": "full"}))
+    model, before, _ = run_steps(config)
+    for name, parameter in model.named_parameters():
+        assert parameter.requires_grad and not torch.equal(parameter, before[name]), name
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("lora-run")
+    rows = [{"messages": [{"role": "user", "content": f"Count to {i % 5 + 1}."},
+                          {"role": "assistant", "content": " ".join(str(k) for k in range(1, i % 5 + 2))},
+                          {"role": "user", "content": "Again."},
+                          {"role": "assistant", "content": "Once more: done."}]} for i in range(30)]
+    train_file = write_jsonl(root / "train.jsonl", rows)
+    config = build_config(tiny_config(tiny_models["llama"], train_file, root / "runs",
+                                      eval={"before": True, "after": True, "forgetting": True, "num_prompts": 2,
+                                            "max_new_tokens": 8}))
+    return api.train(config, merge=True)
+
+
+def test_run_directory_holds_what_it_promises(lora_run):
+    run = lora_run.run_dir
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "eval/before.json", "eval/after.json",
+                 "final/adapter_config.json", "final/adapter_model.safetensors", "final/tokenizer.json",
+                 "final/tunesmith.json", "merged/config.json", "merged/model.safetensors"):
+        assert (run / name).is_file(), name
+    steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if "loss" in r and "event" not in r] == [1, 2, 3]
+    assert {"general", "loss", "generations"} <= set(lora_run.after)
+    assert not list(run.glob("**/*.bin")) and not list(run.glob("**/*.pt")) or all(
+        p.parent.parent.name == "checkpoints" for p in run.glob("**/*.pt"))
+
+
+def test_adapter_loads_in_peft_and_merged_model_equals_base_plus_adapter(lora_run, tiny_models):
+    adapter_dir, merged_dir = lora_run.final_dir, lora_run.merged_dir
+    base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    with_adapter = PeftModel.from_pretrained(base, adapter_dir).eval()
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    assert not hasattr(merged, "peft_config")
+    input_ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
+    with torch.no_grad():
+        reference = with_adapter(input_ids=input_ids).logits
+        plain_base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()(input_ids=input_ids).logits
+        assert not torch.allclose(reference, plain_base, atol=1e-4)  # the adapter does something
+        assert torch.allclose(merged(input_ids=input_ids).logits, reference, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+def test_other_architectures_train_without_code_changes(arch, tiny_models, tmp_path, instruct_rows):
+    train_file = write_jsonl(tmp_path / "train.jsonl", instruct_rows)
+    result = api.train(build_config(tiny_config(tiny_models[arch], train_file, tmp_path / "runs")))
+    assert (result.final_dir / "adapter_model.safetensors").is_file()
+    assert result.steps == 3
+
+
+def test_real_pretrained_checkpoint_trains(shared_dir, tmp_path, instruct_rows):
+    train_file = write_jsonl(tmp_path / "train.jsonl", instruct_rows)
+    config = tiny_config(shared_dir / "models" / "stories260k", train_file, tmp_path / "runs",
+                         eval={"before": True, "after": True, "forgetting": False, "num_prompts": 1,
+                               "max_new_tokens": 4}, train__max_steps=6, train__learning_rate=3e-3)
+    result = api.train(build_config(config))
+    assert result.after["loss"] < result.before["loss"]
+    reply = api.generate(str(result.run_dir), "Repeat the word red 2 times.", max_new_tokens=4)
+    assert isinstance(reply, str)
