@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from tunesmith.errors import UserError
+from tunesmith.errors import NonFiniteError, UserError
 
 FORMAT_VERSION = 1
 TRAINABLE_FILE = "trainable.safetensors"
@@ -61,7 +61,9 @@ def _fsync_file(path: Path) -> None:
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad}
+    return {
+        name: p.detach().to("cpu").contiguous() for name, p in model.named_parameters() if p.requires_grad
+    }
 
 
 def checkpoint_name(step: int) -> str:
@@ -81,7 +83,7 @@ def save_checkpoint(
     bad = [name for name, t in weights.items() if not torch.isfinite(t).all()]
     if bad:
         # Never persist a poisoned model: resuming from it would only spread the NaNs.
-        raise RuntimeError(f"refusing to checkpoint non-finite weights (e.g. {bad[0]})")
+        raise NonFiniteError(f"step {state.step}: refusing to checkpoint non-finite weights (e.g. {bad[0]})")
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoints_dir / checkpoint_name(state.step)
     temp = checkpoints_dir / f".tmp-{checkpoint_name(state.step)}-{os.getpid()}"
@@ -89,7 +91,9 @@ def save_checkpoint(
     try:
         temp.mkdir()
         save_file(weights, str(temp / TRAINABLE_FILE))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, temp / OPTIMIZER_FILE)
+        torch.save(
+            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, temp / OPTIMIZER_FILE
+        )
         rng = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -153,7 +157,9 @@ def load_checkpoint(
         raise UserError(f"{path} is not a complete tunesmith checkpoint (no {STATE_FILE})")
     raw_state = json.loads(state_file.read_text())
     if raw_state.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{path}: checkpoint format {raw_state.get('format_version')} is not {FORMAT_VERSION}")
+        raise UserError(
+            f"{path}: checkpoint format {raw_state.get('format_version')} is not {FORMAT_VERSION}"
+        )
     weights = load_file(str(path / TRAINABLE_FILE))
     parameters = dict(model.named_parameters())
     expected = {n for n, p in parameters.items() if p.requires_grad}
