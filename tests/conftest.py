@@ -12,7 +12,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "src" / "tunesmith" / "assets"
 SHARED = REPO.parent / "shared"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "special_tokens_map.json",
+)
 
 torch.set_num_threads(2)
 
@@ -26,26 +31,48 @@ def _copy_tokenizer(target: Path) -> None:
 
 def build_tiny_model(directory: Path, arch: str = "llama", seed: int = 0) -> Path:
     """A random tiny causal LM of the given architecture with the embedded tokenizer."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     directory.mkdir(parents=True, exist_ok=True)
     _copy_tokenizer(directory)
     vocab = len(AutoTokenizer.from_pretrained(directory))
     torch.manual_seed(seed)
     if arch == "llama":
-        config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                             tie_word_embeddings=True)
+        config = LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+        )
         model = LlamaForCausalLM(config)
     elif arch == "qwen2":
-        config = Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                             tie_word_embeddings=False)
+        config = Qwen2Config(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+        )
         model = Qwen2ForCausalLM(config)
     elif arch == "gpt2":
-        config = GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=512,
-                            bos_token_id=0, eos_token_id=0)
+        config = GPT2Config(
+            vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=512, bos_token_id=0, eos_token_id=0
+        )
         model = GPT2LMHeadModel(config)
     else:
         raise ValueError(arch)
@@ -85,8 +112,13 @@ def instruct_rows() -> list[dict]:
     words = ["red", "blue", "green", "small", "large", "happy", "quiet", "fast", "slow", "warm"]
     for i in range(40):
         word = words[i % len(words)]
-        rows.append({"instruction": f"Repeat the word {word} {i % 3 + 1} times.",
-                     "input": "", "output": " ".join([word] * (i % 3 + 1))})
+        rows.append(
+            {
+                "instruction": f"Repeat the word {word} {i % 3 + 1} times.",
+                "input": "",
+                "output": " ".join([word] * (i % 3 + 1)),
+            }
+        )
     return rows
 
 

@@ -1,8 +1,8 @@
 """The tunesmith verbs as Python functions. The CLI is a thin shell over these.
 
-    from tunesmith import api
-    result = api.train(api.load_config("examples/instruct_lora.yaml"))
-    print(api.generate(result.run_dir, "What is the opposite of hot?"))
+from tunesmith import api
+result = api.train(api.load_config("examples/instruct_lora.yaml"))
+print(api.generate(result.run_dir, "What is the opposite of hot?"))
 """
 
 from __future__ import annotations
@@ -41,12 +41,25 @@ def _say(console: Any, message: str) -> None:
         console.print(message)
 
 
+def quiet_libraries() -> None:
+    """Keep the console for tunesmith's own output: no per-file progress bars or advice from libraries."""
+    import warnings
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
+    warnings.filterwarnings("ignore", message=r".*fan_in_fan_out.*")
+
+
 def setup_torch(config: Config) -> str:
     """Threads, seed and device for a run; returns the device."""
     import torch
 
     from tunesmith.models.load import select_device
 
+    quiet_libraries()
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
     torch.manual_seed(config.train.seed)
@@ -95,6 +108,7 @@ def train(
     device = setup_torch(config)
     model_path = resolve_model_path(config.model.name)
     run_dir = rundir.plan_run_dir(config, model_path, resume)
+    rundir.check_logging_available(config.logging)
 
     # Everything that can fail on the user's input happens before anything is written.
     tokenizer = load_tokenizer(model_path, config.model)
@@ -104,13 +118,20 @@ def train(
     model = task.build_model(model_path, config, device, prepared)
     loss_module = task.make_loss(model, config)
     trainable, total = count_parameters(model)
-    _say(console, f"[bold]model[/bold]: {model_path} on {device}, {trainable:,} of {total:,} parameters trainable "
-                  f"({config.adapter.method})")
+    _say(
+        console,
+        f"[bold]model[/bold]: {model_path} on {device}, {trainable:,} of {total:,} parameters trainable "
+        f"({config.adapter.method})",
+    )
 
     from tunesmith.data.pack import RowSchedule
 
-    schedule = RowSchedule(len(prepared.rows), config.train.batch_size, config.train.gradient_accumulation_steps,
-                           config.train.seed)
+    schedule = RowSchedule(
+        len(prepared.rows),
+        config.train.batch_size,
+        config.train.gradient_accumulation_steps,
+        config.train.seed,
+    )
     total_steps = config.train.max_steps or schedule.steps_for_epochs(config.train.epochs)
     optimizer = build_optimizer(loss_module, config.train, device)
     scheduler = build_scheduler(optimizer, config.train, total_steps)
@@ -125,7 +146,13 @@ def train(
     _say(console, f"[bold]run[/bold]: {run_dir}")
     rundir.write_json(run_dir / EVAL_DIR / "data_check.json", findings)
     rundir.write_json(run_dir / "environment.json", environment())
-    log = rundir.MetricsLogger(run_dir, tensorboard=config.logging.tensorboard)
+    log = rundir.MetricsLogger(
+        run_dir,
+        tensorboard=config.logging.tensorboard,
+        logging=config.logging,
+        run_name=run_dir.name,
+        config=config,
+    )
 
     try:
         before: dict[str, Any] = {}
@@ -142,15 +169,20 @@ def train(
             _say(console, f"before: {_metrics_line(before)}")
 
         def step_batches(step: int) -> list[dict[str, Any]]:
-            return [prepared.collate([prepared.rows[i] for i in micro]) for micro in schedule.rows_for_step(step)]
+            return [
+                prepared.collate([prepared.rows[i] for i in micro]) for micro in schedule.rows_for_step(step)
+            ]
 
         def evaluate_during(step: int) -> dict[str, Any]:
-            metrics = task.evaluate(model, loss_module, prepared, tokenizer, config, device, "during", generate=False)
+            metrics = task.evaluate(
+                model, loss_module, prepared, tokenizer, config, device, "during", generate=False
+            )
             return {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
 
         def save(current: TrainerState) -> Path:
-            return save_checkpoint(run_dir / "checkpoints", loss_module, optimizer, scheduler, current,
-                                   config.train.keep_last)
+            return save_checkpoint(
+                run_dir / "checkpoints", loss_module, optimizer, scheduler, current, config.train.keep_last
+            )
 
         settings = LoopSettings(
             total_steps=total_steps,
@@ -163,14 +195,25 @@ def train(
             max_skipped_steps=config.train.max_skipped_steps,
         )
         with stop_on_signals() as stop, _progress(config, total_steps, state.step, console) as advance:
+
             def on_step_all(step: int, record: dict[str, Any]) -> None:
                 advance(step, record)
                 if on_step is not None:
                     on_step(step, record)
 
-            state = train_loop(loss_module, optimizer, scheduler, step_batches, settings, state, log,
-                               evaluate=evaluate_during if prepared.eval else None, save=save, stop=stop,
-                               on_step=on_step_all)
+            state = train_loop(
+                loss_module,
+                optimizer,
+                scheduler,
+                step_batches,
+                settings,
+                state,
+                log,
+                evaluate=evaluate_during if prepared.eval else None,
+                save=save,
+                stop=stop,
+                on_step=on_step_all,
+            )
         save(state)  # the final checkpoint: resuming a finished run is a no-op, not a restart
 
         final_dir = run_dir / FINAL_DIR
@@ -186,20 +229,59 @@ def train(
             merge_adapter(final_dir, merged_dir)
             _say(console, f"merged model: {merged_dir}")
         seconds = time.perf_counter() - started
-        rundir.write_json(run_dir / rundir.SUMMARY_FILE, {
-            "task": config.task, "base_model": model_path, "steps": state.step, "seconds": seconds,
-            "before": before, "after": after, "final_dir": str(final_dir),
-            "trainable_parameters": trainable, "total_parameters": total,
-            "data": _jsonable_stats(prepared.stats),
-        })
+        rundir.write_json(
+            run_dir / rundir.SUMMARY_FILE,
+            {
+                "task": config.task,
+                "base_model": model_path,
+                "steps": state.step,
+                "seconds": seconds,
+                "before": before,
+                "after": after,
+                "final_dir": str(final_dir),
+                "trainable_parameters": trainable,
+                "total_parameters": total,
+                "data": _jsonable_stats(prepared.stats),
+                **peak_memory(device),
+            },
+        )
         write_report(run_dir, console=None)
         return RunResult(run_dir, final_dir, merged_dir, before, after, state.step, seconds)
     finally:
         log.close()
 
 
-def _evaluate(task: Any, model: Any, loss_module: Any, prepared: Any, tokenizer: Any, config: Config,
-              device: str, phase: str) -> dict[str, Any]:
+def peak_memory(device: str) -> dict[str, int]:
+    """Peak resident memory of this process and, on CUDA, the peak memory torch allocated."""
+    import sys
+
+    import torch
+
+    try:
+        import resource
+
+        # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = {"peak_rss_bytes": int(rss if sys.platform == "darwin" else rss * 1024)}
+    except ImportError:  # Windows: no getrusage; the current RSS is the best we have
+        import psutil
+
+        peak = {"peak_rss_bytes": int(psutil.Process().memory_info().rss)}
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        peak["cuda_max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    return peak
+
+
+def _evaluate(
+    task: Any,
+    model: Any,
+    loss_module: Any,
+    prepared: Any,
+    tokenizer: Any,
+    config: Config,
+    device: str,
+    phase: str,
+) -> dict[str, Any]:
     metrics = task.evaluate(model, loss_module, prepared, tokenizer, config, device, phase)
     if config.eval.forgetting and config.task != "classify":
         metrics["general"] = general_perplexity(loss_module, tokenizer, config, device)
@@ -224,20 +306,26 @@ def general_perplexity(loss_module: Any, tokenizer: Any, config: Config, device:
     examples = [e for e in examples if len(e.input_ids) > 1]
     for example in examples:
         example.labels[0] = IGNORE_INDEX
-    metrics = lm_metrics(loss_module, examples, tokenizer.pad_token_id, block, config.train.batch_size, device,
-                         packing=False)
+    metrics = lm_metrics(
+        loss_module, examples, tokenizer.pad_token_id, block, config.train.batch_size, device, packing=False
+    )
     return {"loss": metrics["loss"], "perplexity": metrics["perplexity"], "source": str(path)}
 
 
-def _write_final(task: Any, model: Any, tokenizer: Any, final_dir: Path, prepared: Any, config: Config,
-                 model_path: str) -> None:
+def _write_final(
+    task: Any, model: Any, tokenizer: Any, final_dir: Path, prepared: Any, config: Config, model_path: str
+) -> None:
     """Save to a temporary folder, then rename: final/ is either complete or absent."""
     temp = final_dir.with_name(final_dir.name + ".tmp")
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir(parents=True)
     task.save_final(model, tokenizer, temp, prepared, config)
-    info = {"task": config.task, "base_model": model_path, "method": config.adapter.method,
-            "max_seq_len": config.data.max_seq_len}
+    info = {
+        "task": config.task,
+        "base_model": model_path,
+        "method": config.adapter.method,
+        "max_seq_len": config.data.max_seq_len,
+    }
     (temp / RUN_INFO_FILE).write_text(json.dumps(info, indent=2))
     if final_dir.exists():
         shutil.rmtree(final_dir)
@@ -261,9 +349,19 @@ def check_resume_compatible(run_dir: Path, config: Config, console: Any) -> None
 
     saved = read_yaml(run_dir / "config.yaml")
     current = json.loads(json.dumps(config.model_dump(mode="json")))
-    harmless_prefixes = ("train.max_steps", "train.epochs", "train.eval_every", "train.log_every",
-                         "train.save_every", "train.keep_last", "eval.", "logging.", "data.check",
-                         "train.num_threads", "data.max_eval_examples")
+    harmless_prefixes = (
+        "train.max_steps",
+        "train.epochs",
+        "train.eval_every",
+        "train.log_every",
+        "train.save_every",
+        "train.keep_last",
+        "eval.",
+        "logging.",
+        "data.check",
+        "train.num_threads",
+        "data.max_eval_examples",
+    )
     differing = _diff_keys(saved, current)
     blocking = [k for k in differing if not k.startswith(harmless_prefixes)]
     if blocking:
@@ -326,12 +424,19 @@ class _progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tok/s"),
-            TimeRemainingColumn(), console=self.console, transient=False,
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[speed]} tok/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
         )
         self.progress.__enter__()
-        self.task_id = self.progress.add_task("train", total=self.total, completed=self.start, loss="-", speed="-")
+        self.task_id = self.progress.add_task(
+            "train", total=self.total, completed=self.start, loss="-", speed="-"
+        )
 
         def advance(step: int, record: dict[str, Any]) -> None:
             fields = {"loss": f"{record['loss']:.4f}"}
@@ -360,11 +465,14 @@ def resolve_trained(model_or_run: str) -> Path:
     return Path(model_or_run)
 
 
-def load_for_inference(model_or_run: str, device: str = "auto", trust_remote_code: bool = False) -> tuple[Any, Any]:
+def load_for_inference(
+    model_or_run: str, device: str = "auto", trust_remote_code: bool = False
+) -> tuple[Any, Any]:
     """(model, tokenizer) for a run, an adapter directory, a model directory, 'embedded' or a hub id."""
     from tunesmith.config import ModelConfig
     from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve_model_path, select_device
 
+    quiet_libraries()
     device = select_device(device)
     target = resolve_trained(model_or_run)
     adapter_config = target / "adapter_config.json"
@@ -389,8 +497,14 @@ def load_for_inference(model_or_run: str, device: str = "auto", trust_remote_cod
     return model, tokenizer
 
 
-def generate(model_or_run: str, prompt: str | list[dict[str, str]], system: str | None = None,
-             max_new_tokens: int = 128, temperature: float = 0.0, loaded: tuple[Any, Any] | None = None) -> str:
+def generate(
+    model_or_run: str,
+    prompt: str | list[dict[str, str]],
+    system: str | None = None,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    loaded: tuple[Any, Any] | None = None,
+) -> str:
     """The assistant's reply to `prompt` (a string or a list of messages), through the chat template."""
     from tunesmith.data.templates import resolve_chat_template
     from tunesmith.evaluate.generation import generate_reply
@@ -445,14 +559,137 @@ def preview(config: Config, num_samples: int = 3) -> list[dict[str, Any]]:
 
 
 def write_report(run_dir: str | Path, console: Any = None) -> Path | None:
-    """Build report.html for a run (the report module lands with the evaluation issue)."""
+    """Build report.html for a run from the files in its directory (again at any time)."""
     try:
         from tunesmith.report import html
     except ImportError:
         return None
-    path = html.write_report(Path(run_dir))
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not any(
+        (run_dir / name).exists() for name in ("tunesmith-run.json", "metrics.jsonl")
+    ):
+        raise UserError(
+            f"{run_dir} is not a tunesmith run directory (no tunesmith-run.json or metrics.jsonl); "
+            "pass a folder under runs/"
+        )
+    path = html.write_report(run_dir)
     _say(console, f"report: {path}")
     return path
+
+
+def base_model_of(model_or_run: str) -> str | None:
+    """The base model a run or adapter was tuned from, as recorded next to it (None when unknown)."""
+    target = resolve_trained(model_or_run)
+    for name, key in ((RUN_INFO_FILE, "base_model"), ("adapter_config.json", "base_model_name_or_path")):
+        path = target / name
+        if path.is_file():
+            try:
+                value = json.loads(path.read_text()).get(key)
+            except (json.JSONDecodeError, OSError):
+                continue
+            if value:
+                return str(value)
+    return None
+
+
+def evaluate(
+    model_or_run: str,
+    data: str | list[str],
+    task: str | None = None,
+    baseline: str | None = None,
+    out_dir: str | Path | None = None,
+    overrides: list[str] | None = None,
+    console: Any = None,
+) -> dict[str, Any]:
+    """The task's metrics on `data` for a tuned model and, side by side, its baseline.
+
+    `model_or_run` is a run directory (its final/ model), an adapter or a model directory. The
+    baseline defaults to the base model the run recorded. Both models see the same tokenized
+    data (the tuned model's tokenizer and chat template, as in training). Results go to
+    `out_dir` (default: <run>/eval/<data name>/ for a run) as tuned.json, baseline.json and
+    comparison.json; the same dict is returned.
+    """
+    from tunesmith.config import _deep_merge, build_config, parse_overrides, read_yaml
+    from tunesmith.evaluate.compare import compare
+    from tunesmith.models.load import load_tokenizer, resolve_model_path
+    from tunesmith.tasks import get_task
+    from tunesmith.train import rundir
+
+    path = Path(model_or_run).expanduser()
+    run_dir = path if (path / FINAL_DIR).is_dir() else None
+    target = resolve_trained(model_or_run)
+    values: dict[str, Any] = (
+        read_yaml(run_dir / "config.yaml") if run_dir and (run_dir / "config.yaml").is_file() else {}
+    )
+    info_file = target / RUN_INFO_FILE
+    recorded_task = json.loads(info_file.read_text()).get("task") if info_file.is_file() else None
+    values["task"] = task or recorded_task or values.get("task") or "instruct"
+    values["model"] = {**values.get("model", {}), "name": str(target) if target.exists() else model_or_run}
+    # All of `data` is evaluated: it is both sides of the split, so nothing is held out of it.
+    values["data"] = {**values.get("data", {}), "train": data, "eval": data, "check": False}
+    values.pop("run_name", None)
+    if overrides:
+        values = _deep_merge(values, parse_overrides(overrides))
+    config = build_config(values, source="tunesmith eval")
+    baseline = baseline or base_model_of(model_or_run)
+
+    device = setup_torch(config)
+    task_module = get_task(config.task)
+    tokenizer = load_tokenizer(resolve_model_path(config.model.name), config.model)
+    prepared = task_module.prepare_data(config, tokenizer)
+    if not prepared.eval:
+        raise UserError(f"--data {data}: no usable evaluation examples")
+
+    def measure(name: str, phase: str) -> dict[str, Any]:
+        _say(console, f"evaluating {name} ...")
+        if hasattr(task_module, "load_trained"):  # tasks with their own model class (classify heads)
+            model = task_module.load_trained(name, config, device)
+        else:
+            model, _ = load_for_inference(
+                name, device=device, trust_remote_code=config.model.trust_remote_code
+            )
+        metrics = _evaluate(
+            task_module,
+            model,
+            task_module.make_loss(model, config),
+            prepared,
+            tokenizer,
+            config,
+            device,
+            phase,
+        )
+        del model
+        return metrics
+
+    tuned = measure(model_or_run, "after")
+    base = measure(baseline, "before") if baseline else {}
+    if not baseline:
+        _say(
+            console,
+            "[yellow]warning[/yellow]: no base model recorded for this model; pass --baseline MODEL "
+            "to compare",
+        )
+    result = {
+        "task": config.task,
+        "data": data,
+        "tuned_model": str(model_or_run),
+        "baseline_model": baseline,
+        "tuned": tuned,
+        "baseline": base,
+        "comparison": compare(base, tuned),
+    }
+    if out_dir is None and run_dir is not None:
+        stem = Path(data[0] if isinstance(data, list) else data).stem or "data"
+        out_dir = run_dir / EVAL_DIR / f"eval-{stem}"
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        rundir.write_json(out_dir / "tuned.json", tuned)
+        rundir.write_json(out_dir / "baseline.json", base)
+        rundir.write_json(
+            out_dir / "comparison.json", {k: v for k, v in result.items() if k not in ("tuned", "baseline")}
+        )
+        result["out_dir"] = str(out_dir)
+    return result
 
 
 def demo(output_dir: str = "runs", console: Any = None, max_steps: int | None = None) -> RunResult:
@@ -460,18 +697,29 @@ def demo(output_dir: str = "runs", console: Any = None, max_steps: int | None = 
     from tunesmith.models.load import ASSETS_DIR
 
     samples = ASSETS_DIR / "samples"
-    config = Config.model_validate({
-        "task": "instruct",
-        "model": {"name": "embedded", "device": "cpu"},
-        "adapter": {"method": "full"},
-        "data": {"train": str(samples / "instruct.jsonl"), "eval": str(samples / "instruct_eval.jsonl"),
-                 "max_seq_len": 256},
-        "train": {"learning_rate": 1e-3, "max_steps": max_steps or 120, "batch_size": 4, "eval_every": 40,
-                  "warmup_ratio": 0.05, "log_every": 5},
-        "eval": {"num_prompts": 4, "max_new_tokens": 32},
-        "output_dir": output_dir,
-        "run_name": default_demo_name(output_dir),
-    })
+    config = Config.model_validate(
+        {
+            "task": "instruct",
+            "model": {"name": "embedded", "device": "cpu"},
+            "adapter": {"method": "full"},
+            "data": {
+                "train": str(samples / "instruct.jsonl"),
+                "eval": str(samples / "instruct_eval.jsonl"),
+                "max_seq_len": 256,
+            },
+            "train": {
+                "learning_rate": 1e-3,
+                "max_steps": max_steps or 120,
+                "batch_size": 4,
+                "eval_every": 40,
+                "warmup_ratio": 0.05,
+                "log_every": 5,
+            },
+            "eval": {"num_prompts": 4, "max_new_tokens": 32},
+            "output_dir": output_dir,
+            "run_name": default_demo_name(output_dir),
+        }
+    )
     _say(console, "[bold]tunesmith demo[/bold]: instruction finetuning of the embedded model on CPU")
     return train(config, console=console)
 

@@ -79,8 +79,12 @@ def _load(config_path: str | None, overrides: list[str] | None) -> Any:
 def train(
     config: str = typer.Argument(..., help="YAML config (see examples/)"),
     overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. train.learning_rate=1e-4"),
-    resume: bool = typer.Option(False, "--resume", help="continue the run from its newest complete checkpoint"),
-    merge: bool = typer.Option(False, "--merge", help="also write a merged model (adapter folded into the base)"),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue the run from its newest complete checkpoint"
+    ),
+    merge: bool = typer.Option(
+        False, "--merge", help="also write a merged model (adapter folded into the base)"
+    ),
     nproc: int = typer.Option(1, "--nproc", help="processes (GPUs) on this node; >1 launches torchrun"),
 ) -> None:
     """Finetune a model as the config says."""
@@ -96,15 +100,27 @@ def train(
         console.print("[bold]resolved config[/bold]")
         console.print(config_to_yaml(cfg), markup=False)
         result = api.train(cfg, resume=resume, merge=merge, console=console)
-        console.print(f"[bold green]done[/bold green]: {result.steps} steps in {result.seconds:.0f}s; "
-                      f"model in {result.final_dir}")
+        console.print(
+            f"[bold green]done[/bold green]: {result.steps} steps in {result.seconds:.0f}s; "
+            f"model in {result.final_dir}"
+        )
 
     _run(action)
 
 
 def _exec_torchrun(nproc: int, argv: list[str]) -> None:
-    args = [a for i, a in enumerate(argv) if not (a.startswith("--nproc") or (i and argv[i - 1] == "--nproc"))]
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "-m", "tunesmith", *args]
+    args = [
+        a for i, a in enumerate(argv) if not (a.startswith("--nproc") or (i and argv[i - 1] == "--nproc"))
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "tunesmith",
+        *args,
+    ]
     os.execv(sys.executable, command)
 
 
@@ -135,13 +151,17 @@ def demo(
         gens.add_column("before")
         gens.add_column("after")
         gens.add_column("reference")
-        for old, new in zip(result.before.get("generations", []), result.after.get("generations", []), strict=False):
+        for old, new in zip(
+            result.before.get("generations", []), result.after.get("generations", []), strict=False
+        ):
             gens.add_row(old["prompt"], old["output"], new["output"], new.get("reference", ""))
         console.print(gens)
         improved = result.after.get("loss", 0) < result.before.get("loss", 0)
         verdict = "[green]lower[/green]" if improved else "[red]not lower[/red]"
-        console.print(f"held-out loss {result.before.get('loss', float('nan')):.4f} -> "
-                      f"{result.after.get('loss', float('nan')):.4f} ({verdict}); run: {result.run_dir}")
+        console.print(
+            f"held-out loss {result.before.get('loss', float('nan')):.4f} -> "
+            f"{result.after.get('loss', float('nan')):.4f} ({verdict}); run: {result.run_dir}"
+        )
 
     _run(action)
 
@@ -201,6 +221,90 @@ def chat(
     _run(action)
 
 
+@app.command("eval")
+def eval_command(
+    model: str = typer.Argument(..., help="run directory, adapter or model directory"),
+    data: list[str] = typer.Option(
+        ..., "--data", "-d", help="evaluation data (file or folder; repeat for several)"
+    ),
+    task: str = typer.Option(None, "--task", help="pretrain | classify | instruct (default: the run's task)"),
+    baseline: str = typer.Option(
+        None, "--baseline", help="model to compare with (default: the run's base model)"
+    ),
+    out: str = typer.Option(
+        None, "--out", help="folder for the JSON results (default: <run>/eval/eval-<data>/)"
+    ),
+    overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. eval.max_new_tokens=32"),
+) -> None:
+    """Evaluate a tuned model on data, side by side with its base model."""
+
+    def action() -> None:
+        from tunesmith import api
+
+        console = _console()
+        result = api.evaluate(
+            model, data if len(data) > 1 else data[0], task, baseline, out, overrides, console=console
+        )
+        _print_comparison(console, result)
+
+    _run(action)
+
+
+def _print_comparison(console: Any, result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from tunesmith.report.html import fmt
+
+    comparison = result["comparison"]
+    table = Table(title=f"{result['task']} metrics on {result['data']}")
+    table.add_column("metric")
+    table.add_column(f"baseline ({result['baseline_model'] or 'none'})", justify="right")
+    table.add_column("tuned", justify="right")
+    table.add_column("change", justify="right")
+    for row in comparison["metrics"]:
+        change = "" if row["delta"] is None else fmt(row["delta"])
+        style = {"better": "green", "worse": "red"}.get(row["verdict"], "")
+        table.add_row(
+            row["metric"],
+            fmt(row["before"]),
+            fmt(row["after"]),
+            f"[{style}]{change}[/{style}]" if style else change,
+        )
+    console.print(table)
+    if comparison["generations"]:
+        generations = Table(title="generations", show_lines=True)
+        for column in ("prompt", "reference", "baseline", "tuned"):
+            generations.add_column(column, overflow="fold")
+        for item in comparison["generations"]:
+            generations.add_row(*(str(item.get(k) or "") for k in ("prompt", "reference", "before", "after")))
+        console.print(generations)
+    examples = comparison["examples"]
+    if examples["kind"]:
+        console.print(
+            f"{examples['num_compared']} examples compared: {examples['num_fixed']} fixed, "
+            f"{examples['num_broken']} broken by the tuning"
+        )
+    if result.get("out_dir"):
+        console.print(f"results: {result['out_dir']}")
+
+
+@app.command()
+def report(run: str = typer.Argument(..., help="run directory")) -> None:
+    """Rebuild a run's report.html from the files in its directory; prints its path."""
+
+    def action() -> None:
+        from tunesmith import api
+
+        path = api.write_report(run)
+        if path is None:
+            from tunesmith.errors import UserError
+
+            raise UserError("the report needs the report module; reinstall tunesmith")
+        typer.echo(str(path))
+
+    _run(action)
+
+
 @app.command()
 def merge(
     run: str = typer.Argument(..., help="run directory or adapter directory"),
@@ -233,7 +337,9 @@ def data_preview(
         console = _console()
         cfg = _load(config, overrides)
         for sample in api.preview(cfg, num):
-            console.rule(f"{sample['source']}" + (f"  label={sample['label']}" if sample["label"] is not None else ""))
+            console.rule(
+                f"{sample['source']}" + (f"  label={sample['label']}" if sample["label"] is not None else "")
+            )
             text = Text()
             for piece, trained in sample["pieces"]:
                 text.append(piece, style="bold green" if trained else "dim")

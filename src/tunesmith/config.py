@@ -29,8 +29,12 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    name: str = Field("embedded", description="base model: 'embedded', a local directory or a Hugging Face id")
-    revision: str | None = Field(None, description="hub revision (branch, tag or commit) when `name` is a hub id")
+    name: str = Field(
+        "embedded", description="base model: 'embedded', a local directory or a Hugging Face id"
+    )
+    revision: str | None = Field(
+        None, description="hub revision (branch, tag or commit) when `name` is a hub id"
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights dtype; auto = bf16 on GPUs that have it, fp32 on CPU"
     )
@@ -45,7 +49,9 @@ class ModelConfig(Section):
 
 
 class AdapterConfig(Section):
-    method: Literal["lora", "full"] = Field("lora", description="lora = PEFT LoRA adapter; full = all weights")
+    method: Literal["lora", "full"] = Field(
+        "lora", description="lora = PEFT LoRA adapter; full = all weights"
+    )
     r: int = Field(16, ge=1, description="LoRA rank")
     alpha: int = Field(32, ge=1, description="LoRA alpha; scaling is alpha / r")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="LoRA dropout")
@@ -60,9 +66,15 @@ class ReplayConfig(Section):
 
 
 class DataConfig(Section):
-    train: str | list[str] | None = Field(None, description="training data: files, folders, globs or a hub dataset")
-    eval: str | list[str] | None = Field(None, description="held-out data; when empty, eval_fraction of train")
-    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of train held out when `eval` is empty")
+    train: str | list[str] | None = Field(
+        None, description="training data: files, folders, globs or a hub dataset"
+    )
+    eval: str | list[str] | None = Field(
+        None, description="held-out data; when empty, eval_fraction of train"
+    )
+    eval_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="share of train held out when `eval` is empty"
+    )
     max_eval_examples: int = Field(200, ge=1, description="cap on held-out examples (evaluation cost)")
     format: DataFormat = Field("auto", description="record format; auto detects it from the fields")
     fields: dict[str, str] = Field(
@@ -71,7 +83,9 @@ class DataConfig(Section):
     )
     max_seq_len: int = Field(512, ge=8, description="tokens per sequence; longer samples are truncated")
     packing: bool = Field(True, description="pack several samples per row (documents never see each other)")
-    system_prompt: str | None = Field(None, description="system message prepended to conversations without one")
+    system_prompt: str | None = Field(
+        None, description="system message prepended to conversations without one"
+    )
     chat_template: str | None = Field(
         None, description="Jinja chat template; default: the tokenizer's own, else tunesmith's ChatML"
     )
@@ -81,14 +95,21 @@ class DataConfig(Section):
     general_text: str | None = Field(
         None, description="general reference text for the forgetting probe; default: the embedded corpus"
     )
-    labels: list[str] | None = Field(None, description="classify: label names in order; default: sorted from data")
+    labels: list[str] | None = Field(
+        None, description="classify: label names in order; default: sorted from data"
+    )
     multi_label: bool = Field(False, description="classify: each example may carry several labels")
+    label_columns: list[str] | None = Field(
+        None, description="classify multi-label: one 0/1 column per label (column names are the label names)"
+    )
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="classify multi-label: decision threshold")
     class_weights: Literal["none", "balanced"] | dict[str, float] = Field(
         "none", description="classify: 'balanced', explicit {label: weight}, or none"
     )
     check: bool = Field(True, description="run the data doctor before training; errors stop the run")
-    cache_dir: str | None = Field(None, description="pretrain: token cache folder; default ~/.cache/tunesmith")
+    cache_dir: str | None = Field(
+        None, description="pretrain: token cache folder; default ~/.cache/tunesmith"
+    )
 
     @field_validator("train", "eval")
     @classmethod
@@ -100,25 +121,39 @@ class DataConfig(Section):
 
 class TrainConfig(Section):
     learning_rate: float = Field(2e-4, gt=0.0, description="peak learning rate (LoRA ~2e-4, full ~2e-5)")
-    epochs: float = Field(1.0, gt=0.0, description="passes over the training data (ignored when max_steps is set)")
+    epochs: float = Field(
+        1.0, gt=0.0, description="passes over the training data (ignored when max_steps is set)"
+    )
     max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
     batch_size: int = Field(8, ge=1, description="sequences (packed rows) per micro-batch")
     gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="share of steps with linear warmup")
     lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="decay after warmup")
     min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="final LR as a share of the peak")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay (not applied to norms and biases)")
+    weight_decay: float = Field(
+        0.0, ge=0.0, description="AdamW weight decay (not applied to norms and biases)"
+    )
     adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1")
     adam_beta2: float = Field(0.999, ge=0.0, lt=1.0, description="AdamW beta2")
     max_grad_norm: float = Field(1.0, ge=0.0, description="gradient clipping; 0 turns it off")
     seed: int = Field(42, description="seed for init, shuffling and dropout")
     eval_every: int = Field(50, ge=0, description="evaluate every N steps; 0 only at the end")
     log_every: int = Field(1, ge=1, description="write metrics every N steps")
-    save_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 only at the end and on interrupt")
-    keep_last: int = Field(2, ge=1, description="checkpoints kept; older ones are deleted after a successful save")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in backward to save memory")
-    on_nonfinite: Literal["stop", "skip"] = Field("stop", description="NaN/inf loss or gradient: stop, or skip step")
-    max_skipped_steps: int = Field(10, ge=0, description="with on_nonfinite: skip, stop after this many skips")
+    save_every: int = Field(
+        0, ge=0, description="checkpoint every N steps; 0 only at the end and on interrupt"
+    )
+    keep_last: int = Field(
+        2, ge=1, description="checkpoints kept; older ones are deleted after a successful save"
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in backward to save memory"
+    )
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="NaN/inf loss or gradient: stop, or skip step"
+    )
+    max_skipped_steps: int = Field(
+        10, ge=0, description="with on_nonfinite: skip, stop after this many skips"
+    )
     num_threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores")
     compile: bool = Field(False, description="torch.compile the model (GPU fast path)")
 
@@ -126,10 +161,16 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     before: bool = Field(True, description="evaluate the base model before training")
     after: bool = Field(True, description="evaluate the tuned model after training")
-    prompts: list[str] = Field(default_factory=list, description="instruct: prompts generated before and after")
-    num_prompts: int = Field(4, ge=0, description="instruct: held-out prompts to generate for when none given")
+    prompts: list[str] = Field(
+        default_factory=list, description="instruct: prompts generated before and after"
+    )
+    num_prompts: int = Field(
+        4, ge=0, description="instruct: held-out prompts to generate for when none given"
+    )
     max_new_tokens: int = Field(64, ge=1, description="generation length for the side-by-side generations")
-    forgetting: bool = Field(True, description="perplexity on general text before and after (forgetting probe)")
+    forgetting: bool = Field(
+        True, description="perplexity on general text before and after (forgetting probe)"
+    )
     max_general_tokens: int = Field(16384, ge=256, description="tokens of general text used by the probe")
 
 
@@ -210,7 +251,9 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     nested: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise UserError(f"override {item!r} must look like key.subkey=value, e.g. train.learning_rate=1e-4")
+            raise UserError(
+                f"override {item!r} must look like key.subkey=value, e.g. train.learning_rate=1e-4"
+            )
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else None

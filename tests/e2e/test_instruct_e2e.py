@@ -33,9 +33,15 @@ def run_steps(config, steps: int = 4):
     scheduler = build_scheduler(optimizer, config.train, steps)
     schedule = RowSchedule(len(prepared.rows), config.train.batch_size, 1, 0)
     records = []
-    train_loop(loss, optimizer, scheduler,
-               lambda s: [prepared.collate([prepared.rows[i] for i in m]) for m in schedule.rows_for_step(s)],
-               LoopSettings(total_steps=steps), TrainerState(0, steps), records.append)
+    train_loop(
+        loss,
+        optimizer,
+        scheduler,
+        lambda s: [prepared.collate([prepared.rows[i] for i in m]) for m in schedule.rows_for_step(s)],
+        LoopSettings(total_steps=steps),
+        TrainerState(0, steps),
+        records.append,
+    )
     return model, before, records
 
 
@@ -66,28 +72,53 @@ def test_full_finetuning_changes_the_weights(tiny_llama, tmp_path, instruct_rows
 @pytest.fixture(scope="module")
 def lora_run(tiny_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("lora-run")
-    rows = [{"messages": [{"role": "user", "content": f"Count to {i % 5 + 1}."},
-                          {"role": "assistant", "content": " ".join(str(k) for k in range(1, i % 5 + 2))},
-                          {"role": "user", "content": "Again."},
-                          {"role": "assistant", "content": "Once more: done."}]} for i in range(30)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Count to {i % 5 + 1}."},
+                {"role": "assistant", "content": " ".join(str(k) for k in range(1, i % 5 + 2))},
+                {"role": "user", "content": "Again."},
+                {"role": "assistant", "content": "Once more: done."},
+            ]
+        }
+        for i in range(30)
+    ]
     train_file = write_jsonl(root / "train.jsonl", rows)
-    config = build_config(tiny_config(tiny_models["llama"], train_file, root / "runs",
-                                      eval={"before": True, "after": True, "forgetting": True, "num_prompts": 2,
-                                            "max_new_tokens": 8}))
+    config = build_config(
+        tiny_config(
+            tiny_models["llama"],
+            train_file,
+            root / "runs",
+            eval={"before": True, "after": True, "forgetting": True, "num_prompts": 2, "max_new_tokens": 8},
+        )
+    )
     return api.train(config, merge=True)
 
 
 def test_run_directory_holds_what_it_promises(lora_run):
     run = lora_run.run_dir
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "eval/before.json", "eval/after.json",
-                 "final/adapter_config.json", "final/adapter_model.safetensors", "final/tokenizer.json",
-                 "final/tunesmith.json", "merged/config.json", "merged/model.safetensors"):
+    for name in (
+        "config.yaml",
+        "metrics.jsonl",
+        "summary.json",
+        "eval/before.json",
+        "eval/after.json",
+        "final/adapter_config.json",
+        "final/adapter_model.safetensors",
+        "final/tokenizer.json",
+        "final/tunesmith.json",
+        "merged/config.json",
+        "merged/model.safetensors",
+    ):
         assert (run / name).is_file(), name
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in steps if "loss" in r and "event" not in r] == [1, 2, 3]
     assert {"general", "loss", "generations"} <= set(lora_run.after)
-    assert not list(run.glob("**/*.bin")) and not list(run.glob("**/*.pt")) or all(
-        p.parent.parent.name == "checkpoints" for p in run.glob("**/*.pt"))
+    assert (
+        not list(run.glob("**/*.bin"))
+        and not list(run.glob("**/*.pt"))
+        or all(p.parent.parent.name == "checkpoints" for p in run.glob("**/*.pt"))
+    )
 
 
 def test_adapter_loads_in_peft_and_merged_model_equals_base_plus_adapter(lora_run, tiny_models):
@@ -99,7 +130,9 @@ def test_adapter_loads_in_peft_and_merged_model_equals_base_plus_adapter(lora_ru
     input_ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
     with torch.no_grad():
         reference = with_adapter(input_ids=input_ids).logits
-        plain_base = AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()(input_ids=input_ids).logits
+        plain_base = (
+            AutoModelForCausalLM.from_pretrained(tiny_models["llama"]).eval()(input_ids=input_ids).logits
+        )
         assert not torch.allclose(reference, plain_base, atol=1e-4)  # the adapter does something
         assert torch.allclose(merged(input_ids=input_ids).logits, reference, atol=1e-5)
 
@@ -114,9 +147,14 @@ def test_other_architectures_train_without_code_changes(arch, tiny_models, tmp_p
 
 def test_real_pretrained_checkpoint_trains(shared_dir, tmp_path, instruct_rows):
     train_file = write_jsonl(tmp_path / "train.jsonl", instruct_rows)
-    config = tiny_config(shared_dir / "models" / "stories260k", train_file, tmp_path / "runs",
-                         eval={"before": True, "after": True, "forgetting": False, "num_prompts": 1,
-                               "max_new_tokens": 4}, train__max_steps=6, train__learning_rate=3e-3)
+    config = tiny_config(
+        shared_dir / "models" / "stories260k",
+        train_file,
+        tmp_path / "runs",
+        eval={"before": True, "after": True, "forgetting": False, "num_prompts": 1, "max_new_tokens": 4},
+        train__max_steps=6,
+        train__learning_rate=3e-3,
+    )
     result = api.train(build_config(config))
     assert result.after["loss"] < result.before["loss"]
     reply = api.generate(str(result.run_dir), "Repeat the word red 2 times.", max_new_tokens=4)

@@ -16,7 +16,9 @@ def write(tmp_path, text: str):
 
 def test_yaml_and_dotted_overrides(tmp_path):
     path = write(tmp_path, "task: instruct\ntrain:\n  learning_rate: 0.001\n  batch_size: 4\n")
-    config = load_config(path, ["train.learning_rate=1e-4", "data.packing=false", "adapter.target_modules=[q_proj]"])
+    config = load_config(
+        path, ["train.learning_rate=1e-4", "data.packing=false", "adapter.target_modules=[q_proj]"]
+    )
     assert config.train.learning_rate == pytest.approx(1e-4)
     assert config.train.batch_size == 4
     assert config.data.packing is False

@@ -23,13 +23,22 @@ def test_collate_restarts_positions_and_masks_padding():
     examples = [Example([5, 6, 7], [IGNORE_INDEX, 6, 7]), Example([8, 9], [IGNORE_INDEX, 9])]
     batch = collate_rows([[0, 1], [1]], examples, pad_id=0, length=6)
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0], [0, 1, 0, 1, 2, 3]]
-    assert batch["labels"].tolist()[1] == [IGNORE_INDEX, 9, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]
+    assert batch["labels"].tolist()[1] == [
+        IGNORE_INDEX,
+        9,
+        IGNORE_INDEX,
+        IGNORE_INDEX,
+        IGNORE_INDEX,
+        IGNORE_INDEX,
+    ]
     assert batch["num_targets"] == 4
 
 
 def per_token_losses(model, batch):
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+        logits = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).logits
     return torch.nn.functional.cross_entropy(logits[0, :-1], batch["input_ids"][0, 1:], reduction="none")
 
 
@@ -50,10 +59,15 @@ def test_packed_documents_never_see_each_other(tiny_models):
 def test_packed_loss_equals_unpacked_loss(tiny_llama):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
     loss = CausalLMLoss(model)
-    examples = [Example([3, 4, 5, 6], [IGNORE_INDEX, 4, 5, 6]), Example([7, 8, 9], [IGNORE_INDEX, IGNORE_INDEX, 9])]
+    examples = [
+        Example([3, 4, 5, 6], [IGNORE_INDEX, 4, 5, 6]),
+        Example([7, 8, 9], [IGNORE_INDEX, IGNORE_INDEX, 9]),
+    ]
     with torch.no_grad():
         packed = loss(**{k: v for k, v in collate_rows([[0, 1]], examples, 0).items() if k != "num_targets"})
-        separate = loss(**{k: v for k, v in collate_rows([[0], [1]], examples, 0).items() if k != "num_targets"})
+        separate = loss(
+            **{k: v for k, v in collate_rows([[0], [1]], examples, 0).items() if k != "num_targets"}
+        )
     assert int(packed["num_targets"]) == int(separate["num_targets"]) == 4
     assert torch.allclose(packed["loss_sum"], separate["loss_sum"], atol=1e-5)
 

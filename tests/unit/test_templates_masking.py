@@ -86,8 +86,13 @@ def test_each_format_is_detected_and_masked(tokenizer, fmt):
 
 def test_field_mapping_and_explicit_format(tokenizer):
     rows = [({"question": "Say hi.", "answer": "Hi there."}, Source("qa.csv", 2))]
-    (record,) = list(normalize(rows, "instruct", fmt="alpaca", fields={"instruction": "question", "output": "answer"}))
-    assert record.messages == [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there."}]
+    (record,) = list(
+        normalize(rows, "instruct", fmt="alpaca", fields={"instruction": "question", "output": "answer"})
+    )
+    assert record.messages == [
+        {"role": "user", "content": "Say hi."},
+        {"role": "assistant", "content": "Hi there."},
+    ]
 
 
 def test_plain_template_for_tokenizers_without_chat_tokens(tokenizer):

@@ -79,7 +79,12 @@ def detect_format(row: dict[str, Any], task: str, source: Source) -> str:
     for name in TASK_FORMATS[task]:
         if name == "messages" and "messages" in keys:
             messages = row["messages"]
-            if isinstance(messages, list) and messages and isinstance(messages[0], dict) and "from" in messages[0]:
+            if (
+                isinstance(messages, list)
+                and messages
+                and isinstance(messages[0], dict)
+                and "from" in messages[0]
+            ):
                 return "sharegpt"
             return "messages"
         if all(f in keys for f in FORMAT_FIELDS[name]):
@@ -101,19 +106,27 @@ def _require_str(value: Any, name: str, source: Source, allow_empty: bool = Fals
     return value
 
 
-def _normalize_messages(raw: Any, source: Source, role_key: str, content_key: str, sharegpt: bool) -> list[dict[str, str]]:
+def _normalize_messages(
+    raw: Any, source: Source, role_key: str, content_key: str, sharegpt: bool
+) -> list[dict[str, str]]:
     if not isinstance(raw, list) or not raw:
         raise ValueError(f"{source}: `messages` must be a non-empty list of {{role, content}} objects")
     messages = []
     for index, message in enumerate(raw):
         if not isinstance(message, dict) or role_key not in message or content_key not in message:
-            raise ValueError(f"{source}: message {index} must be an object with `{role_key}` and `{content_key}`")
+            raise ValueError(
+                f"{source}: message {index} must be an object with `{role_key}` and `{content_key}`"
+            )
         role = message[role_key]
         role = SHAREGPT_ROLES.get(str(role).lower()) if sharegpt else role
         if role not in ROLES:
             valid = ", ".join(SHAREGPT_ROLES if sharegpt else ROLES)
-            raise ValueError(f"{source}: message {index} has unknown role {message[role_key]!r}; use one of {valid}")
-        content = _require_str(message[content_key], f"messages[{index}].{content_key}", source, allow_empty=True)
+            raise ValueError(
+                f"{source}: message {index} has unknown role {message[role_key]!r}; use one of {valid}"
+            )
+        content = _require_str(
+            message[content_key], f"messages[{index}].{content_key}", source, allow_empty=True
+        )
         messages.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError(f"{source}: conversation has no assistant turn, so nothing to train on")
@@ -145,8 +158,13 @@ def to_record(row: dict[str, Any], fmt: str, source: Source, system_prompt: str 
     elif fmt == "prompt_completion":
         prompt, completion = row["prompt"], row["completion"]
         if isinstance(prompt, list):  # conversational prompt/completion (TRL style)
-            messages = _normalize_messages(prompt + (completion if isinstance(completion, list) else []), source,
-                                           "role", "content", sharegpt=False)
+            messages = _normalize_messages(
+                prompt + (completion if isinstance(completion, list) else []),
+                source,
+                "role",
+                "content",
+                sharegpt=False,
+            )
         else:
             messages = [
                 {"role": "user", "content": _require_str(prompt, "prompt", source)},
@@ -156,7 +174,11 @@ def to_record(row: dict[str, Any], fmt: str, source: Source, system_prompt: str 
         return TextRecord(_require_str(row["text"], "text", source), source)
     elif fmt == "labeled":
         label = row["label"]
-        if label is None or (isinstance(label, str) and not label.strip()) or (isinstance(label, list) and not label):
+        if (
+            label is None
+            or (isinstance(label, str) and not label.strip())
+            or (isinstance(label, list) and not label)
+        ):
             raise ValueError(f"{source}: field `label` is empty")
         pair = row.get("text_pair")
         pair = _require_str(pair, "text_pair", source) if pair not in (None, "") else None

@@ -83,7 +83,9 @@ def expand_paths(spec: str | list[str], suffixes: set[str], what: str = "data") 
         elif os.path.isfile(item):
             files.append(Path(item))
         else:
-            raise UserError(f"{what}: file {item} not found; check the path (relative paths start at the current folder)")
+            raise UserError(
+                f"{what}: file {item} not found; check the path (relative paths start at the current folder)"
+            )
     return files
 
 
@@ -104,14 +106,18 @@ def _iter_jsonl(path: Path, policy: ErrorPolicy) -> Iterator[tuple[dict[str, Any
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                policy.bad(f"{source}: not valid UTF-8 at byte {exc.start} of the line; re-save the file as UTF-8")
+                policy.bad(
+                    f"{source}: not valid UTF-8 at byte {exc.start} of the line; re-save the file as UTF-8"
+                )
                 continue
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                policy.bad(f"{source}: malformed JSON ({exc.msg} at column {exc.colno}); fix or remove the line")
+                policy.bad(
+                    f"{source}: malformed JSON ({exc.msg} at column {exc.colno}); fix or remove the line"
+                )
                 continue
             if not isinstance(row, dict):
                 policy.bad(f"{source}: expected a JSON object per line, got {type(row).__name__}")
@@ -211,11 +217,15 @@ def read_text_file(path: Path) -> tuple[str, list[str]]:
         return data.decode("utf-8-sig"), []
     except UnicodeDecodeError as exc:
         count = data.decode("utf-8", errors="replace").count("\ufffd")
-        problem = f"{path}: {count} undecodable byte(s), first at byte offset {exc.start}; replaced with U+FFFD"
+        problem = (
+            f"{path}: {count} undecodable byte(s), first at byte offset {exc.start}; replaced with U+FFFD"
+        )
         return data.decode("utf-8", errors="replace"), [problem]
 
 
-def iter_hub_rows(name: str, split: str = "train", token: str | None = None) -> Iterator[tuple[dict[str, Any], Source]]:
+def iter_hub_rows(
+    name: str, split: str = "train", token: str | None = None
+) -> Iterator[tuple[dict[str, Any], Source]]:
     """Rows of a Hugging Face hub dataset (needs `datasets` and network access)."""
     try:
         import datasets

@@ -70,7 +70,12 @@ def collate_rows(
         position_ids[r, offset:] = torch.arange(length - offset)
     # Labels are shifted inside the loss; count the targets that will actually be scored.
     num_targets = int((labels[:, 1:] != IGNORE_INDEX).sum())
-    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "num_targets": num_targets}
+    return {
+        "input_ids": input_ids,
+        "labels": labels,
+        "position_ids": position_ids,
+        "num_targets": num_targets,
+    }
 
 
 @dataclass
@@ -113,7 +118,10 @@ class RowSchedule:
             if offset == self.num_rows:
                 epoch, offset = epoch + 1, 0
                 permutation = self._permutation(epoch)
-        return [stream[m * self.batch_size : (m + 1) * self.batch_size] for m in range(self.gradient_accumulation_steps)]
+        return [
+            stream[m * self.batch_size : (m + 1) * self.batch_size]
+            for m in range(self.gradient_accumulation_steps)
+        ]
 
     def epoch_at(self, step: int) -> float:
         return step * self.rows_per_step / self.num_rows

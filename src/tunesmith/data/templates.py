@@ -36,13 +36,20 @@ class ChatTemplate:
     template: str
     origin: str  # "tokenizer", "config", "built-in ChatML", "built-in plain"
 
-    def render(self, tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    def render(
+        self, tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = False
+    ) -> str:
         try:
             return tokenizer.apply_chat_template(
-                messages, chat_template=self.template, tokenize=False, add_generation_prompt=add_generation_prompt
+                messages,
+                chat_template=self.template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
             )
         except Exception as exc:  # jinja raises TemplateError and friends
-            raise UserError(f"the chat template ({self.origin}) failed to render a conversation: {exc}") from None
+            raise UserError(
+                f"the chat template ({self.origin}) failed to render a conversation: {exc}"
+            ) from None
 
 
 def resolve_chat_template(tokenizer: Any, override: str | None = None) -> ChatTemplate:
@@ -64,7 +71,9 @@ def resolve_chat_template(tokenizer: Any, override: str | None = None) -> ChatTe
     return ChatTemplate(PLAIN_TEMPLATE, "built-in plain (### User / ### Assistant, EOS ends a turn)")
 
 
-def assistant_spans(tokenizer: Any, template: ChatTemplate, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(
+    tokenizer: Any, template: ChatTemplate, messages: list[dict[str, str]]
+) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of every assistant turn."""
     text = template.render(tokenizer, messages)
     spans = []

@@ -20,6 +20,7 @@ class Example:
     labels: list[int] | None = None  # LM tasks: IGNORE_INDEX where not trained
     label: Any = None  # classify: class index, or a multi-hot list
     source: str = ""
+    token_type_ids: list[int] | None = None  # classify: segment ids of encoder text pairs
 
     @property
     def num_supervised(self) -> int:
@@ -37,7 +38,10 @@ class TokenizeStats:
     dropped_sources: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        parts = [f"{self.num_examples} examples", f"{self.num_tokens:,} tokens ({self.num_supervised_tokens:,} trained)"]
+        parts = [
+            f"{self.num_examples} examples",
+            f"{self.num_tokens:,} tokens ({self.num_supervised_tokens:,} trained)",
+        ]
         if self.num_truncated:
             parts.append(f"{self.num_truncated} truncated")
         if self.num_dropped_no_supervised:

@@ -42,4 +42,4 @@ def generate_reply(
         use_cache=True,
     )
     model.train(was_training)
-    return tokenizer.decode(output[0, len(prompt_ids):], skip_special_tokens=True).strip()
+    return tokenizer.decode(output[0, len(prompt_ids) :], skip_special_tokens=True).strip()

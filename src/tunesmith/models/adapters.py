@@ -7,8 +7,9 @@ from typing import Any
 from tunesmith.config import AdapterConfig
 
 
-def apply_adapter(model: Any, config: AdapterConfig, task_type: str = "CAUSAL_LM",
-                  modules_to_save: list[str] | None = None) -> Any:
+def apply_adapter(
+    model: Any, config: AdapterConfig, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None
+) -> Any:
     """Wrap `model` with LoRA (returns a PeftModel), or make every parameter trainable."""
     if config.method == "full":
         for parameter in model.parameters():

@@ -25,7 +25,9 @@ def resolve_model_path(name: str) -> str:
         if not os.path.isfile(os.path.join(expanded, "config.json")) and not os.path.isfile(
             os.path.join(expanded, "adapter_config.json")
         ):
-            raise UserError(f"model.name: {name} is a folder but holds no config.json; point at a model directory")
+            raise UserError(
+                f"model.name: {name} is a folder but holds no config.json; point at a model directory"
+            )
         return os.path.abspath(expanded)
     if os.path.exists(expanded):
         raise UserError(f"model.name: {name} is a file; point at a model directory (with config.json)")

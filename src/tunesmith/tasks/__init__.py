@@ -18,8 +18,11 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-TASK_MODULES = {"instruct": "tunesmith.tasks.instruct", "pretrain": "tunesmith.tasks.pretrain",
-                "classify": "tunesmith.tasks.classify"}
+TASK_MODULES = {
+    "instruct": "tunesmith.tasks.instruct",
+    "pretrain": "tunesmith.tasks.pretrain",
+    "classify": "tunesmith.tasks.classify",
+}
 
 
 @dataclass

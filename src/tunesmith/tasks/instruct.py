@@ -14,11 +14,13 @@ from tunesmith.data.pack import collate_rows, make_rows
 from tunesmith.data.templates import resolve_chat_template
 from tunesmith.data.tokenize import tokenize_conversations
 from tunesmith.evaluate.generation import generate_reply
-from tunesmith.evaluate.metrics import lm_metrics
+from tunesmith.evaluate.metrics import generation_metrics, lm_metrics, per_example_losses
 from tunesmith.models.adapters import apply_adapter, unwrap_causal_lm
 from tunesmith.models.load import load_causal_lm
 from tunesmith.tasks import PreparedData, hold_out
 from tunesmith.train.loss import CausalLMLoss
+
+MAX_COMPARED_EXAMPLES = 100  # held-out examples scored one by one for the fixed/broken lists
 
 
 def prepare_data(config: Config, tokenizer: Any) -> PreparedData:
@@ -30,10 +32,13 @@ def prepare_data(config: Config, tokenizer: Any) -> PreparedData:
         raise UserError("config key `data.train` is missing; point it at your instruction data file")
     records = load_records(data.train, "instruct", data.format, data.fields, data.system_prompt, policy)
     if data.eval is not None:
-        eval_records = load_records(data.eval, "instruct", data.format, data.fields, data.system_prompt, policy,
-                                    what="data.eval")
+        eval_records = load_records(
+            data.eval, "instruct", data.format, data.fields, data.system_prompt, policy, what="data.eval"
+        )
     else:
-        records, eval_records = hold_out(records, data.eval_fraction, data.max_eval_examples, config.train.seed)
+        records, eval_records = hold_out(
+            records, data.eval_fraction, data.max_eval_examples, config.train.seed
+        )
     template = resolve_chat_template(tokenizer, data.chat_template)
     train, train_stats = tokenize_conversations(records, tokenizer, template, data.max_seq_len)
     evaluation, eval_stats = (
@@ -82,13 +87,37 @@ def generation_prompts(prepared: PreparedData, config: Config) -> list[list[dict
     return prompts
 
 
-def evaluate(model: Any, loss: torch.nn.Module, prepared: PreparedData, tokenizer: Any, config: Config,
-             device: str, phase: str = "after", generate: bool = True) -> dict[str, Any]:
-    """Held-out loss, token accuracy and perplexity, plus generations for the fixed prompts."""
+def evaluate(
+    model: Any,
+    loss: torch.nn.Module,
+    prepared: PreparedData,
+    tokenizer: Any,
+    config: Config,
+    device: str,
+    phase: str = "after",
+    generate: bool = True,
+) -> dict[str, Any]:
+    """Held-out loss, token accuracy and perplexity, plus generations for the fixed prompts.
+
+    Before and after training (not during) it also scores the generations against their
+    references (exact match, ROUGE-L) and keeps each held-out example's own loss, so the
+    report can list the examples the tuning fixed and the ones it broke.
+    """
     metrics: dict[str, Any] = {}
     if prepared.eval:
-        metrics.update(lm_metrics(loss, prepared.eval, tokenizer.pad_token_id, config.data.max_seq_len,
-                                  config.train.batch_size, device, config.data.packing))
+        metrics.update(
+            lm_metrics(
+                loss,
+                prepared.eval,
+                tokenizer.pad_token_id,
+                config.data.max_seq_len,
+                config.train.batch_size,
+                device,
+                config.data.packing,
+            )
+        )
+        if phase != "during":
+            metrics["examples"] = _example_losses(loss, prepared, tokenizer, device)
     if generate:
         generations = []
         for index, messages in enumerate(generation_prompts(prepared, config)):
@@ -98,8 +127,29 @@ def evaluate(model: Any, loss: torch.nn.Module, prepared: PreparedData, tokenize
                 record = prepared.eval_records[index]
                 item["reference"] = [m for m in record.messages if m["role"] == "assistant"][-1]["content"]
             generations.append(item)
+        metrics.update(generation_metrics(generations))
         metrics["generations"] = generations
     return metrics
+
+
+def _example_losses(
+    loss: torch.nn.Module, prepared: PreparedData, tokenizer: Any, device: str
+) -> list[dict[str, Any]]:
+    """[{prompt, reference, loss}] for the first held-out examples, in a fixed order."""
+    examples = list(prepared.eval[:MAX_COMPARED_EXAMPLES])
+    records = {str(r.source): r for r in prepared.eval_records}
+    items = []
+    for example, value in zip(
+        examples, per_example_losses(loss, examples, tokenizer.pad_token_id, device), strict=True
+    ):
+        record = records.get(example.source)
+        prompt = reference = ""
+        if record is not None:
+            last = max(i for i, m in enumerate(record.messages) if m["role"] == "assistant")
+            prompt = next((m["content"] for m in reversed(record.messages[:last]) if m["role"] == "user"), "")
+            reference = record.messages[last]["content"]
+        items.append({"source": example.source, "prompt": prompt, "reference": reference, "loss": value})
+    return items
 
 
 def save_final(model: Any, tokenizer: Any, out_dir: Path, prepared: PreparedData, config: Config) -> None:

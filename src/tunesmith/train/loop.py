@@ -10,7 +10,7 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,10 +55,9 @@ def stop_on_signals() -> Iterator[StopFlag]:
         flag.signal_name = signal.Signals(signum).name
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        # Outside the main thread (e.g. a notebook worker) signal() raises: no handler there.
+        with suppress(ValueError):
             previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread (e.g. inside a notebook worker): no handler
-            pass
     try:
         yield flag
     finally:
@@ -122,7 +121,15 @@ def train_loop(
             # The bad update is never applied: drop the gradients and either stop or skip.
             optimizer.zero_grad(set_to_none=True)
             state.skipped_steps += 1
-            log({"step": step + 1, "event": "nonfinite", "what": problem, "loss": loss_value, "grad_norm": grad_norm})
+            log(
+                {
+                    "step": step + 1,
+                    "event": "nonfinite",
+                    "what": problem,
+                    "loss": loss_value,
+                    "grad_norm": grad_norm,
+                }
+            )
             if settings.on_nonfinite != "skip" or state.skipped_steps > settings.max_skipped_steps:
                 raise NonFiniteError(
                     f"step {step + 1}: non-finite {problem} (loss={loss_value}, grad_norm={grad_norm}); "

@@ -25,7 +25,11 @@ DEFAULT_CHUNK_SIZE = 4096  # positions per logits chunk: 4096 x 152k vocab x 4 B
 
 
 def _chunk_loss(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, softcap: float | None
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    softcap: float | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     logits = F.linear(hidden, weight, bias).float()
     if softcap:
@@ -90,5 +94,54 @@ class CausalLMLoss(nn.Module):
         return {"loss_sum": loss_sum, "num_targets": keep.sum(), "num_correct": correct}
 
 
+def weighted_classification_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    weights: torch.Tensor,
+    multi_label: bool,
+    threshold: float = 0.5,
+) -> dict[str, torch.Tensor]:
+    """Sum of w * loss over the targets, the sum of w (the normaliser) and the number correct.
+
+    Multi-class: cross-entropy per example, w = its class weight. Multi-label: binary
+    cross-entropy per (example, label) entry, w = the label's weight on positives, 1 otherwise.
+    """
+    logits = logits.float()
+    if multi_label:
+        per_target = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+        correct = ((torch.sigmoid(logits.detach()) >= threshold).float() == labels).sum()
+    else:
+        per_target = F.cross_entropy(logits, labels, reduction="none")
+        correct = (logits.detach().argmax(dim=-1) == labels).sum()
+    return {"loss_sum": (per_target * weights).sum(), "num_targets": weights.sum(), "num_correct": correct}
+
+
+class ClassificationLoss(nn.Module):
+    """Sequence classification: pooled logits from the head, class-weighted loss sums."""
+
+    def __init__(self, model: nn.Module, multi_label: bool = False, threshold: float = 0.5):
+        super().__init__()
+        self.model = model
+        self.multi_label = multi_label
+        self.threshold = threshold
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        weights: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        from tunesmith.models.heads import classifier_logits
+
+        logits = classifier_logits(self.model, input_ids, attention_mask, token_type_ids)
+        out = weighted_classification_loss(logits, labels, weights, self.multi_label, self.threshold)
+        out["logits"] = logits.detach()
+        return out
+
+
 def batch_to_device(batch: dict[str, Any], device: str | torch.device) -> dict[str, Any]:
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    return {
+        k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()
+    }
