@@ -114,6 +114,8 @@ def train(
     tokenizer = load_tokenizer(model_path, config.model)
     prepared = task.prepare_data(config, tokenizer)
     _say(console, f"[bold]data[/bold]: {_stats_line(prepared.stats)}")
+    for warning in prepared.stats.get("warnings", []):
+        _say(console, f"[yellow]warning[/yellow]: {warning}")
     findings = preflight(config, prepared, model_path, console)
     model = task.build_model(model_path, config, device, prepared)
     loss_module = task.make_loss(model, config)
@@ -536,6 +538,67 @@ def merge_adapter(adapter_or_run: str | Path, out_dir: str | Path) -> Path:
         shutil.rmtree(out_dir)
     temp.rename(out_dir)
     return out_dir
+
+
+def predict(
+    model_or_run: str,
+    data: str,
+    out: str | Path,
+    batch_size: int = 32,
+    device: str = "auto",
+    console: Any = None,
+) -> dict[str, Any]:
+    """Classify every row of `data` with a trained classifier; writes a CSV with text, predicted
+    label(s) and one probability column per label. Returns {rows, out, accuracy (if labelled)}."""
+    import csv
+
+    from tunesmith.models.load import select_device
+    from tunesmith.tasks.classify import load_classifier, predict_rows, read_unlabeled
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1 (got {batch_size})")
+    device = select_device(device)
+    final_dir = resolve_trained(model_or_run)
+    if not final_dir.is_dir():
+        raise UserError(f"{model_or_run}: not a run or model directory")
+    model, tokenizer, info = load_classifier(final_dir, device)
+    records, labelled = read_unlabeled(data, info)
+    with _batch_progress(console, len(records), "predict") as advance:
+        rows = predict_rows(model, tokenizer, info, records, batch_size, device, on_batch=advance)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temp = out.with_name(out.name + ".tmp")
+    with open(temp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    temp.replace(out)
+    result: dict[str, Any] = {"rows": len(rows), "out": str(out)}
+    if labelled:
+        result["accuracy"] = sum(r["label"] == r["predicted"] for r in rows) / len(rows)
+    return result
+
+
+class _batch_progress:
+    """A rich progress bar over rows (or nothing without a console)."""
+
+    def __init__(self, console: Any, total: int, title: str):
+        self.console, self.total, self.title = console, total, title
+
+    def __enter__(self) -> Callable[[int], None]:
+        if self.console is None:
+            return lambda count: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn(f"[bold]{self.title}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=self.console)
+        self.progress.__enter__()
+        task_id = self.progress.add_task(self.title, total=self.total)
+        return lambda count: self.progress.advance(task_id, count)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.console is not None:
+            self.progress.__exit__(*exc)
 
 
 def preview(config: Config, num_samples: int = 3) -> list[dict[str, Any]]:

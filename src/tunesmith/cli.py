@@ -321,6 +321,29 @@ def merge(
     _run(action)
 
 
+@app.command()
+def predict(
+    run: str = typer.Argument(..., help="run directory (or its final/ directory) of a classify run"),
+    data: str = typer.Option(..., "--data", help="file to classify: JSONL/CSV/TSV/Parquet with a text column"),
+    out: str = typer.Option(..., "--out", help="CSV to write: text, predicted label(s), one probability per label"),
+    batch_size: int = typer.Option(32, "--batch-size", help="rows per forward pass"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+) -> None:
+    """Classify every row of a file with a trained classifier."""
+
+    def action() -> None:
+        from tunesmith import api
+
+        console = _console(stderr=True)
+        result = api.predict(run, data, out, batch_size=batch_size, device=device, console=console)
+        line = f"{result['rows']} rows -> {result['out']}"
+        if "accuracy" in result:
+            line += f" (accuracy on the given labels: {result['accuracy']:.4f})"
+        typer.echo(line)
+
+    _run(action)
+
+
 @data_app.command("preview")
 def data_preview(
     config: str = typer.Argument(..., help="YAML config"),
@@ -347,6 +370,64 @@ def data_preview(
         console.print("[bold green]green[/bold green] = trained (loss), [dim]dim[/dim] = context only")
 
     _run(action)
+
+
+@data_app.command("check")
+def data_check(
+    data: str = typer.Argument(..., help="training data: file, folder or glob"),
+    eval: str = typer.Option(None, "--eval", help="held-out data, checked for leakage and coverage"),
+    task: str = typer.Option(None, "--task", help="instruct | classify | pretrain (default: from the fields)"),
+    model: str = typer.Option("embedded", "--model", help="whose tokenizer counts tokens (weights never load)"),
+    max_seq_len: int = typer.Option(512, "--max-seq-len", help="tokens per sequence (data.max_seq_len)"),
+    target: str = typer.Option(None, "--target", help="real inputs (.txt one per line, or JSONL) to compare"),
+    near_dup_threshold: float = typer.Option(0.8, "--near-dup-threshold", help="MinHash Jaccard for near-dups"),
+    json_out: str = typer.Option(None, "--json", help="write the findings as JSON here (for CI)"),
+    html_out: str = typer.Option(None, "--html", help="write the findings as an HTML page here"),
+    fix: str = typer.Option(None, "--fix", help="folder for a cleaned copy + removed.jsonl (inputs untouched)"),
+) -> None:
+    """Check data before training: format, duplicates, leakage, lengths, labels, size, coverage, secrets.
+
+    Exit code 0: ready (or ready with warnings); 1: not ready (blocking errors); 2: usage error.
+    """
+
+    def action() -> int:
+        import json
+        from pathlib import Path
+
+        from rich.table import Table
+
+        from tunesmith.data.check import render_html, run_check
+        from tunesmith.errors import UserError
+
+        if task is not None and task not in ("instruct", "classify", "pretrain"):
+            raise UserError(f"--task {task!r}: use instruct, classify or pretrain")
+        console = _console()
+        result, fixed = run_check(data, eval, target, task, model, max_seq_len, near_dup_threshold, fix)
+        report = result.report
+        colors = {"error": "red", "warning": "yellow", "info": "dim"}
+        table = Table(title=f"data check ({report['task']}): {report['stats']['num_train']} train, "
+                            f"{report['stats']['num_eval']} eval records", show_lines=True)
+        for column in ("severity", "finding", "count", "where", "detail"):
+            table.add_column(column, overflow="fold")
+        for item in report["findings"]:
+            color = colors[item["severity"]]
+            table.add_row(f"[{color}]{item['severity']}[/{color}]", item["title"], str(item["count"]),
+                          "\n".join(item["examples"]), item["detail"])
+        console.print(table)
+        if json_out:
+            Path(json_out).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        if html_out:
+            Path(html_out).write_text(f"<!doctype html><meta charset='utf-8'>{render_html(report)}",
+                                      encoding="utf-8")
+        if fixed:
+            console.print(f"cleaned copy in {fix}: {fixed['removed']} rows removed (see {fixed['removed_list']})")
+        color = {"ready": "green", "ready with warnings": "yellow"}.get(report["verdict"], "red")
+        console.print(f"verdict: [bold {color}]{report['verdict']}[/bold {color}]")
+        return 1 if report["verdict"] == "not ready" else 0
+
+    code = _run(action)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
