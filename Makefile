@@ -1,0 +1,41 @@
+# The targets the README names. Run inside an activated virtual environment.
+PYTHON ?= python
+# The CPU build of PyTorch (pinned: it is on the dev machines' local disk and keeps CI fast).
+# On a GPU machine install the CUDA build you need first; `pip install -e .` then keeps it.
+TORCH ?= torch==2.13.0
+
+.PHONY: install install-dev test test-fast lint format demo bench-cpu browser
+
+install:
+	$(PYTHON) -m pip install --upgrade pip
+	$(PYTHON) -m pip install "$(TORCH)"
+	$(PYTHON) -m pip install -e ".[all]"
+
+install-dev: install browser
+	$(PYTHON) -m pip install -e ".[dev]"
+
+# Headless Chromium for the report test (Debian); skipped quietly where apt is not ours to use.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+
+test:
+	$(PYTHON) -m pytest -q
+
+test-fast:
+	$(PYTHON) -m pytest -q tests/unit
+
+lint:
+	ruff check src tests benchmarks scripts
+	ruff format --check src tests benchmarks scripts
+
+format:
+	ruff format src tests benchmarks scripts
+	ruff check --fix src tests benchmarks scripts
+
+demo:
+	tunesmith demo
+
+bench-cpu:
+	$(PYTHON) benchmarks/bench_cpu.py
