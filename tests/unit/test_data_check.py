@@ -1,0 +1,387 @@
+"""The data doctor: every planted problem is found with the right count and place; clean data is ready."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import tiny_config, write_jsonl
+from tunesmith.cli import app
+from tunesmith.data import check_scan
+from tunesmith.data.check import run_check
+from tunesmith.errors import UserError
+
+LONG_QUESTION = (
+    "Summarise the maintenance schedule of the harbour crane including the weekly lubrication of the main "
+    "hoist the monthly inspection of the wire ropes and the yearly load test by the certified inspector"
+)
+
+
+def conversation(question: str, answer: str) -> dict:
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+
+
+def clean_rows(count: int, offset: int = 0) -> list[dict]:
+    """Distinct arithmetic questions: no two are near-duplicates, eval looks like train."""
+    rows = []
+    for index in range(offset, offset + count):
+        a, b = 3 + index * 7, 11 + index * 13
+        rows.append(conversation(f"What is {a} plus {b}?", f"The sum of {a} and {b} is {a + b}."))
+    return rows
+
+
+def finding(report: dict, id_: str) -> dict:
+    matches = [f for f in report["findings"] if f["id"] == id_]
+    assert matches, f"no {id_} finding in {[f['id'] for f in report['findings']]}"
+    return matches[0]
+
+
+def ids(report: dict) -> set[str]:
+    return {f["id"] for f in report["findings"]}
+
+
+def test_clean_dataset_is_ready(tmp_path: Path) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", clean_rows(60))
+    evaluation = write_jsonl(tmp_path / "eval.jsonl", clean_rows(20, offset=100))
+    result, _ = run_check(str(train), str(evaluation))
+    report = result.report
+    assert report["verdict"] == "ready", report["findings"]
+    assert {f["severity"] for f in report["findings"]} <= {"info"}
+    assert report["stats"]["num_train"] == 60 and report["stats"]["num_eval"] == 20
+    assert report["stats"]["tokens"]["train"]["total"] > 60 * 10
+    assert sum(report["stats"]["length_histogram"]["train"]) == 60
+    for item in report["findings"]:
+        assert set(item) == {"id", "severity", "title", "count", "examples", "detail"}
+
+
+@pytest.fixture
+def planted(tmp_path: Path) -> tuple[Path, Path, dict, dict]:
+    """Train and eval files with one planted problem per known line."""
+    rows = clean_rows(60)
+    lines = [json.dumps(r) for r in rows]  # lines 1..60 are clean
+    near_base = conversation(LONG_QUESTION, "Lubricate weekly, inspect monthly and test the load yearly.")
+    plants = {
+        "near_base": json.dumps(near_base),
+        "malformed_rows": '{"messages": [',
+        "schema": json.dumps({"question": "no known fields"}),
+        "field_types": json.dumps(
+            conversation("fine", "x")
+            | {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "y"}]}
+        ),
+        "empty_fields": json.dumps(conversation("   ", "An answer to nothing.")),
+        "unknown_roles": json.dumps(
+            {"messages": [{"role": "robot", "content": "beep"}, {"role": "assistant", "content": "boop"}]}
+        ),
+        "no_assistant_turn": json.dumps({"messages": [{"role": "user", "content": "Anyone there?"}]}),
+        "exact_duplicates": json.dumps(conversation("WHAT is  3 plus 11?", "the sum of 3 and 11 is 14.")),
+        "near_duplicates": json.dumps(
+            conversation(LONG_QUESTION, "Lubricate weekly, inspect monthly and test the load annually.")
+        ),
+        "truncated": json.dumps(conversation("Count.", " ".join(["one two three"] * 45))),
+        "no_supervised_tokens": json.dumps(conversation(" ".join(["please read this"] * 40), "Done.")),
+        "emails": json.dumps(conversation("Mail jane.doe@example.com please.", "I will write to her.")),
+        "phone_numbers": json.dumps(conversation("Call me at +44 20 7946 0958 today.", "I will call you.")),
+        "card_numbers": json.dumps(
+            conversation("My card is 4111 1111 1111 1111.", "Never share card numbers.")
+        ),
+        "not_a_card": json.dumps(conversation("Order 4111 1111 1111 1112 shipped?", "It shipped yesterday.")),
+        "api_keys": json.dumps(
+            conversation("Use key sk-abcdefghijklmnopqrstuvwxyz123456 for it.", "Rotate it.")
+        ),
+        "private_keys": json.dumps(
+            conversation(
+                "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----", "Never paste keys."
+            )
+        ),
+    }
+    where = {}
+    for name, line in plants.items():
+        lines.append(line)
+        where[name] = len(lines)
+    train = tmp_path / "train.jsonl"
+    data = ("\n".join(lines) + "\n").encode("utf-8")
+    data += b'{"messages": [{"role": "user", "content": "caf\xe9"}]}\n'  # Latin-1, not UTF-8
+    where["encoding"] = len(lines) + 1
+    train.write_bytes(data)
+    eval_rows = clean_rows(20, offset=100) + [
+        rows[4],
+        conversation(LONG_QUESTION, "Lubricate weekly, inspect monthly and test the load every year."),
+    ]
+    evaluation = write_jsonl(tmp_path / "eval.jsonl", eval_rows)
+    eval_where = {"eval_leakage": 21, "eval_near_leakage": 22}
+    return train, evaluation, where, eval_where
+
+
+def test_planted_problems_are_found_with_count_and_location(planted: tuple) -> None:
+    train, evaluation, where, eval_where = planted
+    result, _ = run_check(str(train), str(evaluation), max_seq_len=128)
+    report = result.report
+    assert report["verdict"] == "not ready"
+    single = [
+        "malformed_rows",
+        "schema",
+        "field_types",
+        "empty_fields",
+        "unknown_roles",
+        "no_assistant_turn",
+        "encoding",
+        "exact_duplicates",
+        "near_duplicates",
+        "emails",
+        "phone_numbers",
+        "card_numbers",
+        "api_keys",
+        "private_keys",
+        "no_supervised_tokens",
+    ]
+    for id_ in single:
+        item = finding(report, id_)
+        assert item["count"] == 1, (id_, item)
+        assert item["examples"] == [f"{train}:{where[id_]}"], (id_, item)
+    truncated = finding(report, "truncated")
+    assert truncated["count"] == 2
+    assert set(truncated["examples"]) == {
+        f"{train}:{where['truncated']}",
+        f"{train}:{where['no_supervised_tokens']}",
+    }
+    for id_, line in eval_where.items():
+        item = finding(report, id_)
+        assert item["count"] == 1 and item["examples"] == [f"{evaluation}:{line}"], (id_, item)
+    assert finding(report, "eval_leakage")["severity"] == "error"
+    assert finding(report, "api_keys")["severity"] == "error"
+    # Secrets are masked: the full values never appear anywhere in the report.
+    text = json.dumps(report)
+    for secret in (
+        "jane.doe@example.com",
+        "4111 1111 1111 1111",
+        "sk-abcdefghijklmnopqrstuvwxyz123456",
+        "7946 0958",
+    ):
+        assert secret not in text
+    assert "j***@e***.com" in finding(report, "emails")["detail"]
+
+
+def test_fix_writes_clean_copy_and_reasons_without_touching_input(planted: tuple, tmp_path: Path) -> None:
+    train, evaluation, where, eval_where = planted
+    before = hashlib.sha256(train.read_bytes()).hexdigest()
+    out = tmp_path / "fixed"
+    _, fixed = run_check(str(train), str(evaluation), max_seq_len=128, fix=str(out))
+    assert hashlib.sha256(train.read_bytes()).hexdigest() == before
+    removed = [json.loads(line) for line in (out / "removed.jsonl").read_text().splitlines()]
+    reasons = {r["source"]: r["reason"] for r in removed}
+    for id_ in ("malformed_rows", "schema", "empty_fields", "unknown_roles", "no_assistant_turn", "encoding"):
+        assert f"{train}:{where[id_]}" in reasons, id_
+    assert reasons[f"{train}:{where['exact_duplicates']}"].startswith(f"exact duplicate of {train}:1")
+    assert reasons[f"{train}:{where['near_duplicates']}"].startswith("near duplicate of")
+    assert "leakage" in reasons[f"{evaluation}:{eval_where['eval_leakage']}"]
+    assert f"{evaluation}:{eval_where['eval_near_leakage']}" in reasons
+    kept_eval = (out / "eval.jsonl").read_text().splitlines()
+    assert len(kept_eval) == 20 and fixed["eval"]["removed"] == 2
+    # The cleaned copy passes the format and duplicate checks.
+    again, _ = run_check(str(out / "train.jsonl"), str(out / "eval.jsonl"), max_seq_len=128)
+    left = ids(again.report)
+    assert not left & {
+        "malformed_rows",
+        "schema",
+        "exact_duplicates",
+        "near_duplicates",
+        "eval_leakage",
+        "eval_near_leakage",
+        "unknown_roles",
+        "no_assistant_turn",
+        "encoding",
+    }
+
+
+def test_classify_labels(tmp_path: Path) -> None:
+    rows = [{"text": f"great product number {i} works well", "label": "positive"} for i in range(40)]
+    rows += [{"text": f"broken item {i} arrived late", "label": "negative"} for i in range(3)]
+    rows.append(
+        {"text": "Great product number 0 works well", "label": "negative"}
+    )  # line 44 conflicts with 1
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    evaluation = write_jsonl(
+        tmp_path / "eval.jsonl",
+        [
+            {"text": "great product number 99 works well", "label": "positive"},
+            {"text": "meh it is fine i guess", "label": "neutral"},
+            {"text": "okay ish thing overall", "label": "neutral"},
+        ],
+    )
+    report = run_check(str(train), str(evaluation))[0].report
+    assert report["task"] == "classify"
+    assert report["stats"]["labels"]["train"] == {"positive": 40, "negative": 4}
+    assert report["stats"]["labels"]["imbalance_ratio"] == 10.0
+    assert finding(report, "label_imbalance")["severity"] == "warning"
+    unseen = finding(report, "labels_only_in_eval")
+    assert unseen["count"] == 2 and unseen["examples"] == [f"{evaluation}:2", f"{evaluation}:3"]
+    conflict = finding(report, "conflicting_labels")
+    assert conflict["count"] == 1 and conflict["examples"] == [f"{train}:1", f"{train}:44"]
+    assert "exact_duplicates" not in ids(report)  # the conflicting pair is reported once, as a conflict
+    assert finding(report, "too_few_examples")["count"] == 2  # both classes under ~100 examples
+
+    single = write_jsonl(tmp_path / "single.jsonl", [{"text": f"t {i}", "label": "a"} for i in range(5)])
+    assert finding(run_check(str(single))[0].report, "single_label")["severity"] == "error"
+
+
+def test_size_rules_and_small_eval(tmp_path: Path) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", clean_rows(20))
+    evaluation = write_jsonl(tmp_path / "eval.jsonl", clean_rows(25, offset=200))
+    report = run_check(str(train), str(evaluation))[0].report
+    size = finding(report, "too_few_examples")
+    assert size["severity"] == "warning" and size["count"] == 20
+    assert "LIMA" in size["detail"] and "50" in size["detail"]
+    small = finding(report, "small_eval")
+    assert small["count"] == 25 and "10.0%" in small["detail"]  # sqrt(0.25 / 25)
+    no_eval = run_check(str(train))[0].report
+    assert "no_eval" in ids(no_eval) and no_eval["stats"]["num_eval"] == 0
+
+
+def test_pretrain_folder_is_detected_and_counted(tmp_path: Path) -> None:
+    folder = tmp_path / "domain"
+    folder.mkdir()
+    (folder / "a.txt").write_text("The pump must be primed before use. " * 50)
+    (folder / "b.md").write_text("# Valves\nClose the valve slowly. " * 30)
+    (folder / "c.txt").write_text("The pump must be primed before use. " * 50)  # duplicate document
+    report = run_check(str(folder))[0].report
+    assert report["task"] == "pretrain" and report["stats"]["num_train"] == 3
+    assert finding(report, "exact_duplicates")["examples"] == [str(folder / "c.txt")]
+    assert finding(report, "too_few_examples")["count"] == report["stats"]["tokens"]["train"]["total"]
+    assert "truncated" not in ids(report)
+
+
+def test_target_inputs_under_covered(tmp_path: Path) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", clean_rows(60))
+    target = tmp_path / "real.txt"
+    target.write_text(
+        "What is 5 plus 7?\n"
+        + "\n".join(
+            f"How do I reset my router password after the {name} firmware update?"
+            for name in ("alpha", "beta", "gamma", "delta", "spring", "summer", "autumn", "winter", "night")
+        )
+        + "\n"
+    )
+    report = run_check(str(train), target=str(target))[0].report
+    uncovered = finding(report, "uncovered_inputs")
+    assert uncovered["count"] == 9 and uncovered["examples"][0] == f"{target}:2"
+    assert uncovered["severity"] == "warning"
+    assert "router" in uncovered["detail"] and "password" in uncovered["detail"]
+    assert report["stats"]["representativeness"]["vocabulary_js"] > 0.5
+
+
+def test_near_duplicate_threshold_and_lsh_recall() -> None:
+    import random
+
+    import numpy as np
+
+    generator = random.Random(0)
+    vocabulary = [f"word{i}" for i in range(3000)]
+    texts = [" ".join(generator.choice(vocabulary) for _ in range(40)) for _ in range(400)]
+    copies = []
+    for text in texts[:100]:  # change one word near the end: Jaccard ~0.9
+        words = text.split()
+        words[-2] = "changed"
+        copies.append(" ".join(words))
+    signatures = check_scan.minhash_signatures(texts + copies, num_perm=128)
+    pairs = {tuple(p) for p in check_scan.similar_pairs(signatures, 0.8).tolist()}
+    planted_pairs = {(i, 400 + i) for i in range(100)}
+    assert len(planted_pairs & pairs) >= 95
+    assert len(pairs - planted_pairs) == 0
+    assert len(check_scan.similar_pairs(signatures[:400], 0.8)) == 0
+    assert np.array_equal(check_scan.minhash_signatures(texts[:3], 128), signatures[:3])  # deterministic
+
+
+@pytest.mark.parametrize(
+    ("text", "kinds"),
+    [
+        ("card 4242-4242-4242-4242 ok", ["card_number"]),
+        ("card 4242-4242-4242-4241 no", []),  # fails Luhn
+        ("on 2023-01-15 at 3.14159", []),
+        ("call (415) 555-0123", ["phone_number"]),
+        ("token hf_abcdefghijklmnopqrstuvwxyzABCDEF12", ["api_key"]),
+        ("aws AKIAIOSFODNN7EXAMPLE here", ["api_key"]),
+        ("a@b.co and x.y@mail.example.org", ["email", "email"]),
+    ],
+)
+def test_sensitive_patterns(text: str, kinds: list[str]) -> None:
+    assert [kind for kind, _ in check_scan.find_sensitive(text)] == kinds
+
+
+def test_cli_exit_codes_and_json(tmp_path: Path, planted: tuple) -> None:
+    runner = CliRunner()
+    train = write_jsonl(tmp_path / "clean.jsonl", clean_rows(60))
+    evaluation = write_jsonl(tmp_path / "clean_eval.jsonl", clean_rows(20, offset=100))
+    out = tmp_path / "check.json"
+    result = runner.invoke(app, ["data", "check", str(train), "--eval", str(evaluation), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "verdict: ready" in result.output
+    assert json.loads(out.read_text())["verdict"] == "ready"
+    bad_train, bad_eval, _, _ = planted
+    html_out = tmp_path / "check.html"
+    result = runner.invoke(
+        app,
+        [
+            "data",
+            "check",
+            str(bad_train),
+            "--eval",
+            str(bad_eval),
+            "--max-seq-len",
+            "128",
+            "--html",
+            str(html_out),
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    assert "not ready" in result.output and "sk-abcdefghijkl" not in result.output
+    assert "Data check: not ready" in html_out.read_text()
+    result = runner.invoke(app, ["data", "check", str(tmp_path / "missing.jsonl")])
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["data", "check", str(train), "--task", "nonsense"])
+    assert result.exit_code == 2
+
+
+def test_preflight_blocks_before_the_model_loads(tiny_llama: Path, tmp_path: Path, monkeypatch) -> None:
+    from tunesmith import api
+    from tunesmith.config import build_config
+    from tunesmith.tasks import instruct
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not load when the data check fails")
+
+    monkeypatch.setattr(instruct, "build_model", no_model)
+    rows = clean_rows(60)
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    evaluation = write_jsonl(tmp_path / "eval.jsonl", clean_rows(5, offset=100) + [rows[9]])
+    config = build_config(
+        tiny_config(tiny_llama, train, tmp_path / "runs", data__check=True, data__eval=str(evaluation))
+    )
+    with pytest.raises(UserError) as error:
+        api.train(config)
+    assert f"{evaluation}:6" in str(error.value) and "not ready" in str(error.value)
+    assert not (tmp_path / "runs" / "run").exists()
+
+
+def test_preflight_warnings_are_saved_in_the_run(tiny_llama: Path, tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from tunesmith import api
+    from tunesmith.config import build_config
+
+    rows = clean_rows(60)
+    rows.append(rows[0])  # an exact duplicate: a warning, not a blocker
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    config = build_config(
+        tiny_config(tiny_llama, train, tmp_path / "runs", data__check=True, data__eval_fraction=0.0)
+    )
+    console = Console(record=True, width=200)
+    result = api.train(config, console=console)
+    saved = json.loads((result.run_dir / "eval" / "data_check.json").read_text())
+    assert saved["verdict"] == "ready with warnings"
+    assert finding(saved, "exact_duplicates")["examples"] == [f"{train}:61"]
+    printed = console.export_text()
+    assert "data warning" in printed and f"{train}:61" in printed
