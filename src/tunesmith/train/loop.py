@@ -19,6 +19,7 @@ import torch
 
 from tunesmith.errors import NonFiniteError, TrainingInterrupted
 from tunesmith.train.checkpoint import TrainerState
+from tunesmith.train.distributed import Parallel
 from tunesmith.train.loss import batch_to_device
 
 
@@ -72,6 +73,15 @@ def _nonfinite_grads(parameters: list[torch.nn.Parameter]) -> str | None:
     return None
 
 
+def _as_float(norm: torch.Tensor) -> float:
+    # Under FSDP the norm is a DTensor of per-shard partial norms; full_tensor() combines them.
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def _rng_devices(device: str) -> list[int]:
+    return [torch.cuda.current_device()] if device.startswith("cuda") else []
+
+
 def train_loop(
     loss_module: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -84,7 +94,10 @@ def train_loop(
     save: Callable[[TrainerState], Path] | None = None,
     stop: StopFlag | None = None,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
+    parallel: Parallel | None = None,
 ) -> TrainerState:
+    # Multi-process runs pass their few collectives in (train/distributed.py); one process: no-ops.
+    parallel = parallel or Parallel()
     parameters = [p for p in loss_module.parameters() if p.requires_grad]
     # clip_grad_norm_ with an infinite max still returns the norm, which we log and check.
     clip_to = settings.max_grad_norm if settings.max_grad_norm > 0 else math.inf
@@ -96,28 +109,58 @@ def train_loop(
         micro_batches = step_batches(step)
         # Normalise by the targets of the whole optimizer step, not per micro-batch: a
         # micro-batch with few supervised tokens must not weigh as much as a full one.
-        step_targets = sum(float(b["num_targets"]) for b in micro_batches)
+        # With several processes each holds a share of the rows: the normaliser is all ranks' targets.
+        (step_targets,) = parallel.sum_over_ranks([sum(float(b["num_targets"]) for b in micro_batches)])
         step_loss = 0.0
         step_correct = 0
-        for batch in micro_batches:
-            batch = batch_to_device(batch, settings.device)
-            inputs = {k: v for k, v in batch.items() if k != "num_targets"}
-            out = loss_module(**inputs)
-            # max(.., 1): a step with zero targets contributes zero gradient, never NaN.
-            (out["loss_sum"] / max(step_targets, 1.0)).backward()
+        step_tokens = 0
+        for index, batch in enumerate(micro_batches):
+            # DDP/FSDP: gradients are synchronised once, after the step's last micro-batch.
+            with parallel.micro_batch(index, len(micro_batches)):
+                batch = batch_to_device(batch, settings.device)
+                inputs = {k: v for k, v in batch.items() if k != "num_targets"}
+                out = loss_module(**inputs)
+                # max(.., 1): a step with zero targets contributes zero gradient, never NaN.
+                # gradient_scale undoes DDP/FSDP's averaging over ranks (1 for one process).
+                (out["loss_sum"] * parallel.gradient_scale / max(step_targets, 1.0)).backward()
             step_loss += float(out["loss_sum"].detach())
             step_correct += int(out["num_correct"])
-            window_tokens += int(batch["input_ids"].numel())
+            step_tokens += int(batch["input_ids"].numel())
             del out  # free the graph's outputs before the next micro-batch
+        # Every rank logs and decides (non-finite, stop) on the same numbers: the sums over ranks.
+        step_loss, step_correct, step_tokens = parallel.sum_over_ranks([step_loss, step_correct, step_tokens])
+        window_tokens += int(step_tokens)
 
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, clip_to))
+        grad_norm = _as_float(torch.nn.utils.clip_grad_norm_(parameters, clip_to))
         loss_value = step_loss / max(step_targets, 1.0)
         problem = None
         if not math.isfinite(loss_value):
             problem = "loss"
         elif not math.isfinite(grad_norm):
             problem = _nonfinite_grads(parameters) or "gradient norm"
-        if problem is not None:
+        if problem is None:
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step used, before the schedule moves
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+
+            record = {
+                "step": state.step,
+                "loss": loss_value,
+                "token_accuracy": step_correct / max(step_targets, 1.0),
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "num_targets": int(step_targets),
+            }
+            if state.step % settings.log_every == 0 or state.step == settings.total_steps:
+                elapsed = time.perf_counter() - window_start
+                record["tokens_per_second"] = window_tokens / elapsed if elapsed > 0 else 0.0
+                window_start, window_tokens = time.perf_counter(), 0
+                log(record)
+            if on_step is not None:
+                on_step(state.step, record)
+        else:
             # The bad update is never applied: drop the gradients and either stop or skip.
             optimizer.zero_grad(set_to_none=True)
             state.skipped_steps += 1
@@ -131,41 +174,31 @@ def train_loop(
                 }
             )
             if settings.on_nonfinite != "skip" or state.skipped_steps > settings.max_skipped_steps:
+                hint = (
+                    f"more than train.max_skipped_steps={settings.max_skipped_steps} steps skipped; lower "
+                    "train.learning_rate or check the data"
+                    if settings.on_nonfinite == "skip"
+                    else "lower train.learning_rate, or set train.on_nonfinite: skip"
+                )
                 raise NonFiniteError(
                     f"step {step + 1}: non-finite {problem} (loss={loss_value}, grad_norm={grad_norm}); "
-                    "the step was not applied and no checkpoint with these values was written. "
-                    "Lower train.learning_rate, or set train.on_nonfinite: skip"
+                    f"the step was not applied and no checkpoint with these values was written; {hint}"
                 )
+            # A skipped step still uses up its rows and its place in the LR schedule, so the
+            # data order and the schedule stay those of an uninterrupted run.
             state.step += 1
             scheduler.step()
-            continue
-
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step used, before the schedule moves
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-
-        record = {
-            "step": state.step,
-            "loss": loss_value,
-            "token_accuracy": step_correct / max(step_targets, 1.0),
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "num_targets": int(step_targets),
-        }
-        if state.step % settings.log_every == 0 or state.step == settings.total_steps:
-            elapsed = time.perf_counter() - window_start
-            record["tokens_per_second"] = window_tokens / elapsed if elapsed > 0 else 0.0
-            window_start, window_tokens = time.perf_counter(), 0
-            log(record)
-        if on_step is not None:
-            on_step(state.step, record)
 
         if evaluate is not None and settings.eval_every and state.step % settings.eval_every == 0:
-            log({"step": state.step, **evaluate(state.step)})
+            # Evaluation must not draw from the training RNG stream: then resuming (or changing
+            # eval_every on resume) replays exactly the same dropout masks.
+            with torch.random.fork_rng(devices=_rng_devices(settings.device)):
+                metrics = evaluate(state.step)
+            log({"step": state.step, **metrics})
             loss_module.train()
-        stopping = bool(stop)
+        # Checked after the step, never inside it: a signal between micro-batches lets the
+        # step finish, so the checkpoint holds a whole step and no half-accumulated gradient.
+        stopping = parallel.sum_over_ranks([float(bool(stop))])[0] > 0  # all ranks stop at the same step
         if save is not None and (stopping or (settings.save_every and state.step % settings.save_every == 0)):
             path = save(state)
             if stopping:

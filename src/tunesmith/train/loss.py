@@ -48,7 +48,9 @@ def chunked_cross_entropy(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of cross-entropy and number of correct argmax predictions over [N, hidden] positions."""
     weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
-    total = hidden.new_zeros((), dtype=torch.float32)
+    # No supervised position in this micro-batch: a zero loss still tied to the graph, so
+    # backward() gives zero gradients (and DDP sees every parameter) instead of failing.
+    total = hidden.sum().float() if hidden.shape[0] == 0 else hidden.new_zeros((), dtype=torch.float32)
     correct = torch.zeros((), dtype=torch.long, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start : start + chunk_size], targets[start : start + chunk_size]
