@@ -32,8 +32,10 @@ def load_sequence_classifier(
     pad_token_id: int,
     multi_label: bool = False,
     vocab_size: int | None = None,
-) -> Any:
-    """The base model with a fresh classification head of len(labels) outputs, on `device`."""
+) -> tuple[Any, list[str]]:
+    """The base model with a fresh classification head of len(labels) outputs, on `device`,
+    and the names of the modules the checkpoint did not have (the head; for BERT-style models
+    from a masked-LM checkpoint also the pooler): these must train in full and be saved."""
     import transformers
     from transformers import AutoModelForSequenceClassification
 
@@ -43,13 +45,14 @@ def load_sequence_classifier(
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
+        model, loading_info = AutoModelForSequenceClassification.from_pretrained(
             path,
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={name: i for i, name in enumerate(labels)},
             problem_type=problem_type,
             pad_token_id=pad_token_id,
+            output_loading_info=True,
             **model_load_kwargs(config, device),
         )
     except (OSError, ValueError) as exc:
@@ -66,7 +69,8 @@ def load_sequence_classifier(
     if vocab_size is not None and vocab_size > model.get_input_embeddings().num_embeddings:
         # The tokenizer gained a pad token; its embedding is never attended to.
         model.resize_token_embeddings(vocab_size)
-    return model.to(device)
+    new_modules = sorted({key.rsplit(".", 1)[0] for key in loading_info["missing_keys"]})
+    return model.to(device), new_modules
 
 
 def uses_last_token_pooling(model: Any) -> bool:

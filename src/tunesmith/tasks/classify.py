@@ -125,7 +125,7 @@ def prepare_data(config: Config, tokenizer: Any) -> PreparedData:
 
 def build_model(model_path: str, config: Config, device: str, prepared: PreparedData) -> Any:
     extra = prepared.extra
-    model = load_sequence_classifier(
+    model, new_modules = load_sequence_classifier(
         model_path,
         config.model,
         device,
@@ -137,9 +137,10 @@ def build_model(model_path: str, config: Config, device: str, prepared: Prepared
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    # SEQ_CLS puts the head (`score` / `classifier`) in modules_to_save: it trains in full
-    # and is saved with the adapter, so a reload predicts what the trained model predicted.
-    return apply_adapter(model, config.adapter, task_type="SEQ_CLS")
+    # SEQ_CLS puts the head (`score` / `classifier`) in modules_to_save; so do the other
+    # modules the checkpoint lacked (a BERT pooler): they train in full and are saved with the
+    # adapter, so a reload predicts exactly what the trained model predicted.
+    return apply_adapter(model, config.adapter, task_type="SEQ_CLS", modules_to_save=new_modules or None)
 
 
 def make_loss(model: Any, config: Config) -> torch.nn.Module:
@@ -300,7 +301,7 @@ def load_classifier(final_dir: Path, device: str = "cpu") -> tuple[Any, Any, dic
         else None
     )
     path = resolve_model_path(base) if base else str(final_dir)
-    model = load_sequence_classifier(
+    model, _ = load_sequence_classifier(
         path,
         ModelConfig(name=path),
         device,
