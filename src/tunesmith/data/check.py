@@ -650,6 +650,13 @@ def _length_findings(
     findings: list[dict[str, Any]] = []
     limit = options.max_seq_len
     exact = prepared is not None and not len(train.token_lengths)
+    if exact and options.task == "pretrain":
+        # Training reads documents as fixed blocks from its token cache; only the totals mean anything.
+        counted = {key: getattr(prepared.stats.get(key), "num_tokens", 0) or 0 for key in ("train", "eval")}
+        stats["tokens"] = {key: {"total": int(value)} for key, value in counted.items()} | {
+            "counted": "exact"
+        }
+        return findings
     if exact:
         train_lengths = np.asarray([len(e.input_ids) for e in prepared.train], dtype=np.int64)
         eval_lengths = np.asarray([len(e.input_ids) for e in prepared.eval], dtype=np.int64)
@@ -1133,7 +1140,9 @@ def run_check(
 def preflight(config: Any, prepared: Any, console: Any = None) -> dict[str, Any]:
     """The doctor before training: errors raise (before the model loads), warnings are printed."""
     data = config.data
-    held_out = set() if data.eval is not None else {str(r.source) for r in prepared.eval_records}
+    held_out = set()
+    if data.eval is None:  # the held-out records came out of train: check them as the eval split
+        held_out = {str(r.source) for r in prepared.eval_records if getattr(r, "source", None) is not None}
     options = CheckOptions(
         task=config.task,
         max_seq_len=data.max_seq_len,
