@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +43,32 @@ def resolve_model_path(name: str) -> str:
 
 def check_remote_code(path: str, trust_remote_code: bool) -> None:
     """Refuse a local model that ships its own Python code unless the user allowed it."""
-    config_file = Path(path) / "config.json"
-    if trust_remote_code or not config_file.is_file():
+    if trust_remote_code:
         return
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{config_file}: not valid JSON; the model directory is damaged") from None
-    if "auto_map" in config:
-        raise UserError(
-            f"model {path} ships its own Python code (auto_map in config.json) and would run it; "
-            "set model.trust_remote_code: true only if you trust this model"
+    # The tokenizer's config can ask for code too, and the tokenizer loads before the model.
+    for name in ("config.json", "tokenizer_config.json"):
+        config_file = Path(path) / name
+        if not config_file.is_file():
+            continue
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{config_file}: not valid JSON; the model directory is damaged") from None
+        if isinstance(config, dict) and "auto_map" in config:
+            raise UserError(
+                f"model {path} ships its own Python code (auto_map in {name}) and would run it; "
+                "set model.trust_remote_code: true only if you trust this model"
+            )
+
+
+def unsafe_pickle_error(path: str | Path, exc: BaseException) -> UserError | None:
+    """A clear refusal when torch's weights_only loader met a pickle that wants to run code."""
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc):
+        return UserError(
+            f"{path}: refusing to load a pickle file that is not plain tensor data (it could run code); "
+            "nothing was executed. Use safetensors files from a source you trust"
         )
+    return None
 
 
 def select_device(preference: str = "auto") -> str:
@@ -80,6 +95,7 @@ def select_dtype(preference: str, device: str) -> Any:
 def load_tokenizer(path: str, config: ModelConfig, padding_side: str = "right") -> Any:
     from transformers import AutoTokenizer
 
+    check_remote_code(path, config.trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             path, revision=config.revision, trust_remote_code=config.trust_remote_code, token=config.token
@@ -120,6 +136,8 @@ def load_causal_lm(path: str, config: ModelConfig, device: str) -> Any:
     check_remote_code(path, config.trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **model_load_kwargs(config, device))
+    except pickle.UnpicklingError as exc:
+        raise unsafe_pickle_error(path, exc) from None
     except (OSError, ValueError) as exc:
         message = _first_line(exc)
         if "trust_remote_code" in message:

@@ -84,6 +84,7 @@ def save_checkpoint(
     if bad:
         # Never persist a poisoned model: resuming from it would only spread the NaNs.
         raise NonFiniteError(f"step {state.step}: refusing to checkpoint non-finite weights (e.g. {bad[0]})")
+    _refuse_symlink(checkpoints_dir)
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     final = checkpoints_dir / checkpoint_name(state.step)
     temp = checkpoints_dir / f".tmp-{checkpoint_name(state.step)}-{os.getpid()}"
@@ -120,8 +121,18 @@ def save_checkpoint(
     return final
 
 
+def _refuse_symlink(checkpoints_dir: Path) -> None:
+    # A symlinked checkpoints/ would make saves, rotation and resume act outside the run directory.
+    if checkpoints_dir.is_symlink():
+        raise UserError(
+            f"{checkpoints_dir} is a symlink; refusing to read or write checkpoints through it "
+            "(replace it with a real folder)"
+        )
+
+
 def list_checkpoints(checkpoints_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints, oldest first. Temporary folders are never listed."""
+    """Complete checkpoints, oldest first. Temporary folders and symlinks are never listed."""
+    _refuse_symlink(checkpoints_dir)
     if not checkpoints_dir.is_dir():
         return []
     found = []
@@ -160,7 +171,13 @@ def load_checkpoint(
         raise UserError(
             f"{path}: checkpoint format {raw_state.get('format_version')} is not {FORMAT_VERSION}"
         )
-    weights = load_file(str(path / TRAINABLE_FILE))
+    try:
+        weights = load_file(str(path / TRAINABLE_FILE))
+    except Exception as exc:  # safetensors parses, never unpickles: a damaged or foreign file
+        raise UserError(
+            f"{path / TRAINABLE_FILE}: not a valid safetensors file ({type(exc).__name__}); "
+            "the checkpoint is damaged or was not written by tunesmith"
+        ) from None
     parameters = dict(model.named_parameters())
     expected = {n for n, p in parameters.items() if p.requires_grad}
     if set(weights) != expected:

@@ -48,6 +48,15 @@ def plan_run_dir(config: Config, model_path: str | None, resume: bool) -> Path:
             )
         if not (run_dir / RUN_MARKER).is_file():
             raise UserError(f"{run_dir} is not a tunesmith run directory; refusing to write into it")
+        # A symlink anywhere inside (checkpoints/, final/, eval/ ...) would let the resumed run
+        # read or write outside its directory.
+        for folder, names, files in os.walk(run_dir):
+            for entry in [*names, *files]:
+                if os.path.islink(os.path.join(folder, entry)):
+                    raise UserError(
+                        f"{os.path.join(folder, entry)} is a symlink; a run directory must hold real files "
+                        "only. Replace the link with a copy, then resume"
+                    )
     return run_dir
 
 
