@@ -96,12 +96,31 @@ def _check_not_binary(path: Path) -> None:
         raise UserError(f"{path}: looks like a binary file (NUL bytes), not {path.suffix or 'text'} data")
 
 
+def _read_lines(handle: Any, limit: int) -> Iterator[tuple[bytes | None, int]]:
+    """(line, length) of a binary file; a line over `limit` bytes comes back as (None, length),
+    read in pieces and never held in memory whole."""
+    while True:
+        raw = handle.readline(limit + 1)
+        if not raw:
+            return
+        if len(raw) <= limit or raw.endswith(b"\n"):
+            yield raw, len(raw)
+            continue
+        length = len(raw)
+        while raw and not raw.endswith(b"\n"):
+            raw = handle.readline(1 << 20)
+            length += len(raw)
+        yield None, length
+
+
 def _iter_jsonl(path: Path, policy: ErrorPolicy) -> Iterator[tuple[dict[str, Any], Source]]:
     with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, (raw, length) in enumerate(_read_lines(handle, MAX_LINE_BYTES), start=1):
             source = Source(str(path), number)
-            if len(raw) > MAX_LINE_BYTES:
-                policy.bad(f"{source}: line is {len(raw) / 1e6:.0f} MB long; is this really JSONL?")
+            if raw is None or length > MAX_LINE_BYTES:
+                policy.bad(
+                    f"{source}: line is {length:,} bytes long (limit {MAX_LINE_BYTES:,}); is this really JSONL?"
+                )
                 continue
             try:
                 line = raw.decode("utf-8")
