@@ -362,7 +362,9 @@ def check_resume_compatible(run_dir: Path, config: Config, console: Any) -> None
         "logging.",
         "data.check",
         "train.num_threads",
-        "data.max_eval_examples",
+        # Not data.max_eval_examples: without data.eval it decides which records are held out,
+        # so changing it changes the training rows under the checkpoint.
+        "distributed.",  # DCP checkpoints reshard: another strategy or number of processes is fine
     )
     differing = _diff_keys(saved, current)
     blocking = [k for k in differing if not k.startswith(harmless_prefixes)]
@@ -472,7 +474,13 @@ def load_for_inference(
 ) -> tuple[Any, Any]:
     """(model, tokenizer) for a run, an adapter directory, a model directory, 'embedded' or a hub id."""
     from tunesmith.config import ModelConfig
-    from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve_model_path, select_device
+    from tunesmith.models.load import (
+        load_causal_lm,
+        load_tokenizer,
+        resolve_model_path,
+        select_device,
+        unsafe_pickle_error,
+    )
 
     quiet_libraries()
     device = select_device(device)
@@ -488,7 +496,9 @@ def load_for_inference(
         try:
             model = PeftModel.from_pretrained(model, str(target))
         except Exception as exc:
-            raise UserError(f"{target}: not a loadable PEFT adapter ({type(exc).__name__}: {exc})") from None
+            raise unsafe_pickle_error(target, exc) or UserError(
+                f"{target}: not a loadable PEFT adapter ({type(exc).__name__}: {exc})"
+            ) from None
         tokenizer = load_tokenizer(str(target), model_config)
     else:
         path = resolve_model_path(str(target) if target.exists() else model_or_run)

@@ -33,27 +33,38 @@ def _console(stderr: bool = False) -> Any:
 
 
 def _run(action: Callable[[], Any]) -> Any:
-    """Run a command; turn user errors into one red line and exit code 2."""
+    """Run a command; turn user errors into one red line and exit code 2. Whatever reaches the
+    terminal (messages and tracebacks) has secrets (tokens, API keys) redacted."""
+    from tunesmith.config import redact
     from tunesmith.errors import NonFiniteError, TrainingInterrupted, UserError
 
     try:
         return action()
-    except UserError as exc:
+    except (UserError, NonFiniteError) as exc:
         if _state["debug"]:
-            raise
-        _console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
-        raise typer.Exit(UserError.exit_code) from None
+            _print_traceback()
+        else:
+            _console(stderr=True).print(f"[bold red]error:[/bold red] {redact(str(exc))}", soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
     except TrainingInterrupted as exc:
-        _console(stderr=True).print(f"[yellow]{exc}[/yellow]")
+        _console(stderr=True).print(f"[yellow]{redact(str(exc))}[/yellow]")
         raise typer.Exit(TrainingInterrupted.exit_code) from None
-    except NonFiniteError as exc:
-        if _state["debug"]:
-            raise
-        _console(stderr=True).print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
-        raise typer.Exit(NonFiniteError.exit_code) from None
     except KeyboardInterrupt:
         _console(stderr=True).print("[yellow]interrupted[/yellow]")
         raise typer.Exit(130) from None
+    except Exception:
+        # A bug of ours or a library's: the traceback is for the bug report, secrets taken out.
+        _print_traceback()
+        raise typer.Exit(1) from None
+
+
+def _print_traceback() -> None:
+    import traceback
+
+    from tunesmith.config import redact
+
+    sys.stderr.write(redact(traceback.format_exc()))
+    sys.stderr.flush()
 
 
 @app.callback()
