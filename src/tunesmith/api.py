@@ -665,6 +665,23 @@ def base_model_of(model_or_run: str) -> str | None:
     return None
 
 
+def _load_for_eval(task_module: Any, name: str, config: Config, device: str, prepared: Any) -> Any:
+    """The model `name` ready for the task's evaluate: a causal LM, or a classifier with its head."""
+    if config.task != "classify":
+        model, _ = load_for_inference(name, device=device, trust_remote_code=config.model.trust_remote_code)
+        return model
+    trained = resolve_trained(name)
+    if (trained / "labels.json").is_file():
+        return task_module.load_classifier(trained, device)[0]
+    import torch
+
+    from tunesmith.models.load import resolve_model_path
+
+    # A base model has no head for these labels: a fresh, seeded one, as training's "before".
+    torch.manual_seed(config.train.seed)
+    return task_module.build_model(resolve_model_path(name), config, device, prepared)
+
+
 def evaluate(
     model_or_run: str,
     data: str | list[str],
@@ -700,6 +717,9 @@ def evaluate(
     values["model"] = {**values.get("model", {}), "name": str(target) if target.exists() else model_or_run}
     # All of `data` is evaluated: it is both sides of the split, so nothing is held out of it.
     values["data"] = {**values.get("data", {}), "train": data, "eval": data, "check": False}
+    labels_file = target / "labels.json"  # a classifier: keep its label order, whatever labels `data` holds
+    if values["task"] == "classify" and labels_file.is_file():
+        values["data"]["labels"] = json.loads(labels_file.read_text())["labels"]
     values.pop("run_name", None)
     if overrides:
         values = _deep_merge(values, parse_overrides(overrides))
@@ -715,12 +735,7 @@ def evaluate(
 
     def measure(name: str, phase: str) -> dict[str, Any]:
         _say(console, f"evaluating {name} ...")
-        if hasattr(task_module, "load_trained"):  # tasks with their own model class (classify heads)
-            model = task_module.load_trained(name, config, device)
-        else:
-            model, _ = load_for_inference(
-                name, device=device, trust_remote_code=config.model.trust_remote_code
-            )
+        model = _load_for_eval(task_module, name, config, device, prepared)
         metrics = _evaluate(
             task_module,
             model,

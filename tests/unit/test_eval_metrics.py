@@ -52,6 +52,7 @@ def test_direction_of_metrics():
     assert direction("accuracy") == "higher"
     assert direction("rouge_l") == "higher"
     assert direction("num_tokens") == "neutral"
+    assert direction("majority_baseline.accuracy") == "neutral"
 
 
 def test_metric_deltas_verdicts_and_nested_metrics():

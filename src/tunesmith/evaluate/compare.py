@@ -26,7 +26,7 @@ def _number(value: Any) -> float | None:
 def direction(metric: str) -> str:
     """'lower', 'higher' or 'neutral': which way this metric improves."""
     name = metric.rsplit(".", 1)[-1]
-    if name.startswith("num_") or name in NEUTRAL:
+    if name.startswith("num_") or any(part in NEUTRAL for part in metric.split(".")):
         return "neutral"
     if any(name == n or name.endswith(n) for n in LOWER_IS_BETTER):
         return "lower"

@@ -150,6 +150,8 @@ def _text(value: Any) -> str:
     if value is None:
         return '<span class="muted">–</span>'
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if not text.strip():
+        return '<span class="muted">(empty)</span>'
     if len(text) > MAX_TEXT_CHARS:
         text = text[:MAX_TEXT_CHARS] + f" … [{len(text) - MAX_TEXT_CHARS:,} more characters]"
     return f'<div class="text">{escape(text)}</div>'
@@ -465,7 +467,7 @@ def _forgetting_section(run: dict[str, Any]) -> str:
     if old and new is not None:
         rise = new / old - 1
         word = "rose" if rise > 0 else "fell"
-        level = "warn" if rise > 0.2 else "ok"
+        level = "warn" if rise > 0.05 else "ok"
         verdict = (
             f'<p class="verdict {level}">General-text perplexity {word} by {abs(rise) * 100:.1f}% '
             f"({fmt(old)} → {fmt(new)})."
@@ -602,7 +604,8 @@ def _examples_section(comparison: dict[str, Any]) -> str:
                 for i in items
             ]
             parts.append(
-                heading + _table(["prompt", "reference", "base loss", "tuned loss", "change"], rows, "texts")
+                heading
+                + _table(["prompt", "reference", "base loss", "tuned loss", "change"], rows, "texts examples")
             )
     if examples["kind"] == "correct":
         note = "Held-out examples the base model got wrong and the tuned model right (fixed), and the reverse (broken)."
@@ -626,9 +629,8 @@ def _data_section(run: dict[str, Any]) -> str:
         parts.append(_missing(f"The data doctor did not run ({escape(str(reason))})."))
     else:
         verdict = str(check.get("verdict", "?"))
-        level = {"ok": "ok", "pass": "ok", "good": "ok", "warn": "warn", "warning": "warn"}.get(
-            verdict.lower(), "bad"
-        )
+        lowered = verdict.lower()  # the doctor says: ready | ready with warnings | not ready
+        level = "bad" if "not" in lowered or "error" in lowered else ("warn" if "warn" in lowered else "ok")
         parts.append(f'<p class="verdict {level}">Verdict: <b>{escape(verdict)}</b></p>')
         findings = check.get("findings") or []
         if findings:
@@ -759,6 +761,7 @@ th, td { border-bottom:1px solid var(--line); padding:6px 10px; text-align:left;
 thead th { background:var(--soft); font-weight:600; }
 table.numbers td:not(:first-child) { font-variant-numeric:tabular-nums; }
 table.texts td { width:25%; }
+table.examples td { width:40%; } table.examples td:nth-child(n+3) { width:6%; white-space:nowrap; }
 table.keyvalues { width:auto; min-width:50%; } table.keyvalues thead { display:none; }
 table.keyvalues td:first-child { color:var(--muted); white-space:nowrap; }
 .text { white-space:pre-wrap; word-break:break-word; max-height:260px; overflow:auto; }
