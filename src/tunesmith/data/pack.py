@@ -100,11 +100,19 @@ class RowSchedule:
     def steps_for_epochs(self, epochs: float) -> int:
         return max(1, math.ceil(epochs * self.num_rows / self.rows_per_step))
 
-    def _permutation(self, epoch: int) -> list[int]:
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        # Kept between steps: a multi-GB pretraining corpus has millions of rows, and drawing
+        # their permutation anew every step would cost about half a second.
+        cached = self.__dict__.get("_cached_permutation")
+        if cached is not None and cached[0] == epoch:
+            return cached[1]
         if not self.shuffle:
-            return list(range(self.num_rows))
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.num_rows, generator=generator).tolist()
+            permutation = torch.arange(self.num_rows)
+        else:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            permutation = torch.randperm(self.num_rows, generator=generator)
+        self.__dict__["_cached_permutation"] = (epoch, permutation)
+        return permutation
 
     def rows_for_step(self, step: int) -> list[list[int]]:
         """Row indices for each micro-batch of optimizer step `step` (0-based)."""
@@ -113,7 +121,7 @@ class RowSchedule:
         epoch, offset = divmod(start, self.num_rows)
         permutation = self._permutation(epoch)
         while len(stream) < self.rows_per_step:
-            stream.append(permutation[offset])
+            stream.append(int(permutation[offset]))
             offset += 1
             if offset == self.num_rows:
                 epoch, offset = epoch + 1, 0
