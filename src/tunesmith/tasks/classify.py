@@ -373,7 +373,9 @@ def predict_rows(
         if record.text_pair is not None:
             row["text_pair"] = record.text_pair
         if record.label is not None:
-            row["label"] = ";".join(label_names(record))
+            given = set(label_names(record))
+            # Multi-label gold labels in head order, so they compare equal to `predicted`.
+            row["label"] = ";".join([n for n in names if n in given] if info["multi_label"] else given)
         if info["multi_label"]:
             row["predicted"] = ";".join(n for n, on in zip(names, decision, strict=True) if on)
         else:
