@@ -620,7 +620,8 @@ def preview(config: Config, num_samples: int = 3) -> list[dict[str, Any]]:
     tokenizer = load_tokenizer(resolve_model_path(config.model.name), config.model)
     prepared = get_task(config.task).prepare_data(config, tokenizer)
     samples = []
-    for example in list(prepared.train)[:num_samples]:
+    # Indexing, not list(): a pretraining corpus's blocks are read from disk only when asked for.
+    for example in (prepared.train[i] for i in range(min(num_samples, len(prepared.train)))):
         pieces = []
         if example.labels is not None:
             for token, label in zip(example.input_ids, example.labels, strict=True):
