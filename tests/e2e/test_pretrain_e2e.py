@@ -86,6 +86,8 @@ def test_cli_pretrain_reports_domain_and_general_perplexity_and_reuses_the_cache
     train_stats = summary["data"]["train"]
     assert train_stats["num_documents"] + summary["data"]["eval"]["num_documents"] == 13
     assert not train_stats["cache_reused"]
+    held_out_files = summary["data"]["eval"]["sources"]  # one document per file: whole files are held out
+    assert len(held_out_files) == 3 and not set(held_out_files) & set(train_stats["sources"])
     assert (tmp_path / "runs" / "first" / "final" / "model.safetensors").is_file()
 
     code, output = run_cli_here("train", str(config_file), "run_name=second", "train.max_steps=1")

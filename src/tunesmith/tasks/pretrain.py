@@ -226,6 +226,14 @@ class CorpusStats:
         return f"{text}; token cache {how}"
 
 
+def _files_of(cache: TokenCache, documents: np.ndarray, limit: int = 50) -> list[str]:
+    """The files these documents come from (the held-out files, for the eval side)."""
+    files = cache.meta["files"]
+    firsts = np.asarray([f["first_document"] for f in files], dtype=np.int64)
+    used = np.unique(np.searchsorted(firsts, documents, side="right") - 1)
+    return [files[int(i)]["name"] for i in used[:limit]]
+
+
 def _stats(cache: TokenCache, blocks: Blocks, num_replay: int = 0) -> CorpusStats:
     return CorpusStats(
         len(blocks.documents),
@@ -236,7 +244,7 @@ def _stats(cache: TokenCache, blocks: Blocks, num_replay: int = 0) -> CorpusStat
         str(cache.path),
         cache.reused,
         round(cache.seconds, 3),
-        [f["name"] for f in cache.meta["files"]],
+        _files_of(cache, blocks.documents),
     )
 
 
