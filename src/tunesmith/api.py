@@ -100,6 +100,7 @@ def train(
     from tunesmith.tasks import get_task
     from tunesmith.train import rundir
     from tunesmith.train.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+    from tunesmith.train.fastpath import prepare_for_speed
     from tunesmith.train.loop import LoopSettings, stop_on_signals, train_loop
     from tunesmith.train.optim import build_optimizer, build_scheduler
 
@@ -119,6 +120,8 @@ def train(
     findings = preflight(config, prepared, model_path, console)
     model = task.build_model(model_path, config, device, prepared)
     loss_module = task.make_loss(model, config)
+    # Chosen once here (fused loss, compiled blocks, static row shapes); the loop is the same.
+    loss_module = prepare_for_speed(loss_module, prepared, config, device, tokenizer.pad_token_id)
     trainable, total = count_parameters(model)
     _say(
         console,

@@ -71,6 +71,8 @@ class CausalLMLoss(nn.Module):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        # Swapped once at setup by train/fastpath.py for a fused version with the same loss.
+        self.cross_entropy = chunked_cross_entropy
 
     def forward(
         self,
@@ -92,7 +94,7 @@ class CausalLMLoss(nn.Module):
         keep = targets != IGNORE_INDEX
         selected = hidden[:, :-1][keep]
         softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
-        loss_sum, correct = chunked_cross_entropy(selected, lm_head, targets[keep], self.chunk_size, softcap)
+        loss_sum, correct = self.cross_entropy(selected, lm_head, targets[keep], self.chunk_size, softcap)
         return {"loss_sum": loss_sum, "num_targets": keep.sum(), "num_correct": correct}
 
 
