@@ -98,8 +98,8 @@ def train(
     from tunesmith.models.adapters import count_parameters
     from tunesmith.models.load import load_tokenizer, resolve_model_path
     from tunesmith.tasks import get_task
-    from tunesmith.train import rundir
-    from tunesmith.train.checkpoint import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint
+    from tunesmith.train import distributed, rundir
+    from tunesmith.train.checkpoint import TrainerState, latest_checkpoint
     from tunesmith.train.fastpath import prepare_for_speed
     from tunesmith.train.loop import LoopSettings, stop_on_signals, train_loop
     from tunesmith.train.optim import build_optimizer, build_scheduler
@@ -107,6 +107,12 @@ def train(
     started = time.perf_counter()
     task = get_task(config.task)
     device = setup_torch(config)
+    # Launched by torchrun: join the job. Rank 0 alone talks to the console and writes the run
+    # directory; one process (no torchrun) gets no-op collectives (docs/DISTRIBUTED.md).
+    parallel = distributed.setup(config.distributed, device)
+    if not parallel.is_main:
+        console = None
+    distributed.check_batch_size(parallel, config.train.batch_size)
     model_path = resolve_model_path(config.model.name)
     run_dir = rundir.plan_run_dir(config, model_path, resume)
     rundir.check_logging_available(config.logging)
@@ -138,8 +144,6 @@ def train(
         config.train.seed,
     )
     total_steps = config.train.max_steps or schedule.steps_for_epochs(config.train.epochs)
-    optimizer = build_optimizer(loss_module, config.train, device)
-    scheduler = build_scheduler(optimizer, config.train, total_steps)
     state = TrainerState(step=0, total_steps=total_steps)
 
     checkpoint = latest_checkpoint(run_dir / "checkpoints") if resume else None
@@ -147,35 +151,47 @@ def train(
         raise UserError(f"--resume: {run_dir} has no complete checkpoint to resume from")
     if checkpoint is not None:
         check_resume_compatible(run_dir, config, console)
-    rundir.create_run_dir(run_dir, config)
-    _say(console, f"[bold]run[/bold]: {run_dir}")
-    rundir.write_json(run_dir / EVAL_DIR / "data_check.json", findings)
-    rundir.write_json(run_dir / "environment.json", environment())
-    log = rundir.MetricsLogger(
-        run_dir,
-        tensorboard=config.logging.tensorboard,
-        logging=config.logging,
-        run_name=run_dir.name,
-        config=config,
-    )
+    parallel.barrier()  # every rank has looked at the run directory before rank 0 creates it
+    log: Any = _NoLog()
+    if parallel.is_main:
+        rundir.create_run_dir(run_dir, config)
+        _say(console, f"[bold]run[/bold]: {run_dir}")
+        rundir.write_json(run_dir / EVAL_DIR / "data_check.json", findings)
+        rundir.write_json(run_dir / "environment.json", environment())
+        log = rundir.MetricsLogger(
+            run_dir,
+            tensorboard=config.logging.tensorboard,
+            logging=config.logging,
+            run_name=run_dir.name,
+            config=config,
+        )
 
     try:
         before: dict[str, Any] = {}
-        if checkpoint is not None:
-            state = load_checkpoint(checkpoint, loss_module, optimizer, scheduler)
-            state.total_steps = total_steps
-            _say(console, f"resuming from {checkpoint} (step {state.step} of {total_steps})")
-            before_file = run_dir / EVAL_DIR / "before.json"
-            before = json.loads(before_file.read_text()) if before_file.is_file() else {}
-        elif config.eval.before:
+        if checkpoint is None and config.eval.before and parallel.is_main:
+            # Before sharding: under FSDP every forward of the generations would need all ranks.
             _say(console, "evaluating the base model ...")
             before = _evaluate(task, model, loss_module, prepared, tokenizer, config, device, "before")
             rundir.write_json(run_dir / EVAL_DIR / "before.json", before)
             _say(console, f"before: {_metrics_line(before)}")
+        # DDP replicas or FSDP shards over the processes (one process: the loss module as it is).
+        # The optimizer comes after: FSDP replaces the parameters with their shards.
+        train_module = distributed.parallelize(parallel, loss_module, config.distributed)
+        optimizer = build_optimizer(loss_module, config.train, device)
+        scheduler = build_scheduler(optimizer, config.train, total_steps)
+        if checkpoint is not None:
+            # Either checkpoint format, from any number of processes.
+            state = distributed.load_checkpoint(checkpoint, parallel, loss_module, optimizer, scheduler)
+            state.total_steps = total_steps
+            _say(console, f"resuming from {checkpoint} (step {state.step} of {total_steps})")
+            before_file = run_dir / EVAL_DIR / "before.json"
+            before = json.loads(before_file.read_text()) if before_file.is_file() else {}
 
         def step_batches(step: int) -> list[dict[str, Any]]:
+            # This rank's rows of the global micro-batches: the same rows for any number of processes.
             return [
-                prepared.collate([prepared.rows[i] for i in micro]) for micro in schedule.rows_for_step(step)
+                prepared.collate([prepared.rows[i] for i in micro])
+                for micro in parallel.shard(schedule.rows_for_step(step))
             ]
 
         def evaluate_during(step: int) -> dict[str, Any]:
@@ -185,8 +201,9 @@ def train(
             return {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
 
         def save(current: TrainerState) -> Path:
-            return save_checkpoint(
-                run_dir / "checkpoints", loss_module, optimizer, scheduler, current, config.train.keep_last
+            # One process: the safetensors checkpoint; several: torch.distributed.checkpoint.
+            return distributed.save_checkpoint(
+                run_dir / "checkpoints", parallel, optimizer, scheduler, current, config.train.keep_last
             )
 
         settings = LoopSettings(
@@ -207,7 +224,7 @@ def train(
                     on_step(step, record)
 
             state = train_loop(
-                loss_module,
+                train_module,
                 optimizer,
                 scheduler,
                 step_batches,
@@ -218,8 +235,20 @@ def train(
                 save=save,
                 stop=stop,
                 on_step=on_step_all,
+                parallel=parallel,
             )
         save(state)  # the final checkpoint: resuming a finished run is a no-op, not a restart
+
+        # Rank 0 alone writes the final model, evaluates and reports. Under FSDP every rank first
+        # helps gather the full weights, which rank 0 loads into an unsharded copy of the model.
+        full_state = distributed.gather_full_state(parallel, loss_module)
+        if not parallel.is_main:
+            seconds = time.perf_counter() - started
+            return RunResult(run_dir, run_dir / FINAL_DIR, None, before, {}, state.step, seconds)
+        if full_state is not None:
+            model = task.build_model(model_path, config, device, prepared)
+            loss_module = task.make_loss(model, config)
+            distributed.load_full_state(loss_module, full_state)
 
         final_dir = run_dir / FINAL_DIR
         _write_final(task, model, tokenizer, final_dir, prepared, config, model_path)
@@ -254,6 +283,17 @@ def train(
         return RunResult(run_dir, final_dir, merged_dir, before, after, state.step, seconds)
     finally:
         log.close()
+        parallel.close()
+
+
+class _NoLog:
+    """The metrics logger of ranks other than 0: they compute the same records, rank 0 writes them."""
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def peak_memory(device: str) -> dict[str, int]:
@@ -631,7 +671,12 @@ def preview(config: Config, num_samples: int = 3) -> list[dict[str, Any]]:
                 pieces.append((tokenizer.decode([token]), label != IGNORE_INDEX))
         else:
             pieces.append((tokenizer.decode(example.input_ids), False))
-        samples.append({"source": example.source, "pieces": pieces, "label": example.label})
+        label = example.label
+        label_set = prepared.extra.get("label_set")
+        if label_set is not None:  # classify: show label names, not head indices
+            hot = label if isinstance(label, list) else None
+            label = [n for n, on in zip(label_set.names, hot, strict=True) if on] if hot else label_set.names[label]
+        samples.append({"source": example.source, "pieces": pieces, "label": label})
     return samples
 
 

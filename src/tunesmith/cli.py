@@ -105,9 +105,11 @@ def train(
     def action() -> None:
         from tunesmith import api
         from tunesmith.config import config_to_yaml
+        from tunesmith.train.distributed import is_main_process
 
         cfg = _load(config, overrides)
         console = _console()
+        console.quiet = not is_main_process()  # under torchrun, rank 0 alone prints
         console.print("[bold]resolved config[/bold]")
         console.print(config_to_yaml(cfg), markup=False)
         result = api.train(cfg, resume=resume, merge=merge, console=console)
@@ -127,6 +129,7 @@ def _exec_torchrun(nproc: int, argv: list[str]) -> None:
         sys.executable,
         "-m",
         "torch.distributed.run",
+        "--standalone",  # one node: a free local port, so two jobs on one machine never collide
         f"--nproc-per-node={nproc}",
         "-m",
         "tunesmith",
