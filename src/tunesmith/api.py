@@ -829,6 +829,13 @@ def evaluate(
     return result
 
 
+def select(task: str, data: Any, candidates: list[str] | None = None, **options: Any) -> dict[str, Any]:
+    """Rank candidate base models on the user's data and hardware; see tunesmith.select.select."""
+    from tunesmith.select import select as run_select
+
+    return run_select(task, data, candidates, **options)
+
+
 def demo(output_dir: str = "runs", console: Any = None, max_steps: int | None = None) -> RunResult:
     """Finetune the embedded model on the embedded sample instructions and show before/after."""
     from tunesmith.models.load import ASSETS_DIR

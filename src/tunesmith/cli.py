@@ -444,6 +444,97 @@ def data_check(
         raise typer.Exit(code)
 
 
+@app.command("select")
+def select_command(
+    task: str = typer.Option(..., "--task", help="instruct | pretrain | classify"),
+    data: list[str] = typer.Option(..., "--data", "-d", help="your training data (repeat for several)"),
+    candidates: list[str] = typer.Option(
+        None, "--candidates", help="model dirs, 'embedded' or hub ids (default: the catalogue, filtered)"
+    ),
+    gpu_memory: str = typer.Option(None, "--gpu-memory", help="memory of the GPU you will train on, e.g. 24GiB"),
+    cpu: bool = typer.Option(False, "--cpu", help="you will train on this machine's CPU (fp32)"),
+    time_budget: str = typer.Option(None, "--time-budget", help="longest acceptable training, e.g. 2h"),
+    max_params: str = typer.Option(None, "--max-params", help="catalogue filter, e.g. 1B"),
+    license: str = typer.Option(None, "--license", help="catalogue filter, e.g. apache-2.0"),
+    min_context: int = typer.Option(None, "--min-context", help="catalogue filter: context length"),
+    max_seq_len: int = typer.Option(None, "--max-seq-len", help="cap on the recommended sequence length"),
+    sample: int = typer.Option(64, "--sample", help="held-out examples scored per candidate"),
+    out: str = typer.Option(None, "--out", help="folder for select.json and a ready config.yaml"),
+    json_output: bool = typer.Option(False, "--json", help="print the result as JSON instead of a table"),
+    more_candidates: list[str] = typer.Argument(
+        None, help="further candidates: `--candidates A B C` reads B and C here", show_default=False
+    ),
+) -> None:
+    """Rank base models by how well they fit your data, memory and time; recommend one with a config."""
+
+    def action() -> None:
+        import json as json_module
+
+        from tunesmith import api
+
+        console = _console(stderr=json_output)
+        extra_args = [c for c in [*(candidates or []), *(more_candidates or [])] if c]
+        result = api.select(
+            task,
+            data if len(data) > 1 else data[0],
+            extra_args,
+            gpu_memory=gpu_memory,
+            cpu=cpu,
+            time_budget=time_budget,
+            max_params=max_params,
+            license=license,
+            min_context=min_context,
+            max_seq_len=max_seq_len,
+            sample=sample,
+            out_dir=out,
+            console=console,
+        )
+        if json_output:
+            typer.echo(json_module.dumps(result, indent=2, default=str))
+            return
+        _print_selection(console, result)
+
+    _run(action)
+
+
+def _print_selection(console: Any, result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"candidates for {result['task']} on {result['data']} ({result['memory_budget']}, "
+                  f"{result['device']})", show_lines=True)
+    for column in ("rank", "model", "fit (nats/char)", "tokens/char", "method", "train time"):
+        table.add_column(column, overflow="fold")
+    for c in result["ranked"]:
+        table.add_row(
+            str(c["rank"]),
+            c["name"],
+            f"{c['fit'].get('loss_per_char', float('nan')):.3f}",
+            f"{c['fit'].get('tokens_per_char', float('nan')):.2f}",
+            (c["method"] or "does not fit") + (" + gc" if c["gradient_checkpointing"] else ""),
+            f"{c['estimated_seconds'] / 60:.1f} min",
+        )
+    console.print(table)
+    for c in result["ranked"]:
+        console.print(f"[bold]{c['rank']}. {c['name']}[/bold]: " + "; ".join(c["reasons"]), soft_wrap=True)
+    for item in result["skipped"]:
+        console.print(f"[yellow]skipped[/yellow] {item['name']}: {item['reason']}", soft_wrap=True)
+    for note in result["notes"]:
+        console.print(f"[dim]{note}[/dim]", soft_wrap=True)
+    if result.get("no_fit"):
+        console.print(f"[bold red]{result['no_fit']}[/bold red]", soft_wrap=True)
+    recommendation = result.get("recommendation")
+    if recommendation:
+        console.print(f"[bold green]recommended[/bold green]: {recommendation['model']} with {recommendation['method']}")
+        for line in recommendation["hyperparameter_reasoning"]:
+            console.print(f"  - {line}", soft_wrap=True)
+        if result.get("out_dir"):
+            console.print(f"config: {result['out_dir']}/config.yaml (train with: tunesmith train "
+                          f"{result['out_dir']}/config.yaml)")
+        else:
+            console.print("[bold]config.yaml[/bold]")
+            console.print(recommendation["config_yaml"], markup=False)
+
+
 @app.command()
 def config_reference() -> None:
     """Print every config key with its default and description (Markdown)."""

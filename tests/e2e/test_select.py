@@ -1,0 +1,140 @@
+"""`tunesmith select` end to end on real tiny models: the model pretrained on text like the user's
+ranks first, a broken candidate is reported and skipped, and an impossible memory budget is said plainly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tests.conftest import ASSETS
+from tunesmith.cli import app
+from tunesmith.config import build_config
+
+
+@pytest.fixture(scope="module")
+def general_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Text like the embedded model's training data: its general held-out text, one document per paragraph."""
+    text = (ASSETS / "general_heldout.txt").read_text(encoding="utf-8")
+    documents = [d for d in text.split("\n\n") if d.strip()][:200]
+    path = tmp_path_factory.mktemp("select-data") / "general.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents), encoding="utf-8")
+    return path
+
+
+def random_init_of_embedded(directory: Path) -> Path:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = ASSETS / "base-model"
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source))
+    model.save_pretrained(directory)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(source / name, directory / name)
+    return directory
+
+
+def test_fitting_model_ranks_first_and_broken_one_is_skipped(
+    shared_dir: Path, general_text: Path, tmp_path: Path
+) -> None:
+    if not (ASSETS / "base-model" / "model.safetensors").is_file():
+        pytest.skip("the embedded base model's weights are not built")
+    random_dir = random_init_of_embedded(tmp_path / "random-init")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llama", "hidden_size": ')
+    stories = shared_dir / "models" / "stories260k"
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        [
+            "select",
+            "--task",
+            "pretrain",
+            "--data",
+            str(general_text),
+            "--cpu",
+            "--max-seq-len",
+            "128",
+            "--sample",
+            "8",
+            "--out",
+            str(out),
+            "--candidates",
+            str(random_dir),
+            str(broken),
+            str(stories),
+            "embedded",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "select.json").read_text())
+    ranked = report["ranked"]
+    assert [c["name"] for c in ranked][0] == "embedded"
+    assert {c["name"] for c in ranked} == {"embedded", str(stories), str(random_dir)}
+    first = ranked[0]
+    assert "lowest loss per character" in first["reasons"][0]
+    others = [c["fit"]["loss_per_char"] for c in ranked[1:]]
+    assert first["fit"]["loss_per_char"] < min(others)
+    random_fit = next(c for c in ranked if c["name"] == str(random_dir))["fit"]
+    assert random_fit["loss"] > 7.0  # ~ln(vocab): what a model that learned nothing scores
+    assert report["skipped"] == [{"name": str(broken), "reason": report["skipped"][0]["reason"]}]
+    assert "could not be loaded" in report["skipped"][0]["reason"]
+    assert "skipped" in result.output and "embedded" in result.output
+    # The written config is a valid tunesmith config for the winner.
+    config = build_config(yaml.safe_load((out / "config.yaml").read_text()))
+    assert config.model.name == "embedded" and config.task == "pretrain"
+    assert config.data.max_seq_len <= 128
+    assert report["recommendation"]["hyperparameter_reasoning"]
+
+
+def test_no_candidate_fits_the_memory(shared_dir: Path, general_text: Path) -> None:
+    stories = shared_dir / "models" / "stories260k"
+    result = CliRunner().invoke(
+        app,
+        [
+            "select",
+            "--task",
+            "pretrain",
+            "--data",
+            str(general_text),
+            "--gpu-memory",
+            "1MiB",
+            "--max-seq-len",
+            "64",
+            "--sample",
+            "4",
+            "--json",
+            "--candidates",
+            str(stories),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    assert report["recommendation"] is None
+    assert report["no_fit"].startswith("no candidate fits 1.0 MiB: the smallest that would is")
+    assert "stories260k" in report["no_fit"] and "needs" in report["no_fit"]
+
+
+def test_bad_flags_are_user_errors(general_text: Path) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "select",
+            "--task",
+            "pretrain",
+            "--data",
+            str(general_text),
+            "--gpu-memory",
+            "lots",
+            "--candidates",
+            "embedded",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "--gpu-memory" in result.output
