@@ -107,7 +107,10 @@ def test_ddp_two_processes_match_one_and_resume_on_one(setup, tiny_llama):
 
 
 def test_fsdp_two_processes_resume_a_one_process_checkpoint(setup, tiny_llama):
-    """1 process for 2 steps (safetensors checkpoint), then resumed on 2 processes with FSDP."""
+    """1 process for 2 steps (safetensors checkpoint), then resumed on 2 processes with FSDP.
+
+    Steps 3 and 4 are FSDP steps: they match the one-process reference as well.
+    """
     config = _config(tiny_llama, setup["data"], setup["runs"], "one-then-fsdp", 2, "fsdp")
     api.train(Config.model_validate(config))
     config["train"]["max_steps"] = 4
@@ -122,15 +125,6 @@ def test_fsdp_two_processes_resume_a_one_process_checkpoint(setup, tiny_llama):
 
     adapter = load_file(str(run_dir / "final" / "adapter_model.safetensors"))
     assert adapter and all(t.ndim == 2 for t in adapter.values())  # full LoRA matrices, not shards
-
-
-def test_fsdp_two_processes_match_one(setup, tiny_llama):
-    config = _config(tiny_llama, setup["data"], setup["runs"], "fsdp", 2, "fsdp")
-    result = _torchrun(
-        "-m", "tunesmith", "train", str(_write(config, setup["root"] / "f.yaml")), cwd=setup["root"]
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    _assert_same(_losses(setup["runs"] / "fsdp"), setup["reference"], [1, 2])
 
 
 FAILING_RANK = """

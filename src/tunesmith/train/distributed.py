@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -312,7 +313,10 @@ def _load_dcp(
     model_state, optimizer_state = get_state_dict(module, optimizer, options=options)
     wanted = {"model": model_state, "optimizer": optimizer_state}
     try:
-        dcp.load(wanted, checkpoint_id=path, no_dist=parallel.world_size == 1)
+        with warnings.catch_warnings():
+            # One process reading a multi-process checkpoint is intended: DCP's warning says it is not.
+            warnings.filterwarnings("ignore", message=r".*assuming the intent is to load in a single process")
+            dcp.load(wanted, checkpoint_id=path, no_dist=parallel.world_size == 1)
     except Exception as exc:
         raise UserError(
             f"{path}: checkpoint does not match the model ({str(exc).strip().splitlines()[-1][:300]}); "
