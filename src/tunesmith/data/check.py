@@ -471,10 +471,13 @@ def _format_findings(train: SplitScan, eval: SplitScan, options: CheckOptions) -
         problems = _merged([train, eval], key)
         if problems.count:
             first = problems.notes[0] if problems.notes else ""
+            # Raw text for pretraining is decoded with replacement characters and the bad bytes
+            # reported: a stray Latin-1 byte in a large corpus must not stop the run.
+            severity = "warning" if key == "encoding" and options.task == "pretrain" else options.format_severity
             findings.append(
                 finding(
                     key,
-                    options.format_severity,
+                    severity,
                     title,
                     problems.count,
                     problems.examples,
