@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -14,22 +14,14 @@ from tunesmith.train.loss import batch_to_device
 
 
 @torch.no_grad()
-def lm_metrics(
-    loss_module: torch.nn.Module,
-    examples: Sequence[Example],
-    pad_id: int,
-    max_seq_len: int,
-    batch_size: int = 8,
-    device: str = "cpu",
-    packing: bool = True,
+def batch_metrics(
+    loss_module: torch.nn.Module, batches: Iterable[dict[str, Any]], device: str = "cpu"
 ) -> dict[str, float]:
-    """Mean loss over every supervised token of `examples`, token accuracy and perplexity."""
+    """Mean loss over every target token of `batches`, token accuracy and perplexity."""
     was_training = loss_module.training
     loss_module.eval()
-    rows = make_rows(examples, max_seq_len, packing)
     loss_sum, targets, correct = 0.0, 0, 0
-    for start in range(0, len(rows), batch_size):
-        batch = collate_rows(rows[start : start + batch_size], examples, pad_id)
+    for batch in batches:
         batch = batch_to_device(batch, device)
         out = loss_module(**{k: v for k, v in batch.items() if k != "num_targets"})
         loss_sum += float(out["loss_sum"])
@@ -43,6 +35,23 @@ def lm_metrics(
         "token_accuracy": correct / max(targets, 1),
         "num_tokens": targets,
     }
+
+
+def lm_metrics(
+    loss_module: torch.nn.Module,
+    examples: Sequence[Example],
+    pad_id: int,
+    max_seq_len: int,
+    batch_size: int = 8,
+    device: str = "cpu",
+    packing: bool = True,
+) -> dict[str, float]:
+    """batch_metrics over tokenized examples, packed into rows as in training."""
+    rows = make_rows(examples, max_seq_len, packing)
+    batches = (
+        collate_rows(rows[i : i + batch_size], examples, pad_id) for i in range(0, len(rows), batch_size)
+    )
+    return batch_metrics(loss_module, batches, device)
 
 
 def per_example_losses(

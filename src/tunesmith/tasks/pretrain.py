@@ -26,10 +26,11 @@ from tunesmith.data.load import ErrorPolicy
 from tunesmith.data.templates import IGNORE_INDEX
 from tunesmith.data.tokenize import Example
 from tunesmith.errors import UserError
-from tunesmith.models.adapters import apply_adapter, unwrap_causal_lm
-from tunesmith.models.load import GENERAL_TEXT_PATH, load_causal_lm
+from tunesmith.evaluate.metrics import batch_metrics
+from tunesmith.models.adapters import unwrap_causal_lm
+from tunesmith.models.load import GENERAL_TEXT_PATH
 from tunesmith.tasks import PreparedData
-from tunesmith.train.loss import CausalLMLoss, batch_to_device
+from tunesmith.tasks.instruct import build_model, make_loss  # noqa: F401  (same causal LM and loss)
 
 Piece = tuple[int, int]  # (start in the cache's token array, length)
 
@@ -328,41 +329,17 @@ def prepare_data(config: Config, tokenizer: Any) -> PreparedData:
     )
 
 
-def build_model(model_path: str, config: Config, device: str, prepared: PreparedData) -> Any:
-    model = load_causal_lm(model_path, config.model, device)
-    if config.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    return apply_adapter(model, config.adapter, task_type="CAUSAL_LM")
-
-
-def make_loss(model: Any, config: Config) -> torch.nn.Module:
-    return CausalLMLoss(model)
-
-
-@torch.no_grad()
 def block_metrics(
     loss_module: torch.nn.Module, blocks: Blocks, num_blocks: int, pad_id: int, batch_size: int, device: str
 ) -> dict[str, float]:
     """Mean next-token loss, perplexity and token accuracy over the first `num_blocks` blocks."""
-    was_training = loss_module.training
-    loss_module.eval()
-    loss_sum, targets, correct = 0.0, 0, 0
-    for start in range(0, num_blocks, batch_size):
-        items = [(blocks, b) for b in range(start, min(start + batch_size, num_blocks))]
-        batch = batch_to_device(collate_blocks(items, pad_id, blocks.block_len), device)
-        out = loss_module(**{k: v for k, v in batch.items() if k != "num_targets"})
-        loss_sum += float(out["loss_sum"])
-        targets += int(out["num_targets"])
-        correct += int(out["num_correct"])
-    loss_module.train(was_training)
-    loss = loss_sum / max(targets, 1)
-    return {
-        "loss": loss,
-        "perplexity": math.exp(min(loss, 50.0)),
-        "token_accuracy": correct / max(targets, 1),
-        "num_tokens": targets,
-    }
+    batches = (
+        collate_blocks(
+            [(blocks, b) for b in range(start, min(start + batch_size, num_blocks))], pad_id, blocks.block_len
+        )
+        for start in range(0, num_blocks, batch_size)
+    )
+    return batch_metrics(loss_module, batches, device)
 
 
 def evaluate(
