@@ -463,9 +463,11 @@ def measure_candidate(
 def rank(candidates: list[Candidate], time_budget: float | None) -> list[Candidate]:
     measured = [c for c in candidates if c.status == "ok"]
 
-    def key(c: Candidate) -> tuple[int, float]:
+    def key(c: Candidate) -> tuple[int, float, float]:
         fits = c.method is not None and (time_budget is None or c.estimated_seconds <= time_budget)
-        return (0 if fits else 1, c.fit.get("loss_per_char", math.inf))
+        # classify: zero-shot accuracy first (what the user will measure), label cross-entropy next.
+        accuracy = c.fit.get("zero_shot_accuracy", 0.0)
+        return (0 if fits else 1, -accuracy, c.fit.get("loss_per_char", math.inf))
 
     measured.sort(key=key)
     best = measured[0].fit.get("loss_per_char") if measured else None
@@ -479,20 +481,29 @@ def _reasons(
     c: Candidate, ranked: list[Candidate], best: float | None, time_budget: float | None
 ) -> list[str]:
     reasons = []
+    if "zero_shot_accuracy" in c.fit:
+        accuracy = c.fit["zero_shot_accuracy"]
+        other = max((o.fit.get("zero_shot_accuracy", 0.0) for o in ranked if o is not c), default=None)
+        if other is not None and accuracy >= other:
+            reasons.append(
+                f"highest zero-shot accuracy on your labels ({accuracy:.2f} vs {other:.2f} next best)"
+            )
+        elif other is not None:
+            reasons.append(f"zero-shot accuracy {accuracy:.2f} (best {other:.2f})")
     value = c.fit.get("loss_per_char", math.inf)
     others = [o.fit.get("loss_per_char", math.inf) for o in ranked if o is not c]
     what = (
         "label cross-entropy" if "label_loss" in c.fit else "loss per character on the tokens you would train"
     )
-    if others and value <= min(others):
+    if "zero_shot_accuracy" in c.fit:
+        reasons.append(f"{what} {value:.3f}")
+    elif others and value <= min(others):
         reasons.append(
             f"lowest {what} ({value:.3f} vs {min(others):.3f} next best): the best fit to your data"
         )
     elif best is not None:
         reasons.append(f"{what} {value:.3f} (best {best:.3f}): fits your data less well")
-    if "zero_shot_accuracy" in c.fit:
-        reasons.append(f"zero-shot accuracy {c.fit['zero_shot_accuracy']:.2f}")
-    elif "loss" in c.fit:
+    if "loss" in c.fit:
         reasons.append(f"loss {c.fit['loss']:.3f} per token, perplexity {c.fit['perplexity']:.1f}")
     reasons.append(f"{c.fit.get('tokens_per_char', 0):.2f} tokens per character")
     if c.method is None:
