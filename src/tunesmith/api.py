@@ -643,8 +643,13 @@ class _batch_progress:
             return lambda count: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.progress = Progress(TextColumn(f"[bold]{self.title}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), console=self.console)
+        self.progress = Progress(
+            TextColumn(f"[bold]{self.title}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
         self.progress.__enter__()
         task_id = self.progress.add_task(self.title, total=self.total)
         return lambda count: self.progress.advance(task_id, count)
@@ -675,7 +680,11 @@ def preview(config: Config, num_samples: int = 3) -> list[dict[str, Any]]:
         label_set = prepared.extra.get("label_set")
         if label_set is not None:  # classify: show label names, not head indices
             hot = label if isinstance(label, list) else None
-            label = [n for n, on in zip(label_set.names, hot, strict=True) if on] if hot else label_set.names[label]
+            label = (
+                [n for n, on in zip(label_set.names, hot, strict=True) if on]
+                if hot
+                else label_set.names[label]
+            )
         samples.append({"source": example.source, "pieces": pieces, "label": label})
     return samples
 

@@ -338,8 +338,12 @@ def merge(
 @app.command()
 def predict(
     run: str = typer.Argument(..., help="run directory (or its final/ directory) of a classify run"),
-    data: str = typer.Option(..., "--data", help="file to classify: JSONL/CSV/TSV/Parquet with a text column"),
-    out: str = typer.Option(..., "--out", help="CSV to write: text, predicted label(s), one probability per label"),
+    data: str = typer.Option(
+        ..., "--data", help="file to classify: JSONL/CSV/TSV/Parquet with a text column"
+    ),
+    out: str = typer.Option(
+        ..., "--out", help="CSV to write: text, predicted label(s), one probability per label"
+    ),
     batch_size: int = typer.Option(32, "--batch-size", help="rows per forward pass"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
 ) -> None:
@@ -390,14 +394,22 @@ def data_preview(
 def data_check(
     data: str = typer.Argument(..., help="training data: file, folder or glob"),
     eval: str = typer.Option(None, "--eval", help="held-out data, checked for leakage and coverage"),
-    task: str = typer.Option(None, "--task", help="instruct | classify | pretrain (default: from the fields)"),
-    model: str = typer.Option("embedded", "--model", help="whose tokenizer counts tokens (weights never load)"),
+    task: str = typer.Option(
+        None, "--task", help="instruct | classify | pretrain (default: from the fields)"
+    ),
+    model: str = typer.Option(
+        "embedded", "--model", help="whose tokenizer counts tokens (weights never load)"
+    ),
     max_seq_len: int = typer.Option(512, "--max-seq-len", help="tokens per sequence (data.max_seq_len)"),
     target: str = typer.Option(None, "--target", help="real inputs (.txt one per line, or JSONL) to compare"),
-    near_dup_threshold: float = typer.Option(0.8, "--near-dup-threshold", help="MinHash Jaccard for near-dups"),
+    near_dup_threshold: float = typer.Option(
+        0.8, "--near-dup-threshold", help="MinHash Jaccard for near-dups"
+    ),
     json_out: str = typer.Option(None, "--json", help="write the findings as JSON here (for CI)"),
     html_out: str = typer.Option(None, "--html", help="write the findings as an HTML page here"),
-    fix: str = typer.Option(None, "--fix", help="folder for a cleaned copy + removed.jsonl (inputs untouched)"),
+    fix: str = typer.Option(
+        None, "--fix", help="folder for a cleaned copy + removed.jsonl (inputs untouched)"
+    ),
 ) -> None:
     """Check data before training: format, duplicates, leakage, lengths, labels, size, coverage, secrets.
 
@@ -419,22 +431,33 @@ def data_check(
         result, fixed = run_check(data, eval, target, task, model, max_seq_len, near_dup_threshold, fix)
         report = result.report
         colors = {"error": "red", "warning": "yellow", "info": "dim"}
-        table = Table(title=f"data check ({report['task']}): {report['stats']['num_train']} train, "
-                            f"{report['stats']['num_eval']} eval records", show_lines=True)
+        table = Table(
+            title=f"data check ({report['task']}): {report['stats']['num_train']} train, "
+            f"{report['stats']['num_eval']} eval records",
+            show_lines=True,
+        )
         for column in ("severity", "finding", "count", "where", "detail"):
             table.add_column(column, overflow="fold")
         for item in report["findings"]:
             color = colors[item["severity"]]
-            table.add_row(f"[{color}]{item['severity']}[/{color}]", item["title"], str(item["count"]),
-                          "\n".join(item["examples"]), item["detail"])
+            table.add_row(
+                f"[{color}]{item['severity']}[/{color}]",
+                item["title"],
+                str(item["count"]),
+                "\n".join(item["examples"]),
+                item["detail"],
+            )
         console.print(table)
         if json_out:
             Path(json_out).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
         if html_out:
-            Path(html_out).write_text(f"<!doctype html><meta charset='utf-8'>{render_html(report)}",
-                                      encoding="utf-8")
+            Path(html_out).write_text(
+                f"<!doctype html><meta charset='utf-8'>{render_html(report)}", encoding="utf-8"
+            )
         if fixed:
-            console.print(f"cleaned copy in {fix}: {fixed['removed']} rows removed (see {fixed['removed_list']})")
+            console.print(
+                f"cleaned copy in {fix}: {fixed['removed']} rows removed (see {fixed['removed_list']})"
+            )
         color = {"ready": "green", "ready with warnings": "yellow"}.get(report["verdict"], "red")
         console.print(f"verdict: [bold {color}]{report['verdict']}[/bold {color}]")
         return 1 if report["verdict"] == "not ready" else 0
@@ -451,7 +474,9 @@ def select_command(
     candidates: list[str] = typer.Option(
         None, "--candidates", help="model dirs, 'embedded' or hub ids (default: the catalogue, filtered)"
     ),
-    gpu_memory: str = typer.Option(None, "--gpu-memory", help="memory of the GPU you will train on, e.g. 24GiB"),
+    gpu_memory: str = typer.Option(
+        None, "--gpu-memory", help="memory of the GPU you will train on, e.g. 24GiB"
+    ),
     cpu: bool = typer.Option(False, "--cpu", help="you will train on this machine's CPU (fp32)"),
     time_budget: str = typer.Option(None, "--time-budget", help="longest acceptable training, e.g. 2h"),
     max_params: str = typer.Option(None, "--max-params", help="catalogue filter, e.g. 1B"),
@@ -500,8 +525,11 @@ def select_command(
 def _print_selection(console: Any, result: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"candidates for {result['task']} on {result['data']} ({result['memory_budget']}, "
-                  f"{result['device']})", show_lines=True)
+    table = Table(
+        title=f"candidates for {result['task']} on {result['data']} ({result['memory_budget']}, "
+        f"{result['device']})",
+        show_lines=True,
+    )
     for column in ("rank", "model", "fit (nats/char)", "tokens/char", "method", "train time"):
         table.add_column(column, overflow="fold")
     for c in result["ranked"]:
@@ -524,12 +552,16 @@ def _print_selection(console: Any, result: dict[str, Any]) -> None:
         console.print(f"[bold red]{result['no_fit']}[/bold red]", soft_wrap=True)
     recommendation = result.get("recommendation")
     if recommendation:
-        console.print(f"[bold green]recommended[/bold green]: {recommendation['model']} with {recommendation['method']}")
+        console.print(
+            f"[bold green]recommended[/bold green]: {recommendation['model']} with {recommendation['method']}"
+        )
         for line in recommendation["hyperparameter_reasoning"]:
             console.print(f"  - {line}", soft_wrap=True)
         if result.get("out_dir"):
-            console.print(f"config: {result['out_dir']}/config.yaml (train with: tunesmith train "
-                          f"{result['out_dir']}/config.yaml)")
+            console.print(
+                f"config: {result['out_dir']}/config.yaml (train with: tunesmith train "
+                f"{result['out_dir']}/config.yaml)"
+            )
         else:
             console.print("[bold]config.yaml[/bold]")
             console.print(recommendation["config_yaml"], markup=False)

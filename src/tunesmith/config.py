@@ -184,10 +184,13 @@ class LoggingConfig(Section):
 
 class DistributedConfig(Section):
     strategy: Literal["auto", "ddp", "fsdp"] = Field(
-        "auto", description="multi-process: ddp (replicas) or fsdp (FSDP2 shards); auto: fsdp from 3B parameters"
+        "auto",
+        description="multi-process: ddp (replicas) or fsdp (FSDP2 shards); auto: fsdp from 3B parameters",
     )
     timeout_minutes: float = Field(
-        30.0, gt=0.0, description="a rank waiting longer than this in a collective fails the job instead of hanging"
+        30.0,
+        gt=0.0,
+        description="a rank waiting longer than this in a collective fails the job instead of hanging",
     )
 
 

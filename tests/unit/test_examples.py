@@ -31,3 +31,10 @@ def test_example_config_is_valid_and_its_local_paths_exist(path: Path):
             if item.startswith("../shared") and not (REPO / item).exists():
                 pytest.skip("../shared is not present")
             assert (REPO / item).exists() or any(REPO.glob(item)), f"{path.name}: {item} does not exist"
+
+
+def test_readme_config_reference_is_current():
+    from tunesmith.config import config_reference
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert config_reference() in readme, "regenerate the README table with `tunesmith config-reference`"

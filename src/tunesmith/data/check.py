@@ -473,7 +473,9 @@ def _format_findings(train: SplitScan, eval: SplitScan, options: CheckOptions) -
             first = problems.notes[0] if problems.notes else ""
             # Raw text for pretraining is decoded with replacement characters and the bad bytes
             # reported: a stray Latin-1 byte in a large corpus must not stop the run.
-            severity = "warning" if key == "encoding" and options.task == "pretrain" else options.format_severity
+            severity = (
+                "warning" if key == "encoding" and options.task == "pretrain" else options.format_severity
+            )
             findings.append(
                 finding(
                     key,
