@@ -302,6 +302,16 @@ def measure_cpu_baseline() -> int:
 
 
 def _max_rss() -> int:
+    """Peak resident memory of this process since it started (exec'd) running Python."""
+    # Linux's ru_maxrss survives fork + exec: a child started by a big parent (a long pytest
+    # session) would report the parent's size. VmHWM belongs to the exec'd image alone.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
