@@ -56,6 +56,7 @@ class CheckOptions:
     data_format: str = "auto"
     fields: dict[str, str] = field(default_factory=dict)
     system_prompt: str | None = None
+    label_columns: list[str] | None = None  # classify multi-label: one 0/1 column per label
     near_duplicate_threshold: float = 0.8  # estimated Jaccard of word 3-grams; 0.8 is the usual dedup bar
     num_perm: int = 128  # MinHash permutations: Jaccard estimate within about +-0.03 near 0.85
     format_severity: str = "error"  # rows that cannot be used; 'warning' when the run skips them anyway
@@ -281,6 +282,15 @@ def scan_source(
         target.num_rows += 1
         location = str(source)
         row = apply_field_mapping(row, options.fields)
+        if options.label_columns:
+            from tunesmith.data.labels import columns_to_label_lists
+
+            try:
+                ((row, _),) = columns_to_label_lists([(row, source)], options.label_columns)
+            except UserError as exc:
+                target.problems["schema"].add(location, str(exc))
+                target.removed[(source.path, source.line or -1)] = "format: " + str(exc)
+                continue
         if detected is None:
             try:
                 detected = detect_format(row, options.task, source)
@@ -1154,6 +1164,7 @@ def preflight(config: Any, prepared: Any, console: Any = None) -> dict[str, Any]
         data_format=data.format,
         fields=dict(data.fields),
         system_prompt=data.system_prompt,
+        label_columns=data.label_columns,
         # Rows that fail to parse were already skipped by data.on_error: skip (or stopped the run).
         format_severity="warning" if data.on_error == "skip" else "error",
         leakage_severity="error" if data.eval is not None else "warning",
