@@ -44,6 +44,7 @@ from tunesmith.data.load import (
     iter_file_rows,
     iter_hub_rows,
     looks_like_hub_id,
+    parse_json_line,
 )
 from tunesmith.errors import UserError
 
@@ -183,19 +184,9 @@ def _iter_jsonl_text(
             line = _decode(raw, offset, report, number)
             offset += len(raw)
             advance(len(raw))
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                policy.bad(
-                    f"{source}: malformed JSON ({exc.msg} at column {exc.colno}); fix or remove the line"
-                )
-                continue
-            if not isinstance(row, dict):
-                policy.bad(f"{source}: expected a JSON object per line, got {type(row).__name__}")
-                continue
-            yield row, source
+            row = parse_json_line(line, source, policy)
+            if row is not None:
+                yield row, source
     if report.count:
         warnings.append(report.message())
 

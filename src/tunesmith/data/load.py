@@ -129,19 +129,24 @@ def _iter_jsonl(path: Path, policy: ErrorPolicy) -> Iterator[tuple[dict[str, Any
                     f"{source}: not valid UTF-8 at byte {exc.start} of the line; re-save the file as UTF-8"
                 )
                 continue
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                policy.bad(
-                    f"{source}: malformed JSON ({exc.msg} at column {exc.colno}); fix or remove the line"
-                )
-                continue
-            if not isinstance(row, dict):
-                policy.bad(f"{source}: expected a JSON object per line, got {type(row).__name__}")
-                continue
-            yield row, source
+            row = parse_json_line(line, source, policy)
+            if row is not None:
+                yield row, source
+
+
+def parse_json_line(line: str, source: Source, policy: ErrorPolicy) -> dict[str, Any] | None:
+    """One JSON Lines record; None for a blank line or a bad one (reported through `policy`)."""
+    if not line.strip():
+        return None
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        policy.bad(f"{source}: malformed JSON ({exc.msg} at column {exc.colno}); fix or remove the line")
+        return None
+    if not isinstance(row, dict):
+        policy.bad(f"{source}: expected a JSON object per line, got {type(row).__name__}")
+        return None
+    return row
 
 
 def _iter_json(path: Path, policy: ErrorPolicy) -> Iterator[tuple[dict[str, Any], Source]]:
