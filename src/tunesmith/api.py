@@ -862,7 +862,7 @@ def demo(output_dir: str = "runs", console: Any = None, max_steps: int | None = 
             },
             "train": {
                 "learning_rate": 1e-3,
-                "max_steps": max_steps or 120,
+                "max_steps": max_steps or 250,
                 "batch_size": 4,
                 "eval_every": 40,
                 "warmup_ratio": 0.05,
