@@ -45,30 +45,20 @@ def build_tiny_model(directory: Path, arch: str = "llama", seed: int = 0) -> Pat
     _copy_tokenizer(directory)
     vocab = len(AutoTokenizer.from_pretrained(directory))
     torch.manual_seed(seed)
+    # Llama and Qwen2 share the decoder shape; they differ in tied embeddings and the attention bias.
+    decoder_shape = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     if arch == "llama":
-        config = LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            tie_word_embeddings=True,
-        )
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(LlamaConfig(**decoder_shape, tie_word_embeddings=True))
     elif arch == "qwen2":
-        config = Qwen2Config(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            tie_word_embeddings=False,
-        )
-        model = Qwen2ForCausalLM(config)
+        model = Qwen2ForCausalLM(Qwen2Config(**decoder_shape, tie_word_embeddings=False))
     elif arch == "gpt2":
         config = GPT2Config(
             vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=512, bos_token_id=0, eos_token_id=0
