@@ -572,25 +572,31 @@ def generate(
     return generate_reply(model, tokenizer, template, messages, max_new_tokens, temperature)
 
 
-def merge_adapter(adapter_or_run: str | Path, out_dir: str | Path) -> Path:
-    """Merge a LoRA adapter into its base weights; the result loads with plain transformers."""
+def merge_adapter(adapter_or_run: str | Path, out_dir: str | Path, console: Any = None) -> Path:
+    """Merge a LoRA adapter into its base weights, check the merged model predicts what base +
+    adapter predicted, and write it with a model card; the result loads with plain transformers."""
+    from tunesmith import export
+
     source = resolve_trained(str(adapter_or_run))
-    out_dir = Path(out_dir)
     model, tokenizer = load_for_inference(str(source), device="cpu")
+    parity = None
     if hasattr(model, "merge_and_unload"):
+        vocab_size = model.get_input_embeddings().weight.shape[0]
+        reference = export.probe_logits(model, vocab_size)
         model = model.merge_and_unload()
+        parity = export.parity_error(reference, export.probe_logits(model, vocab_size))
+        if parity > export.PARITY_TOLERANCE:
+            raise RuntimeError(
+                f"merged model differs from base + adapter (max |logit difference| {parity:.2e} > "
+                f"{export.PARITY_TOLERANCE}); nothing was written"
+            )
+        _say(console, f"parity check: merged == base + adapter (max |logit difference| {parity:.1e})")
     model.config.use_cache = True
-    temp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(temp, ignore_errors=True)
-    model.save_pretrained(temp, safe_serialization=True)
-    tokenizer.save_pretrained(temp)
-    info = source / RUN_INFO_FILE
-    if info.is_file():
-        shutil.copy(info, temp / RUN_INFO_FILE)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    temp.rename(out_dir)
-    return out_dir
+    info_file = source / RUN_INFO_FILE
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    run_dir = source.parent if source.name == FINAL_DIR else None
+    card = export.model_card(run_dir, info, parity)
+    return export.write_directory(model, tokenizer, Path(out_dir), card, [info_file])
 
 
 def predict(

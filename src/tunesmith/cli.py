@@ -320,19 +320,25 @@ def report(run: str = typer.Argument(..., help="run directory")) -> None:
 
 
 @app.command()
-def merge(
+def export(
     run: str = typer.Argument(..., help="run directory or adapter directory"),
     out: str = typer.Option(..., "--out", help="where to write the merged model"),
 ) -> None:
-    """Fold a LoRA adapter into its base model (the result loads with plain transformers)."""
+    """Merge a LoRA adapter into its base model, check parity, write it with a model card.
+
+    The result loads with plain transformers (and vLLM/TGI); the export stops if the merged
+    model's logits differ from base + adapter."""
 
     def action() -> None:
         from tunesmith import api
 
-        path = api.merge_adapter(run, out)
+        path = api.merge_adapter(run, out, console=_console())
         typer.echo(f"merged model: {path}")
 
     _run(action)
+
+
+app.command("merge", help="Same as export (fold a LoRA adapter into its base model).")(export)
 
 
 @app.command()

@@ -109,6 +109,7 @@ def test_run_directory_holds_what_it_promises(lora_run):
         "final/tunesmith.json",
         "merged/config.json",
         "merged/model.safetensors",
+        "merged/README.md",
     ):
         assert (run / name).is_file(), name
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -159,3 +160,26 @@ def test_real_pretrained_checkpoint_trains(shared_dir, tmp_path, instruct_rows):
     assert result.after["loss"] < result.before["loss"]
     reply = api.generate(str(result.run_dir), "Repeat the word red 2 times.", max_new_tokens=4)
     assert isinstance(reply, str)
+
+
+def test_export_writes_a_checked_merged_model_with_a_card(lora_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    out = tmp_path / "exported"
+    result = CliRunner().invoke(app, ["export", str(lora_run.run_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "parity check: merged == base + adapter" in result.output
+    card = (out / "README.md").read_text()
+    assert "held-out after:" in card and "max |logit difference|" in card
+    assert AutoModelForCausalLM.from_pretrained(out) is not None
+
+
+def test_export_refuses_a_merge_that_changes_predictions(lora_run, tmp_path, monkeypatch):
+    from tunesmith import export
+
+    monkeypatch.setattr(export, "parity_error", lambda before, after: 1.0)
+    with pytest.raises(RuntimeError, match="differs from base \\+ adapter"):
+        api.merge_adapter(lora_run.run_dir, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.tmp").exists()
