@@ -132,3 +132,34 @@ def tiny_config(model_dir: Path, train_file: Path, output_dir: Path, **overrides
         else:
             config[section] = value
     return config
+
+
+def train_task_steps(task, config, steps: int = 4):
+    """Train a task module for `steps` steps through the real loop.
+
+    Returns (model, tokenizer, prepared, parameters before training, logged records)."""
+    from tunesmith.data.pack import RowSchedule
+    from tunesmith.models.load import load_tokenizer
+    from tunesmith.train.checkpoint import TrainerState
+    from tunesmith.train.loop import LoopSettings, train_loop
+    from tunesmith.train.optim import build_optimizer, build_scheduler
+
+    tokenizer = load_tokenizer(config.model.name, config.model)
+    prepared = task.prepare_data(config, tokenizer)
+    model = task.build_model(config.model.name, config, "cpu", prepared)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    loss = task.make_loss(model, config)
+    optimizer = build_optimizer(loss, config.train, "cpu")
+    scheduler = build_scheduler(optimizer, config.train, steps)
+    schedule = RowSchedule(len(prepared.rows), config.train.batch_size, 1, 0)
+    records: list[dict] = []
+    train_loop(
+        loss,
+        optimizer,
+        scheduler,
+        lambda s: [prepared.collate([prepared.rows[i] for i in m]) for m in schedule.rows_for_step(s)],
+        LoopSettings(total_steps=steps),
+        TrainerState(0, steps),
+        records.append,
+    )
+    return model, tokenizer, prepared, before, records

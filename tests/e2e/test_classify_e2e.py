@@ -16,14 +16,10 @@ from transformers import AutoModelForSequenceClassification
 from tunesmith import api
 from tunesmith.config import build_config
 from tunesmith.data.labels import collate_inputs
-from tunesmith.data.pack import RowSchedule
 from tunesmith.models.load import load_tokenizer
 from tunesmith.tasks import classify
-from tunesmith.train.checkpoint import TrainerState
-from tunesmith.train.loop import LoopSettings, train_loop
-from tunesmith.train.optim import build_optimizer, build_scheduler
 
-from ..conftest import tiny_config, write_jsonl
+from ..conftest import tiny_config, train_task_steps, write_jsonl
 
 WORDS = {
     "positive": ["good", "great", "lovely"],
@@ -46,28 +42,6 @@ def config_for(model_dir, tmp_path, **overrides):
     return build_config(values)
 
 
-def train_steps(config, steps: int = 4):
-    """Train through the task module and the loop; returns (model, tokenizer, prepared, parameters before)."""
-    tokenizer = load_tokenizer(config.model.name, config.model)
-    prepared = classify.prepare_data(config, tokenizer)
-    model = classify.build_model(config.model.name, config, "cpu", prepared)
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    loss = classify.make_loss(model, config)
-    optimizer = build_optimizer(loss, config.train, "cpu")
-    scheduler = build_scheduler(optimizer, config.train, steps)
-    schedule = RowSchedule(len(prepared.rows), config.train.batch_size, 1, 0)
-    train_loop(
-        loss,
-        optimizer,
-        scheduler,
-        lambda s: [prepared.collate([prepared.rows[i] for i in m]) for m in schedule.rows_for_step(s)],
-        LoopSettings(total_steps=steps),
-        TrainerState(0, steps),
-        lambda record: None,
-    )
-    return model, tokenizer, prepared, before
-
-
 def probabilities(model, tokenizer, prepared):
     logits = classify.predict_logits(model, prepared.eval, tokenizer.pad_token_id, 4, "cpu")
     return torch.softmax(logits, dim=-1)
@@ -81,7 +55,7 @@ def test_reload_from_disk_gives_identical_probabilities(tiny_models, tmp_path, a
         adapter={"method": method, "r": 4, "alpha": 8, "dropout": 0.0},
         data={"train": str(tmp_path / "train.jsonl"), "eval_fraction": 0.25, "check": False},
     )
-    model, tokenizer, prepared, before = train_steps(config)
+    model, tokenizer, prepared, before, _ = train_task_steps(classify, config)
     # The head trained: with LoRA it is in modules_to_save, in full finetuning everything trains.
     changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert any("score" in n for n in changed) and any(n != "score" and "score" not in n for n in changed)

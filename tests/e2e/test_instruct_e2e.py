@@ -11,44 +11,15 @@ from transformers import AutoModelForCausalLM
 
 from tunesmith import api
 from tunesmith.config import build_config
-from tunesmith.data.pack import RowSchedule
 from tunesmith.tasks import instruct
-from tunesmith.train.checkpoint import TrainerState
-from tunesmith.train.loop import LoopSettings, train_loop
-from tunesmith.train.optim import build_optimizer, build_scheduler
 
-from ..conftest import tiny_config, write_jsonl
-
-
-def run_steps(config, steps: int = 4):
-    """Train `steps` steps through the task module and the loop; returns (model, snapshot before)."""
-    from tunesmith.models.load import load_tokenizer
-
-    tokenizer = load_tokenizer(config.model.name, config.model)
-    prepared = instruct.prepare_data(config, tokenizer)
-    model = instruct.build_model(config.model.name, config, "cpu", prepared)
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    loss = instruct.make_loss(model, config)
-    optimizer = build_optimizer(loss, config.train, "cpu")
-    scheduler = build_scheduler(optimizer, config.train, steps)
-    schedule = RowSchedule(len(prepared.rows), config.train.batch_size, 1, 0)
-    records = []
-    train_loop(
-        loss,
-        optimizer,
-        scheduler,
-        lambda s: [prepared.collate([prepared.rows[i] for i in m]) for m in schedule.rows_for_step(s)],
-        LoopSettings(total_steps=steps),
-        TrainerState(0, steps),
-        records.append,
-    )
-    return model, before, records
+from ..conftest import tiny_config, train_task_steps, write_jsonl
 
 
 def test_lora_changes_every_adapter_weight_and_no_base_weight(tiny_llama, tmp_path, instruct_rows):
     train_file = write_jsonl(tmp_path / "train.jsonl", instruct_rows)
     config = build_config(tiny_config(tiny_llama, train_file, tmp_path / "runs"))
-    model, before, records = run_steps(config)
+    model, _, _, before, records = train_task_steps(instruct, config)
     adapter, base = 0, 0
     for name, parameter in model.named_parameters():
         if "lora_" in name:
@@ -64,7 +35,7 @@ def test_lora_changes_every_adapter_weight_and_no_base_weight(tiny_llama, tmp_pa
 def test_full_finetuning_changes_the_weights(tiny_llama, tmp_path, instruct_rows):
     train_file = write_jsonl(tmp_path / "train.jsonl", instruct_rows)
     config = build_config(tiny_config(tiny_llama, train_file, tmp_path / "runs", adapter={"method": "full"}))
-    model, before, _ = run_steps(config)
+    model, _, _, before, _ = train_task_steps(instruct, config)
     for name, parameter in model.named_parameters():
         assert parameter.requires_grad and not torch.equal(parameter, before[name]), name
 

@@ -160,21 +160,26 @@ def classification_metrics(
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(names)
-        },
+        "per_class": _per_class(names, precision, recall, f1, support),
         "confusion_matrix": {
             "labels": list(names),
             "matrix": confusion_matrix(
                 y_true, y_pred, labels=indices
             ).tolist(),  # rows: true, columns: predicted
         },
+    }
+
+
+def _per_class(names: Sequence[str], precision: Any, recall: Any, f1: Any, support: Any) -> dict[str, Any]:
+    """{label: {precision, recall, f1, support}} from scikit-learn's per-class arrays."""
+    return {
+        name: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, name in enumerate(names)
     }
 
 
@@ -191,15 +196,7 @@ def multilabel_metrics(
     return {
         "accuracy": float(accuracy_score(true, pred)),
         "macro_f1": float(np.mean([f1[i] for i in used])) if used else 0.0,
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(names)
-        },
+        "per_class": _per_class(names, precision, recall, f1, support),
         # Per label: [[true negatives, false positives], [false negatives, true positives]].
         "label_confusion": {
             "labels": list(names),
