@@ -95,6 +95,7 @@ def train(
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """Finetune as the config says; returns where the run went and the before/after metrics."""
+    from tunesmith.data.pack import RowSchedule
     from tunesmith.models.adapters import count_parameters
     from tunesmith.models.load import load_tokenizer, resolve_model_path
     from tunesmith.tasks import get_task
@@ -134,8 +135,6 @@ def train(
         f"[bold]model[/bold]: {model_path} on {device}, {trainable:,} of {total:,} parameters trainable "
         f"({config.adapter.method})",
     )
-
-    from tunesmith.data.pack import RowSchedule
 
     schedule = RowSchedule(
         len(prepared.rows),
