@@ -266,7 +266,7 @@ def iter_documents(
         rows = _iter_jsonl_text(path, policy, warnings, advance)
     else:
         rows = iter_file_rows(path, policy)
-    for record in normalize(rows, "pretrain", fmt, fields, None, policy):
+    for record in normalize(rows, "text", fmt, fields, None, policy):
         yield record.text, True
     if source.kind == "rows" and path.suffix.lower() not in (".jsonl", ".ndjson"):
         advance(source.size)
