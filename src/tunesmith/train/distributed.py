@@ -36,6 +36,7 @@ from tunesmith.config import DistributedConfig
 from tunesmith.errors import NonFiniteError, UserError
 from tunesmith.train import checkpoint as single
 from tunesmith.train.checkpoint import TrainerState
+from tunesmith.train.rundir import fsync_dir, fsync_file
 
 DCP_METADATA_FILE = ".metadata"  # written by torch.distributed.checkpoint: marks the DCP format
 SCHEDULER_FILE = "scheduler.pt"  # DCP checkpoints: LR schedule state (identical on all ranks)
@@ -233,12 +234,12 @@ def save_checkpoint(
         state.extra = {**state.extra, CHECKPOINT_FORMAT_KEY: "dcp", "world_size": parallel.world_size}
         (temp / single.STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
         for child in temp.iterdir():
-            single._fsync_file(child)
-        single._fsync_dir(temp)
+            fsync_file(child)
+        fsync_dir(temp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(temp, final)
-        single._fsync_dir(checkpoints_dir)
+        fsync_dir(checkpoints_dir)
         single.rotate_checkpoints(checkpoints_dir, keep_last)
     parallel.barrier()  # nobody goes on (or fails) before the checkpoint is complete
     return final

@@ -1,0 +1,115 @@
+"""Presentation for the command line: what the library returns, drawn in a terminal (rich lives here).
+
+`ConsoleProgress` implements `tunesmith.progress.Progress` (bars and message lines) for the library.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunesmith.data.doctor import CheckReport
+from tunesmith.progress import Level
+
+SEVERITY_COLORS = {"error": "red", "warning": "yellow", "info": "dim"}
+
+
+def console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def finding_lines(report: CheckReport) -> list[str]:
+    """One `path:line: severity: title` line per place a finding names (grep-able, clickable in editors).
+
+    A finding that names no place gets one `data check: severity: title` line.
+    """
+    lines = []
+    for item in report.findings:
+        places = item.examples or ("data check",)
+        lines += [f"{place}: {item.severity}: {item.title}" for place in places]
+        if item.examples and item.count > len(item.examples):
+            lines.append(f"{places[-1]}: {item.severity}: {item.title} ({item.count - len(places)} more)")
+    return lines
+
+
+def print_check(console: Any, report: CheckReport) -> None:
+    """`tunesmith data check` in a terminal: the finding lines, then the summary table, then the verdict."""
+    from rich.table import Table
+
+    for line in finding_lines(report):
+        # Never wrapped: a line cut in two is neither grep-able nor clickable.
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    stats = report.stats
+    table = Table(
+        title=f"data check ({report.task}): {stats.get('num_train', 0)} train, {stats.get('num_eval', 0)} eval records",
+        show_lines=True,
+    )
+    table.add_column("severity", no_wrap=True)
+    table.add_column("finding", ratio=1, overflow="fold")
+    table.add_column("count", justify="right", no_wrap=True)
+    table.add_column("detail", ratio=3, overflow="fold")
+    for item in report.findings:
+        color = SEVERITY_COLORS.get(item.severity, "")
+        table.add_row(f"[{color}]{item.severity}[/{color}]", item.title, f"{item.count:,}", item.detail)
+    console.print(table)
+    color = {"ready": "green", "ready with warnings": "yellow"}.get(report.verdict, "red")
+    console.print(f"verdict: [bold {color}]{report.verdict}[/bold {color}]")
+
+
+def format_message(text: str, level: Level = "info") -> str:
+    """Rich markup for one message: a warning's label ("warning:", "data warning:") in yellow."""
+    from rich.markup import escape
+
+    label, sep, rest = text.partition(": ")
+    if level == "warning":
+        if sep and "warning" in label:
+            return f"[yellow]{escape(label)}[/yellow]: {escape(rest)}"
+        return f"[yellow]warning[/yellow]: {escape(text)}"
+    if sep and label.isalpha():
+        return f"[bold]{label}[/bold]: {escape(rest)}"
+    return escape(text)
+
+
+class ConsoleProgress:
+    """Messages as console lines; a bar (with loss, tokens/s and ETA while a run trains).
+
+    `show_bar=False` (config `logging.progress: false`) keeps the lines and drops the bar.
+    """
+
+    def __init__(self, out: Any, show_bar: bool = True):
+        self.out, self.show_bar = out, show_bar
+        self.bar: Any = None
+        self.task_id: Any = None
+
+    def start(self, total: int, done: int = 0, title: str = "train") -> None:
+        if not self.show_bar or self.out.quiet:
+            return
+        from rich.markup import escape
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns: list[Any] = [TextColumn(f"[bold]{escape(title)}"), BarColumn(), MofNCompleteColumn()]
+        if title == "train":
+            columns += [TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} tok/s")]
+        columns.append(TimeRemainingColumn())
+        self.bar = Progress(*columns, console=self.out, transient=False)
+        self.bar.start()
+        self.task_id = self.bar.add_task(title, total=total, completed=done, loss="-", speed="-")
+
+    def step(self, step: int, record: dict[str, Any]) -> None:
+        if self.bar is None:
+            return
+        fields = {}
+        if isinstance(record.get("loss"), (int, float)):
+            fields["loss"] = f"{record['loss']:.4f}"
+        if isinstance(record.get("tokens_per_second"), (int, float)):
+            fields["speed"] = f"{record['tokens_per_second']:,.0f}"
+        self.bar.update(self.task_id, completed=step, **fields)
+
+    def message(self, text: str, level: Level = "info") -> None:
+        self.out.print(format_message(text, level), soft_wrap=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
