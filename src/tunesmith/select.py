@@ -155,7 +155,7 @@ def _baseline(device: str) -> int | None:
     if device != "cpu":
         return None
     if "cpu" not in _BASELINE:
-        from tunesmith.models.memory import measure_cpu_baseline
+        from tunesmith.train.memory_probe import measure_cpu_baseline
 
         _BASELINE["cpu"] = measure_cpu_baseline()
     return _BASELINE["cpu"]
