@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from tunesmith.data.doctor import CheckReport
@@ -29,12 +30,25 @@ def finding_lines(report: CheckReport) -> list[str]:
         places = item.examples or ("data check",)
         lines += [f"{place}: {item.severity}: {item.title}" for place in places]
         if item.examples and item.count > len(item.examples):
-            lines.append(f"{places[-1]}: {item.severity}: {item.title} ({item.count - len(places)} more)")
+            lines[-1] += f" (and {item.count - len(item.examples):,} more)"
     return lines
+
+
+def _file_of(place: str) -> str:
+    path, _, line = place.rpartition(":")
+    return path if path and line.isdigit() else place
+
+
+def _short_paths(text: str, paths: set[str]) -> str:
+    """File names for the paths the lines above spelled out: a long path would fill the table's cells."""
+    for path in sorted(paths, key=len, reverse=True):
+        text = text.replace(path, Path(path).name)
+    return text
 
 
 def print_check(console: Any, report: CheckReport) -> None:
     """`tunesmith data check` in a terminal: the finding lines, then the summary table, then the verdict."""
+    from rich.markup import escape
     from rich.table import Table
 
     for line in finding_lines(report):
@@ -44,14 +58,17 @@ def print_check(console: Any, report: CheckReport) -> None:
     table = Table(
         title=f"data check ({report.task}): {stats.get('num_train', 0)} train, {stats.get('num_eval', 0)} eval records",
         show_lines=True,
+        expand=True,
     )
     table.add_column("severity", no_wrap=True)
-    table.add_column("finding", ratio=1, overflow="fold")
+    table.add_column("finding", ratio=2, overflow="fold")
     table.add_column("count", justify="right", no_wrap=True)
-    table.add_column("detail", ratio=3, overflow="fold")
+    table.add_column("detail", ratio=5, overflow="fold")
+    paths = {_file_of(place) for item in report.findings for place in item.examples}
     for item in report.findings:
         color = SEVERITY_COLORS.get(item.severity, "")
-        table.add_row(f"[{color}]{item.severity}[/{color}]", item.title, f"{item.count:,}", item.detail)
+        detail = escape(_short_paths(item.detail, paths))
+        table.add_row(f"[{color}]{item.severity}[/{color}]", escape(item.title), f"{item.count:,}", detail)
     console.print(table)
     color = {"ready": "green", "ready with warnings": "yellow"}.get(report.verdict, "red")
     console.print(f"verdict: [bold {color}]{report.verdict}[/bold {color}]")

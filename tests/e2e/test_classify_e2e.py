@@ -230,9 +230,9 @@ def test_multi_label_end_to_end(tiny_llama, tmp_path):
     prepared = classify.prepare_data(column_config, load_tokenizer(str(tiny_llama), column_config.model))
     assert [e.label for e in prepared.train[:3]] == [[0.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
     # The data doctor's pre-flight reads the label columns the same way (no format errors).
-    from tunesmith.data import check
+    from tunesmith.data import doctor
 
-    findings = check.preflight(column_config, prepared, None)
+    findings = doctor.preflight(column_config.data, prepared, "labeled", "classify").to_dict()
     assert findings["verdict"] != "not ready"
     assert not [f for f in findings["findings"] if f["id"] in ("schema", "no_usable_records")]
 

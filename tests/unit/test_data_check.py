@@ -452,8 +452,7 @@ def test_finding_lines_one_per_place() -> None:
     )
     assert finding_lines(report) == [
         "a.jsonl:3: warning: e-mail addresses",
-        "b.jsonl:9: warning: e-mail addresses",
-        "b.jsonl:9: warning: e-mail addresses (5 more)",
+        "b.jsonl:9: warning: e-mail addresses (and 5 more)",
         "data check: info: no eval split",
     ]
 
