@@ -4,7 +4,7 @@
 (train/run.py), evaluation, `select` and the previews call these and never branch on the task's
 name; adding a task touches this package and config.py only.
 
-    prepare_data(config, tokenizer) -> PreparedData         load, normalize, split, tokenize
+    prepare_data(config, tokenizer, progress) -> PreparedData  load, normalize, split, tokenize
     build_model(model_path, config, device, prepared)       base model (+ head) with the adapter
     make_loss(model, config, cross_entropy) -> nn.Module    returns {loss_sum, num_targets, num_correct}
     evaluate(EvalContext, phase) -> dict                    the task's metrics before/during/after
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from tunesmith.data.labels import ClassifyStats, LabelSet
     from tunesmith.data.templates import ChatTemplate
     from tunesmith.data.tokenize import Example, TokenizeStats
+    from tunesmith.progress import Progress
     from tunesmith.train.loss import CrossEntropy
 
 TASK_MODULES = {
@@ -124,6 +125,12 @@ class FitContext:
     sample: int  # held-out examples to score
 
 
+class PrepareData(Protocol):
+    def __call__(
+        self, config: Config, tokenizer: PreTrainedTokenizerBase, progress: Progress | None = None
+    ) -> PreparedData: ...
+
+
 class MakeLoss(Protocol):
     def __call__(
         self, model: nn.Module, config: Config, cross_entropy: CrossEntropy | None = None
@@ -136,7 +143,7 @@ class Task:
 
     name: str
     record_kind: str  # the canonical record the data converts into (data/formats.py RECORD_KINDS)
-    prepare_data: Callable[[Config, PreTrainedTokenizerBase], PreparedData]
+    prepare_data: PrepareData
     build_model: Callable[[str, Config, str, PreparedData], nn.Module]
     make_loss: MakeLoss
     evaluate: Callable[[EvalContext, Phase], dict[str, Any]]

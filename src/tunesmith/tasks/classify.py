@@ -34,6 +34,7 @@ from tunesmith.data.tokenize import Example
 from tunesmith.errors import UserError
 from tunesmith.models.adapters import apply_adapter
 from tunesmith.models.heads import classifier_logits, load_sequence_classifier
+from tunesmith.progress import Progress
 from tunesmith.tasks import DataStats, EvalContext, FitContext, Phase, PreparedData, Task, hold_out, lm_epochs
 from tunesmith.train.loss import (
     ClassificationLoss,
@@ -87,7 +88,9 @@ def _label_warnings(label_set: LabelSet) -> list[str]:
     return warnings
 
 
-def prepare_data(config: Config, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
+def prepare_data(
+    config: Config, tokenizer: PreTrainedTokenizerBase, progress: Progress | None = None
+) -> PreparedData:
     data = config.data
     if data.train is None:
         raise UserError("config key `data.train` is missing; point it at your labelled data (text + label)")

@@ -20,6 +20,7 @@ from tunesmith.evaluate.generation import generate_reply
 from tunesmith.evaluate.metrics import generation_metrics, lm_metrics, per_example_losses
 from tunesmith.models.adapters import apply_adapter, unwrap_causal_lm
 from tunesmith.models.load import load_causal_lm
+from tunesmith.progress import Progress
 from tunesmith.tasks import (
     DataStats,
     EvalContext,
@@ -37,7 +38,9 @@ from tunesmith.train.loss import CausalLMLoss, CrossEntropy
 MAX_COMPARED_EXAMPLES = 100  # held-out examples scored one by one for the fixed/broken lists
 
 
-def prepare_data(config: Config, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
+def prepare_data(
+    config: Config, tokenizer: PreTrainedTokenizerBase, progress: Progress | None = None
+) -> PreparedData:
     data = config.data
     policy = ErrorPolicy(data.on_error, data.max_skipped)
     if data.train is None:

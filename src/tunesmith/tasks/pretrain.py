@@ -35,6 +35,7 @@ from tunesmith.errors import UserError
 from tunesmith.evaluate.metrics import batch_metrics
 from tunesmith.models.adapters import unwrap_causal_lm
 from tunesmith.models.load import GENERAL_TEXT_PATH
+from tunesmith.progress import Progress
 from tunesmith.tasks import (
     DataStats,
     EvalContext,
@@ -69,12 +70,14 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
         return False
 
 
-def prepare_data(config: Config, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
+def prepare_data(
+    config: Config, tokenizer: PreTrainedTokenizerBase, progress: Progress | None = None
+) -> PreparedData:
     data = config.data
     if data.train is None:
         raise UserError("config key `data.train` is missing; point it at your text files, folder or JSONL")
     policy = ErrorPolicy(data.on_error, data.max_skipped)
-    show = config.logging.progress
+    show = progress if config.logging.progress else None  # the token cache's build, over the corpus bytes
 
     def cache(spec: str | list[str], what: str) -> TokenCache:
         return load_or_build(spec, tokenizer, data.cache_dir, data.format, data.fields, policy, what, show)

@@ -127,7 +127,7 @@ def prepare_data(current: Run) -> dict[str, Any]:
 
     config, progress = current.config, current.progress
     current.tokenizer = load_tokenizer(current.model_path, config.model)
-    current.prepared = current.task.prepare_data(config, current.tokenizer)
+    current.prepared = current.task.prepare_data(config, current.tokenizer, progress)
     progress.message(f"data: {current.prepared.stats.summary()}")
     for warning in current.prepared.stats.warnings:
         progress.message(f"warning: {warning}", "warning")
