@@ -81,7 +81,7 @@ def evaluate_models(
     from tunesmith.evaluate.compare import compare
     from tunesmith.models.load import load_tokenizer, resolve_model_path
     from tunesmith.train import rundir
-    from tunesmith.train.run import setup_torch
+    from tunesmith.train.setup import setup_torch
 
     progress = progress or NoProgress()
     config = eval_config(model_or_run, data, task, overrides)

@@ -30,6 +30,7 @@ from tunesmith.progress import NoProgress, Progress
 from tunesmith.tasks import EvalContext, Phase
 from tunesmith.train import rundir
 from tunesmith.train.rundir import RunDir
+from tunesmith.train.setup import setup_torch
 
 
 @dataclass
@@ -415,20 +416,6 @@ class _NoLog:
 
     def close(self) -> None:
         pass
-
-
-def setup_torch(config: Config) -> str:
-    """Threads, seed and device for a run; returns the device."""
-    import torch
-
-    from tunesmith.models.inference import quiet_libraries
-    from tunesmith.models.load import select_device
-
-    quiet_libraries()
-    if config.train.num_threads:
-        torch.set_num_threads(config.train.num_threads)
-    torch.manual_seed(config.train.seed)
-    return select_device(config.model.device)
 
 
 def environment() -> dict[str, Any]:
