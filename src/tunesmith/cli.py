@@ -265,53 +265,15 @@ def eval_command(
     """Evaluate a tuned model on data, side by side with its base model."""
 
     def action() -> None:
-        from tunesmith import api
+        from tunesmith import api, ui
 
         console = _console()
         result = api.evaluate(
             model, data if len(data) > 1 else data[0], task, baseline, out, overrides, _progress(console)
         )
-        _print_comparison(console, result)
+        ui.print_comparison(console, result)
 
     _run(action)
-
-
-def _print_comparison(console: Any, result: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    from tunesmith.report.html import fmt
-
-    comparison = result["comparison"]
-    table = Table(title=f"{result['task']} metrics on {result['data']}")
-    table.add_column("metric")
-    table.add_column(f"baseline ({result['baseline_model'] or 'none'})", justify="right")
-    table.add_column("tuned", justify="right")
-    table.add_column("change", justify="right")
-    for row in comparison["metrics"]:
-        change = "" if row["delta"] is None else fmt(row["delta"])
-        style = {"better": "green", "worse": "red"}.get(row["verdict"], "")
-        table.add_row(
-            row["metric"],
-            fmt(row["before"]),
-            fmt(row["after"]),
-            f"[{style}]{change}[/{style}]" if style else change,
-        )
-    console.print(table)
-    if comparison["generations"]:
-        generations = Table(title="generations", show_lines=True)
-        for column in ("prompt", "reference", "baseline", "tuned"):
-            generations.add_column(column, overflow="fold")
-        for item in comparison["generations"]:
-            generations.add_row(*(str(item.get(k) or "") for k in ("prompt", "reference", "before", "after")))
-        console.print(generations)
-    examples = comparison["examples"]
-    if examples["kind"]:
-        console.print(
-            f"{examples['num_compared']} examples compared: {examples['num_fixed']} fixed, "
-            f"{examples['num_broken']} broken by the tuning"
-        )
-    if result.get("out_dir"):
-        console.print(f"results: {result['out_dir']}")
 
 
 @app.command()
@@ -509,7 +471,7 @@ def select_command(
     def action() -> None:
         import json as json_module
 
-        from tunesmith import api
+        from tunesmith import api, ui
 
         console = _console(stderr=json_output)
         extra_args = [c for c in [*(candidates or []), *(more_candidates or [])] if c]
@@ -531,54 +493,9 @@ def select_command(
         if json_output:
             typer.echo(json_module.dumps(result, indent=2, default=str))
             return
-        _print_selection(console, result)
+        ui.print_selection(console, result)
 
     _run(action)
-
-
-def _print_selection(console: Any, result: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    table = Table(
-        title=f"candidates for {result['task']} on {result['data']} ({result['memory_budget']}, "
-        f"{result['device']})",
-        show_lines=True,
-    )
-    for column in ("rank", "model", "fit (nats/char)", "tokens/char", "method", "train time"):
-        table.add_column(column, overflow="fold")
-    for c in result["ranked"]:
-        table.add_row(
-            str(c["rank"]),
-            c["name"],
-            f"{c['fit'].get('loss_per_char', float('nan')):.3f}",
-            f"{c['fit'].get('tokens_per_char', float('nan')):.2f}",
-            (c["method"] or "does not fit") + (" + gc" if c["gradient_checkpointing"] else ""),
-            f"{c['estimated_seconds'] / 60:.1f} min",
-        )
-    console.print(table)
-    for c in result["ranked"]:
-        console.print(f"[bold]{c['rank']}. {c['name']}[/bold]: " + "; ".join(c["reasons"]), soft_wrap=True)
-    for item in result["skipped"]:
-        console.print(f"[yellow]skipped[/yellow] {item['name']}: {item['reason']}", soft_wrap=True)
-    for note in result["notes"]:
-        console.print(f"[dim]{note}[/dim]", soft_wrap=True)
-    if result.get("no_fit"):
-        console.print(f"[bold red]{result['no_fit']}[/bold red]", soft_wrap=True)
-    recommendation = result.get("recommendation")
-    if recommendation:
-        console.print(
-            f"[bold green]recommended[/bold green]: {recommendation['model']} with {recommendation['method']}"
-        )
-        for line in recommendation["hyperparameter_reasoning"]:
-            console.print(f"  - {line}", soft_wrap=True)
-        if result.get("out_dir"):
-            console.print(
-                f"config: {result['out_dir']}/config.yaml (train with: tunesmith train "
-                f"{result['out_dir']}/config.yaml)"
-            )
-        else:
-            console.print("[bold]config.yaml[/bold]")
-            console.print(recommendation["config_yaml"], markup=False)
 
 
 @app.command()

@@ -8,6 +8,8 @@ import math
 from html import escape
 from typing import Any
 
+from tunesmith.evaluate.compare import format_number
+
 MAX_TEXT_CHARS = 1200  # a prompt or generation longer than this is cut in the tables
 HEADLINE_METRICS = (
     "loss",
@@ -32,22 +34,8 @@ def _number(value: Any) -> float | None:
 
 
 def fmt(value: Any) -> str:
-    """A number as people read it: thousands separated, about four significant digits."""
-    number = _number(value)
-    if number is None:
-        return "–" if value is None else escape(str(value))
-    if isinstance(value, int):
-        return f"{value:,}"
-    magnitude = abs(number)
-    if magnitude >= 1000:
-        return f"{number:,.0f}"
-    if magnitude >= 100:
-        return f"{number:.1f}"
-    if magnitude >= 1 or magnitude == 0:
-        return f"{number:.3f}"
-    if magnitude >= 1e-3:
-        return f"{number:.4f}"
-    return f"{number:.2e}"
+    """A number as people read it (evaluate.compare.format_number), HTML-escaped."""
+    return escape(format_number(value))
 
 
 def _percent(value: float | None) -> str:
