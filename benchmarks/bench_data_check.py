@@ -120,7 +120,14 @@ def child(train: str, evaluation: str, threshold: float, out: str) -> None:
 
     started = time.perf_counter()
     tokenizer = load_tokenizer(resolve_model_path("embedded"), ModelConfig(name="embedded"))
-    result, _ = run_check(train, evaluation, tokenizer=tokenizer, near_duplicate_threshold=threshold)
+    result, _ = run_check(
+        train,
+        evaluation,
+        kind="conversation",
+        task="instruct",
+        tokenizer=tokenizer,
+        near_duplicate_threshold=threshold,
+    )
     seconds = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
     removed = {f"{path}:{line}": reason for (path, line), reason in result.scans["train"].removed.items()}

@@ -1,7 +1,7 @@
 """Detectors for the data doctor: duplicates (exact and MinHash/LSH), sensitive content, divergence.
 
-Plain functions on texts and numpy arrays; `check.py` streams the data through them and turns
-what they find into findings.
+Plain functions on texts and numpy arrays; `scan.py` streams the data through them and
+`findings.py` turns what they find into findings.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ class CheckOptions:
     """What to check. `records` (TextRecord, Conversation or LabeledText) decides which checks apply."""
 
     records: type = Conversation  # the canonical record every row must become
-    task: str = "instruct"  # the data's purpose by name: shown in the report, handed to format detection
+    task: str = ""  # the task the data is for, by name: shown in the report, never branched on
     max_seq_len: int = 512
     data_format: str = "auto"
     fields: dict[str, str] = field(default_factory=dict)
