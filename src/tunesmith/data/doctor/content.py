@@ -23,7 +23,7 @@ def representativeness_findings(
     options: CheckOptions,
     stats: dict[str, Any],
 ) -> list[Finding]:
-    findings = []
+    findings: list[Finding] = []
     if target_inputs:
         name = "target inputs"
         sample = target_inputs[: options.max_coverage_inputs]

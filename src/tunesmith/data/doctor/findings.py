@@ -218,7 +218,9 @@ def duplicate_findings(train: SplitScan, eval: SplitScan, options: CheckOptions)
         )
     # Exact leakage: eval records whose text is also in train.
     leaked = (
-        np.flatnonzero(np.isin(eval_hashes, train_hashes)) if len(eval_hashes) and len(train_hashes) else []
+        np.flatnonzero(np.isin(eval_hashes, train_hashes))
+        if len(eval_hashes) and len(train_hashes)
+        else np.zeros(0, dtype=np.int64)
     )
     if len(leaked):
         for index in leaked.tolist():

@@ -181,7 +181,7 @@ class TokenCounter:
         self.conversations = records is Conversation
         self.special_tokens = records is LabeledText  # a classifier reads [CLS]/[SEP] like tokens
         self.backend = getattr(tokenizer, "backend_tokenizer", None)
-        self.base, self.per_message, self.header = 0, 4, 3
+        self.base, self.per_message, self.header = 0.0, 4.0, 3.0
         if self.conversations:
             self._measure_template(chat_template)
 
