@@ -18,6 +18,7 @@ from tunesmith.config import build_config
 from tunesmith.data.labels import collate_inputs
 from tunesmith.models.load import load_tokenizer
 from tunesmith.tasks import classify
+from tunesmith.train.rundir import write_model_info
 
 from ..conftest import tiny_config, train_task_steps, write_jsonl
 
@@ -66,9 +67,8 @@ def test_reload_from_disk_gives_identical_probabilities(tiny_models, tmp_path, a
     final = tmp_path / "final"
     final.mkdir()
     classify.save_final(model, tokenizer, final, prepared, config)
-    (final / "tunesmith.json").write_text(
-        json.dumps({"task": "classify", "base_model": str(tiny_models[arch])})
-    )
+    # As the recipe does: the run's facts join the classifier's in the one metadata file.
+    write_model_info(final, {"task": "classify", "base_model": str(tiny_models[arch])})
     expected = probabilities(model, tokenizer, prepared)
 
     reloaded, reloaded_tokenizer, info = classify.load_classifier(final)
