@@ -112,15 +112,15 @@ class BlockExamples(Sequence[Example]):
     """The first `count` blocks as Examples, made when asked for (the held-out set)."""
 
     def __init__(self, blocks: Blocks, count: int):
-        self.blocks, self.count = blocks, min(count, len(blocks))
+        self.blocks, self.num_examples = blocks, min(count, len(blocks))
 
     def __len__(self) -> int:
-        return self.count
+        return self.num_examples
 
     def __getitem__(self, index: int) -> Example:  # type: ignore[override]
         if index < 0:
-            index += self.count
-        if not 0 <= index < self.count:
+            index += self.num_examples
+        if not 0 <= index < self.num_examples:
             raise IndexError(index)
         return block_example(self.blocks, index, what="held-out block")
 

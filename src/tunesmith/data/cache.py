@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from tunesmith.data.formats import normalize
+from tunesmith.data.formats import TextRecord, normalize
 from tunesmith.data.load import (
     ROW_SUFFIXES,
     TEXT_SUFFIXES,
@@ -269,6 +269,7 @@ def iter_documents(
     else:
         rows = iter_file_rows(path, policy)
     for record in normalize(rows, "text", fmt, fields, None, policy):
+        assert isinstance(record, TextRecord)  # the "text" kind gives TextRecords only
         yield record.text, True
     if source.kind == "rows" and path.suffix.lower() not in (".jsonl", ".ndjson"):
         advance(source.size)

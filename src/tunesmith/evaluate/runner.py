@@ -37,6 +37,7 @@ def general_perplexity(loss_module: Any, tokenizer: Any, config: Config, device:
     examples = [Example(ids[i : i + block], list(ids[i : i + block])) for i in range(0, len(ids) - 1, block)]
     examples = [e for e in examples if len(e.input_ids) > 1]
     for example in examples:
+        assert example.labels is not None
         example.labels[0] = IGNORE_INDEX
     metrics = lm_metrics(
         loss_module, examples, tokenizer.pad_token_id, block, config.train.batch_size, device, packing=False

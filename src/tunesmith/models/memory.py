@@ -189,7 +189,7 @@ def estimate_memory(shape: ModelShape, setting: Setting) -> MemoryEstimate:
         optimizer = 2 * trainable * 4
 
     tokens = setting.seq_len * setting.batch_size
-    per_token_layer = (
+    per_token_layer: float = (
         ACTIVATION_HIDDEN * shape.hidden_size
         + ACTIVATION_INTERMEDIATE * shape.intermediate_size
         + ACTIVATION_FIXED

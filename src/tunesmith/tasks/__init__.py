@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
+    from peft import PeftModel
     from torch import nn
-    from transformers import PreTrainedTokenizerBase
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from tunesmith.config import Config
     from tunesmith.data.blocks import Blocks, CorpusStats
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from tunesmith.data.tokenize import Example, TokenizeStats
     from tunesmith.progress import Progress
     from tunesmith.train.loss import CrossEntropy
+
+    TrainedModel = PreTrainedModel | PeftModel  # what build_model gives: a transformers model, maybe adapted
 
 TASK_MODULES = {
     "instruct": "tunesmith.tasks.instruct",
@@ -147,7 +150,7 @@ class Task:
     build_model: Callable[[str, Config, str, PreparedData], nn.Module]
     make_loss: MakeLoss
     evaluate: Callable[[EvalContext, Phase], dict[str, Any]]
-    save_final: Callable[[nn.Module, PreTrainedTokenizerBase, Path, PreparedData, Config], None]
+    save_final: Callable[[TrainedModel, PreTrainedTokenizerBase, Path, PreparedData, Config], None]
     # (target: the resolved model directory, name: what the user gave, config, device, prepared)
     load_for_eval: Callable[[Path, str, Config, str, PreparedData], nn.Module]
     measure_fit: Callable[[FitContext], dict[str, Any]]
@@ -165,7 +168,8 @@ def get_task(name: str) -> Task:
         from tunesmith.errors import UserError
 
         raise UserError(f"task {name!r}: use one of {', '.join(TASK_NAMES)}")
-    return importlib.import_module(TASK_MODULES[name]).TASK  # type: ignore[no-any-return]
+    task: Task = importlib.import_module(TASK_MODULES[name]).TASK
+    return task
 
 
 def held_out_count(num_items: int, fraction: float, max_items: int) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -43,6 +43,9 @@ from tunesmith.train.loss import (
     weighted_classification_loss,
 )
 from tunesmith.train.rundir import MODEL_INFO_FILE, read_model_info, write_model_info
+
+if TYPE_CHECKING:
+    from tunesmith.tasks import TrainedModel
 
 MAX_REPORTED_EXAMPLES = 200  # per-example predictions kept in eval/*.json
 ZERO_SHOT_PROMPT = "Text: {text}\nLabel:"  # select's zero-shot probe of a base model
@@ -213,7 +216,7 @@ def evaluate(ctx: EvalContext, phase: Phase = "after") -> dict[str, Any]:
     sums = weighted_classification_loss(logits, labels, weights, data.multi_label, data.threshold)
     probs = probabilities(logits, data.multi_label)
     predicted = decide(probs, data.multi_label, data.threshold)
-    gold = [e.label if not data.multi_label else [int(v) for v in e.label] for e in prepared.eval]
+    gold: list[Any] = [e.label if not data.multi_label else [int(v) for v in e.label] for e in prepared.eval]
     scores = (multilabel_metrics if data.multi_label else classification_metrics)(gold, predicted, names)
     metrics: dict[str, Any] = {
         "loss": float(sums["loss_sum"] / sums["num_targets"].clamp(min=1e-12)),
@@ -228,7 +231,7 @@ def evaluate(ctx: EvalContext, phase: Phase = "after") -> dict[str, Any]:
         metrics["labels_not_in_train"] = sorted(label_set.only_in_eval)
     if phase != "during":
         metrics["examples"] = _example_rows(
-            prepared.eval_records, gold, predicted, probs, names, data.multi_label
+            cast(list[LabeledText], prepared.eval_records), gold, predicted, probs, names, data.multi_label
         )
     return metrics
 
@@ -248,7 +251,7 @@ def _example_rows(
         if multi_label:
             label = [n for n, on in zip(names, gold[index], strict=True) if on]
             guess = [n for n, on in zip(names, predicted[index], strict=True) if on]
-            confidence = [round(float(p), 4) for p in probs[index]]
+            confidence: float | list[float] = [round(float(p), 4) for p in probs[index]]
         else:
             label, guess = names[gold[index]], names[predicted[index]]
             confidence = round(float(probs[index, predicted[index]]), 4)
@@ -266,7 +269,7 @@ def _example_rows(
 
 
 def save_final(
-    model: nn.Module,
+    model: TrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     out_dir: Path,
     prepared: PreparedData,
@@ -274,7 +277,7 @@ def save_final(
 ) -> None:
     """A PEFT adapter directory with the head (LoRA) or a full model directory, the tokenizer,
     and the labels (label order, multi-label, threshold, column mapping) for `tunesmith predict`."""
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     data = config.data
     info = {
@@ -292,7 +295,8 @@ def save_final(
 def load_for_eval(target: Path, name: str, config: Config, device: str, prepared: PreparedData) -> nn.Module:
     """A trained classifier with its head; a base model gets a fresh, seeded head (training's "before")."""
     if "labels" in read_model_info(target):
-        return load_classifier(target, device)[0]  # type: ignore[no-any-return]
+        model: nn.Module = load_classifier(target, device)[0]
+        return model
     from tunesmith.models.load import resolve_model_path
 
     torch.manual_seed(config.train.seed)
@@ -471,7 +475,10 @@ def predict_rows(
     from tunesmith.data.labels import encode_text
 
     names = info["labels"]
-    examples = [Example(**encode_text(tokenizer, r.text, r.text_pair, info["max_seq_len"])) for r in records]
+    examples = []
+    for record in records:
+        encoded = encode_text(tokenizer, record.text, record.text_pair, info["max_seq_len"])
+        examples.append(Example(encoded["input_ids"], token_type_ids=encoded.get("token_type_ids")))
     logits = predict_logits(model, examples, tokenizer.pad_token_id, batch_size, device, on_batch)
     probs = probabilities(logits, info["multi_label"])
     decisions = decide(probs, info["multi_label"], info["threshold"])

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from tunesmith.config import Config
-from tunesmith.data.formats import Conversation, load_records
+from tunesmith.data.formats import Conversation, Record, load_records
 from tunesmith.data.load import ErrorPolicy
 from tunesmith.data.pack import collate_rows, make_rows
-from tunesmith.data.templates import resolve_chat_template
+from tunesmith.data.templates import ChatTemplate, resolve_chat_template
 from tunesmith.data.tokenize import tokenize_conversations
 from tunesmith.errors import UserError
 from tunesmith.evaluate.generation import generate_reply
@@ -35,6 +35,9 @@ from tunesmith.tasks import (
 )
 from tunesmith.train.loss import CausalLMLoss, CrossEntropy
 
+if TYPE_CHECKING:
+    from tunesmith.tasks import TrainedModel
+
 MAX_COMPARED_EXAMPLES = 100  # held-out examples scored one by one for the fixed/broken lists
 
 
@@ -45,10 +48,20 @@ def prepare_data(
     policy = ErrorPolicy(data.on_error, data.max_skipped)
     if data.train is None:
         raise UserError("config key `data.train` is missing; point it at your instruction data file")
-    records = load_records(data.train, "conversation", data.format, data.fields, data.system_prompt, policy)
+    records = _conversations(
+        load_records(data.train, "conversation", data.format, data.fields, data.system_prompt, policy)
+    )
     if data.eval is not None:
-        eval_records = load_records(
-            data.eval, "conversation", data.format, data.fields, data.system_prompt, policy, what="data.eval"
+        eval_records = _conversations(
+            load_records(
+                data.eval,
+                "conversation",
+                data.format,
+                data.fields,
+                data.system_prompt,
+                policy,
+                what="data.eval",
+            )
         )
     else:
         records, eval_records = hold_out(
@@ -93,7 +106,7 @@ def generation_prompts(prepared: PreparedData, config: Config) -> list[list[dict
     if config.eval.prompts:
         return [[{"role": "user", "content": p}] for p in config.eval.prompts]
     prompts = []
-    for record in prepared.eval_records[: config.eval.num_prompts]:
+    for record in _conversations(prepared.eval_records)[: config.eval.num_prompts]:
         # Everything up to the last assistant turn is the prompt; that turn is the reference.
         last = max(i for i, m in enumerate(record.messages) if m["role"] == "assistant")
         prompts.append(record.messages[:last])
@@ -128,11 +141,11 @@ def evaluate(ctx: EvalContext, phase: Phase = "after") -> dict[str, Any]:
         generations = []
         for index, messages in enumerate(generation_prompts(prepared, config)):
             reply = generate_reply(
-                ctx.model, tokenizer, prepared.template, messages, config.eval.max_new_tokens
+                ctx.model, tokenizer, _template(prepared), messages, config.eval.max_new_tokens
             )
             item = {"prompt": messages[-1]["content"], "output": reply}
             if not config.eval.prompts and index < len(prepared.eval_records):
-                record = prepared.eval_records[index]
+                record = _conversations(prepared.eval_records)[index]
                 item["reference"] = [m for m in record.messages if m["role"] == "assistant"][-1]["content"]
             generations.append(item)
         metrics.update(generation_metrics(generations))
@@ -145,7 +158,7 @@ def _example_losses(
 ) -> list[dict[str, Any]]:
     """[{prompt, reference, loss}] for the first held-out examples, in a fixed order."""
     examples = list(prepared.eval[:MAX_COMPARED_EXAMPLES])
-    records = {str(r.source): r for r in prepared.eval_records}
+    records = {str(r.source): r for r in _conversations(prepared.eval_records)}
     items = []
     for example, value in zip(
         examples, per_example_losses(loss, examples, tokenizer.pad_token_id, device), strict=True
@@ -161,7 +174,7 @@ def _example_losses(
 
 
 def save_final(
-    model: nn.Module,
+    model: TrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     out_dir: Path,
     prepared: PreparedData,
@@ -174,12 +187,12 @@ def save_final(
     # Inference users want the KV cache; it is off only for packed training.
     causal_lm.config.use_cache = True
     if causal_lm.generation_config is not None:
-        causal_lm.generation_config.eos_token_id = end_of_turn_ids(tokenizer, prepared.template)
+        causal_lm.generation_config.eos_token_id = end_of_turn_ids(tokenizer, _template(prepared))
         causal_lm.generation_config.pad_token_id = tokenizer.pad_token_id
     # The tokenizer carries the template the model was trained with, so plain
     # `apply_chat_template` gives the same prompts as tunesmith.
-    tokenizer.chat_template = prepared.template.template
-    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.chat_template = _template(prepared).template
+    model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     causal_lm.config.use_cache = False
 
@@ -191,7 +204,7 @@ def load_for_eval(target: Path, name: str, config: Config, device: str, prepared
     model, _ = load_for_inference(
         target, name, device=device, trust_remote_code=config.model.trust_remote_code
     )
-    return model  # type: ignore[no-any-return]
+    return model
 
 
 def lm_fit(
@@ -244,3 +257,13 @@ TASK = Task(
     preview_label=no_label,
     has_forgetting_probe=True,
 )
+
+
+def _conversations(records: Sequence[Record]) -> list[Conversation]:
+    """Conversation data's records, typed: load_records gives the union of every record kind."""
+    return cast(list[Conversation], records)
+
+
+def _template(prepared: PreparedData) -> ChatTemplate:
+    assert prepared.template is not None, "instruct's prepare_data sets the chat template"
+    return prepared.template

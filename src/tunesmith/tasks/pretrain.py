@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
@@ -48,6 +48,9 @@ from tunesmith.tasks import (
     no_trained_settings,
 )
 from tunesmith.tasks.instruct import build_model, lm_fit, load_for_eval, make_loss
+
+if TYPE_CHECKING:
+    from tunesmith.tasks import TrainedModel
 
 
 def split_documents(
@@ -133,7 +136,7 @@ def prepare_data(
     return PreparedData(
         train=train,
         eval=BlockExamples(evaluation, num_eval_blocks),
-        rows=BlockRows(len(train)),  # type: ignore[arg-type]
+        rows=BlockRows(len(train)),
         collate=collate,
         stats=DataStats(
             corpus_stats(train_cache, domain, num_replay),
@@ -175,7 +178,7 @@ def evaluate(ctx: EvalContext, phase: Phase = "after") -> dict[str, Any]:
 
 
 def save_final(
-    model: nn.Module,
+    model: TrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     out_dir: Path,
     prepared: PreparedData,
@@ -185,7 +188,7 @@ def save_final(
     causal_lm = unwrap_causal_lm(model)
     # Inference users want the KV cache; it is off only for packed training.
     causal_lm.config.use_cache = True
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     causal_lm.config.use_cache = False
 

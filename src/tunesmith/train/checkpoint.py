@@ -80,7 +80,7 @@ def save_checkpoint(
         torch.save(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, temp / OPTIMIZER_FILE
         )
-        rng = {"cpu": torch.get_rng_state()}
+        rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(rng, temp / RNG_FILE)

@@ -133,7 +133,9 @@ def _decoder_blocks(model: nn.Module) -> list[nn.Module]:
     # `transformer.h` (GPT-2), `encoder.layer` (BERT) ...
     best: list[nn.Module] = []
     for module in model.modules():
-        same_kind = isinstance(module, nn.ModuleList) and len({type(block) for block in module}) == 1
+        if not isinstance(module, nn.ModuleList):
+            continue
+        same_kind = len({type(block) for block in module}) == 1
         if same_kind and len(module) > len(best):
             best = list(module)
     if not best:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,11 @@ def _chunk_loss(
     return loss, correct
 
 
+def _head_parameters(lm_head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The LM head's weight [vocab, hidden] and bias (None for most decoders)."""
+    return cast(torch.Tensor, lm_head.weight), getattr(lm_head, "bias", None)
+
+
 def chunked_cross_entropy(
     hidden: torch.Tensor,
     lm_head: nn.Module,
@@ -59,7 +64,7 @@ def chunked_cross_entropy(
     softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of cross-entropy and number of correct argmax predictions over [N, hidden] positions."""
-    weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
+    weight, bias = _head_parameters(lm_head)
     # No supervised position in this micro-batch: a zero loss still tied to the graph, so
     # backward() gives zero gradients (and DDP sees every parameter) instead of failing.
     total = hidden.sum().float() if hidden.shape[0] == 0 else hidden.new_zeros((), dtype=torch.float32)
@@ -138,7 +143,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         # fp32 accumulators: the sum over many chunks must not round in bf16 on the way.
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
-        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if need_bias else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and need_bias else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
@@ -158,11 +163,11 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             grad_logits.scatter_add_(1, safe, torch.full_like(target_logit, -1.0).unsqueeze(1))
             grad_logits.mul_(scored.unsqueeze(1))
             grad_logits = grad_logits.to(hidden.dtype)
-            if need_hidden:
+            if grad_hidden is not None:
                 grad_hidden[start : start + chunk_size] = grad_logits @ weight
-            if need_weight:
+            if grad_weight is not None:
                 grad_weight += (grad_logits.t() @ h).float()
-            if need_bias:
+            if grad_bias is not None:
                 grad_bias += grad_logits.float().sum(dim=0)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.weight_dtype = weight.dtype
@@ -194,7 +199,7 @@ def fused_linear_cross_entropy(
         raise ValueError(
             "fused_linear_cross_entropy does not apply a logit softcap; use chunked_cross_entropy"
         )
-    weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
+    weight, bias = _head_parameters(lm_head)
     if hidden.shape[0] == 0 or not torch.is_grad_enabled():
         # Evaluation needs no gradients, and zero targets need a zero loss tied to the graph:
         # the plain chunked path does both.
