@@ -22,7 +22,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import Config
 from tunesmith.errors import UserError
@@ -31,6 +31,10 @@ from tunesmith.tasks import EvalContext, Phase
 from tunesmith.train import rundir
 from tunesmith.train.rundir import RunDir
 from tunesmith.train.setup import setup_torch
+
+if TYPE_CHECKING:
+    from tunesmith.tasks import PreparedData, Task
+    from tunesmith.train.distributed import Parallel
 
 
 @dataclass
@@ -49,15 +53,15 @@ class Run:
     """What the phases of one run share, filled in as they go."""
 
     config: Config
-    task: Any  # the task module (tasks/)
+    task: Task
     device: str
-    parallel: Any  # train.distributed.Parallel
+    parallel: Parallel
     model_path: str
     run_dir: RunDir
     progress: Progress
     started: float
     tokenizer: Any = None
-    prepared: Any = None
+    prepared: PreparedData = None  # type: ignore[assignment]  # set by prepare_data
     model: Any = None
     loss_module: Any = None
     collate: Any = None  # rows -> batch: the task's collate as the fast path chose to wrap it
