@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +24,9 @@ from typing import Any
 from tunesmith.config import Config, build_config, config_to_yaml
 from tunesmith.errors import UserError
 from tunesmith.models.memory import (
-    GIB,
     ModelShape,
     Setting,
+    available_memory,
     estimate_memory,
     format_size,
     parse_size,
@@ -36,6 +34,7 @@ from tunesmith.models.memory import (
 )
 from tunesmith.progress import Progress
 from tunesmith.tasks import TASK_NAMES, FitContext, PreparedData, Task, get_task
+from tunesmith.train.rundir import atomic_write
 
 DEFAULT_SAMPLE = 64  # held-out examples scored per candidate
 THROUGHPUT_STEPS = 2  # timed training steps (after one warm-up step)
@@ -159,18 +158,6 @@ def _baseline(device: str) -> int | None:
 
         _BASELINE["cpu"] = measure_cpu_baseline()
     return _BASELINE["cpu"]
-
-
-def available_memory(device: str) -> int:
-    """GPU memory of device 0, or this machine's RAM (what a CPU run may use)."""
-    if device == "cuda":
-        import torch
-
-        return int(torch.cuda.get_device_properties(0).total_memory)
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 16 * GIB
 
 
 def parse_duration(text: str) -> float:
@@ -604,14 +591,8 @@ def select(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / "select.json", json.dumps(result, indent=2, default=str))
+        atomic_write(out / "select.json", json.dumps(result, indent=2, default=str))
         if result["recommendation"]:
-            _write_atomic(out / "config.yaml", result["recommendation"]["config_yaml"])
+            atomic_write(out / "config.yaml", result["recommendation"]["config_yaml"])
         result["out_dir"] = str(out)
     return result
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)

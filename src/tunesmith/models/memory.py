@@ -14,6 +14,7 @@ peak RSS, so the estimate can be checked on any machine.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -260,6 +261,18 @@ def format_size(num_bytes: float) -> str:
 
 def smallest_fitting(estimates: list[MemoryEstimate]) -> MemoryEstimate:
     return min(estimates, key=lambda e: e.total)
+
+
+def available_memory(device: str) -> int:
+    """GPU memory of device 0, or this machine's RAM (what a CPU run may use)."""
+    if device == "cuda":
+        import torch
+
+        return int(torch.cuda.get_device_properties(0).total_memory)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 16 * GIB
 
 
 def fits(estimate: MemoryEstimate, budget_bytes: int) -> bool:
