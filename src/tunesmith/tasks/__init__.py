@@ -147,7 +147,7 @@ class Task:
     name: str
     record_kind: str  # the canonical record the data converts into (data/formats.py RECORD_KINDS)
     prepare_data: PrepareData
-    build_model: Callable[[str, Config, str, PreparedData], nn.Module]
+    build_model: Callable[[str, Config, str, PreparedData], TrainedModel]
     make_loss: MakeLoss
     evaluate: Callable[[EvalContext, Phase], dict[str, Any]]
     save_final: Callable[[TrainedModel, PreTrainedTokenizerBase, Path, PreparedData, Config], None]
@@ -158,7 +158,7 @@ class Task:
     trained_data_settings: Callable[[Path], dict[str, Any]]
     # (epochs, why) recommended for this much data: (num_examples, num_tokens) -> ...
     recommend_epochs: Callable[[int, int], tuple[int, str]]
-    # What a training example's label shows as in previews (None: the task has no labels).
+    # What a training example's label shows as in previews (LM examples have none: None).
     preview_label: Callable[[PreparedData, Example], Any]
     has_forgetting_probe: bool  # the general-text perplexity before/after (LM tasks)
 

@@ -135,7 +135,7 @@ def prepare_data(
     )
 
 
-def build_model(model_path: str, config: Config, device: str, prepared: PreparedData) -> nn.Module:
+def build_model(model_path: str, config: Config, device: str, prepared: PreparedData) -> TrainedModel:
     assert prepared.label_set is not None, "classify's prepare_data sets the label set"
     model, new_modules = load_sequence_classifier(
         model_path,
