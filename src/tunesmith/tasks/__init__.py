@@ -22,6 +22,7 @@ TASK_MODULES = {
     "instruct": "tunesmith.tasks.instruct",
     "pretrain": "tunesmith.tasks.pretrain",
     "classify": "tunesmith.tasks.classify",
+    "preference": "tunesmith.tasks.preference",
 }
 
 
