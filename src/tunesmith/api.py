@@ -380,6 +380,10 @@ def preflight(config: Config, prepared: Any, model_path: str, console: Any) -> d
     """The data doctor's checks before training: errors stop the run, warnings are shown and saved."""
     if not config.data.check:
         return {"skipped": True}
+    if config.task == "preference":  # pairs have their own doctor; after the redesign: a Task hook
+        from tunesmith.data import preference_checks
+
+        return preference_checks.preflight(config, prepared)
     try:
         from tunesmith.data import check
     except ImportError:
