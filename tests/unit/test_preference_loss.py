@@ -208,3 +208,38 @@ def test_cached_reference_is_used_and_lm_rows_give_the_causal_lm_loss(tiny_llama
         ours, theirs = loss(**lm_batch), CausalLMLoss(model)(**lm_batch)
     assert float(ours["loss_sum"]) == pytest.approx(float(theirs["loss_sum"]), rel=1e-6)
     assert int(ours["num_targets"]) == int(theirs["num_targets"])
+
+
+def test_reference_token_kl_is_the_exact_next_token_kl(tiny_llama):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.train.loss import reference_token_kl
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    policy = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32),
+        LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0),
+    ).eval()
+    loss = PreferenceLoss(policy, "dpo", beta=0.1, reference="adapter_disabled")
+    examples = _pair_examples(base.config.vocab_size, 2)
+    batch = collate_pairs([[0], [1]], examples, pad_id=0)
+    total, positions = reference_token_kl(loss, batch)
+    assert positions == sum(e.chosen.num_supervised + e.rejected.num_supervised for e in examples)
+    assert total == pytest.approx(0.0, abs=1e-6)  # a fresh adapter (B = 0) is the base model
+    with torch.no_grad():
+        for name, parameter in policy.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    total, _ = reference_token_kl(loss, batch)
+    expected = 0.0
+    with torch.no_grad():
+        for example in examples:
+            for sequence in (example.chosen, example.rejected):
+                ids = torch.tensor([sequence.input_ids])
+                keep = torch.tensor(sequence.labels[1:]) != -100
+                p = policy(input_ids=ids, use_cache=False).logits[0, :-1][keep].double().log_softmax(-1)
+                q = base(input_ids=ids, use_cache=False).logits[0, :-1][keep].double().log_softmax(-1)
+                expected += float((p.exp() * (p - q)).sum())
+    assert expected > 1e-3
+    assert total == pytest.approx(expected, rel=1e-4)

@@ -27,7 +27,7 @@ from tunesmith.evaluate.generation import generate_reply
 from tunesmith.models.adapters import apply_adapter
 from tunesmith.models.load import load_causal_lm
 from tunesmith.tasks import PreparedData, hold_out
-from tunesmith.train.loss import PreferenceLoss, batch_to_device
+from tunesmith.train.loss import PreferenceLoss, batch_to_device, reference_token_kl
 
 EVAL_BATCH_PAIRS = 8  # held-out pairs scored per forward
 
@@ -139,20 +139,18 @@ def pair_metrics(
     `accuracy` is the share of pairs whose implicit reward ranks chosen above rejected; where
     there is no reference yet (the base model is its own reference: every reward is 0) it is the
     log-prob ranking, `logp_accuracy`, which is reported for every model. `kl_to_reference` is the
-    mean per-token log-ratio log(pi/pi_ref) over the held-out reply tokens (chosen and rejected):
-    an estimate on the data's replies, not on the policy's own samples.
+    exact next-token KL(pi || pi_ref) over the vocabulary, averaged over the held-out reply positions
+    (chosen and rejected contexts; not on the policy's own samples), where a reference model can run
+    (LoRA, frozen copy). `log_ratio_to_reference`, the mean per-token log(pi/pi_ref) of the held-out
+    reply tokens, is there whenever reference log-probs are (also cached ones); it can be negative.
     """
     was_training = loss.training
     loss.eval()
-    rows = {
-        "chosen": [],
-        "rejected": [],
-        "ref_chosen": [],
-        "ref_rejected": [],
-        "tokens": [],
-        "rc": [],
-        "rr": [],
+    rows: dict[str, list[float]] = {
+        k: [] for k in ("chosen", "rejected", "ref_chosen", "ref_rejected", "tokens", "rc", "rr")
     }
+    kl_sum, kl_positions = 0.0, 0
+    exact_kl = loss.reference in ("adapter_disabled", "frozen_copy")
     for start in range(0, len(examples), EVAL_BATCH_PAIRS):
         indices = [[i] for i in range(start, min(start + EVAL_BATCH_PAIRS, len(examples)))]
         batch = batch_to_device(collate_pairs(indices, examples, pad_id), device)
@@ -163,6 +161,9 @@ def pair_metrics(
         rows["rc"] += out["chosen_rewards"].tolist()
         rows["rr"] += out["rejected_rewards"].tolist()
         rows["tokens"] += out["reply_tokens"].tolist()
+        if exact_kl:
+            total, positions = reference_token_kl(loss, batch)
+            kl_sum, kl_positions = kl_sum + total, kl_positions + positions
         if "reference_logps" in out:
             rows["ref_chosen"] += out["reference_logps"][:pairs].tolist()
             rows["ref_rejected"] += out["reference_logps"][pairs:].tolist()
@@ -187,8 +188,9 @@ def pair_metrics(
         log_ratio = (
             sum(rows["chosen"]) + sum(rows["rejected"]) - sum(rows["ref_chosen"]) - sum(rows["ref_rejected"])
         )
-        metrics["kl_to_reference"] = log_ratio / max(sum(rows["tokens"]), 1.0)
-        metrics["kl_estimate"] = "mean per-token log(pi/pi_ref) on the held-out chosen and rejected replies"
+        metrics["log_ratio_to_reference"] = log_ratio / max(sum(rows["tokens"]), 1.0)
+    if exact_kl:
+        metrics["kl_to_reference"] = kl_sum / max(kl_positions, 1)
     metrics["accuracy"] = metrics["logp_accuracy"] if untrained else metrics["reward_accuracy"]
     metrics["margin"] = metrics["logp_margin"] if untrained else metrics["reward_margin"]
     metrics["accuracy_kind"] = "log-prob ranking" if untrained else "implicit reward ranking"

@@ -407,3 +407,41 @@ class PreferenceLoss(nn.Module):
         if reference is not None:
             out["reference_logps"] = reference.detach()
         return out
+
+
+def _reply_hidden(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, nn.Module]:
+    """Hidden states at the positions that predict a reply token, and the model's LM head."""
+    causal_lm = unwrap_causal_lm(model)
+    decoder = getattr(causal_lm, causal_lm.base_model_prefix)
+    hidden = decoder(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), use_cache=False)[0]
+    keep = batch["labels"][:, 1:] != IGNORE_INDEX
+    return hidden[:, :-1][keep], causal_lm.get_output_embeddings()
+
+
+@torch.no_grad()
+def reference_token_kl(
+    loss: PreferenceLoss, batch: dict[str, Any], chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[float, int]:
+    """Sum over reply positions of KL(pi(. | context) || pi_ref(. | context)), and the number of positions.
+
+    The exact next-token KL over the whole vocabulary, on the contexts of the given replies; it
+    needs a reference model to run (adapter_disabled or frozen_copy), one logits chunk at a time.
+    """
+    from contextlib import nullcontext
+
+    if loss.reference == "frozen_copy":
+        reference_model, disabled = loss.frozen[0], nullcontext
+    elif loss.reference == "adapter_disabled":
+        reference_model, disabled = loss.model, loss.model.disable_adapter
+    else:
+        raise ValueError(f"reference {loss.reference!r} has no reference model to run")
+    policy_hidden, policy_head = _reply_hidden(loss.model, batch)
+    with disabled():
+        reference_hidden, reference_head = _reply_hidden(reference_model, batch)
+    total = 0.0
+    for start in range(0, policy_hidden.shape[0], chunk_size):
+        policy = policy_head(policy_hidden[start : start + chunk_size]).float().log_softmax(-1)
+        with disabled():
+            reference = reference_head(reference_hidden[start : start + chunk_size]).float().log_softmax(-1)
+        total += float((policy.exp() * (policy - reference)).sum())
+    return total, int(policy_hidden.shape[0])
