@@ -396,12 +396,24 @@ def data_preview(
     _run(action)
 
 
+def _check_pairs(data: str, eval: str | None, model: str, max_seq_len: int, fix: str | None) -> dict:
+    from tunesmith.config import ModelConfig
+    from tunesmith.data.preference_checks import check_pairs
+    from tunesmith.errors import UserError
+    from tunesmith.models.load import load_tokenizer, resolve_model_path
+
+    if fix:
+        raise UserError("--fix does not clean preference pairs yet; drop the listed pairs by hand")
+    tokenizer = load_tokenizer(resolve_model_path(model), ModelConfig(name=model))
+    return check_pairs(data, eval, tokenizer, max_seq_len)
+
+
 @data_app.command("check")
 def data_check(
     data: str = typer.Argument(..., help="training data: file, folder or glob"),
     eval: str = typer.Option(None, "--eval", help="held-out data, checked for leakage and coverage"),
     task: str = typer.Option(
-        None, "--task", help="instruct | classify | pretrain (default: from the fields)"
+        None, "--task", help="instruct | classify | pretrain | preference (default: from the fields)"
     ),
     model: str = typer.Option(
         "embedded", "--model", help="whose tokenizer counts tokens (weights never load)"
@@ -428,14 +440,17 @@ def data_check(
 
         from rich.table import Table
 
-        from tunesmith.data.check import render_html, run_check
+        from tunesmith.data.check import detect_task, render_html, run_check
         from tunesmith.errors import UserError
 
-        if task is not None and task not in ("instruct", "classify", "pretrain"):
-            raise UserError(f"--task {task!r}: use instruct, classify or pretrain")
+        if task is not None and task not in ("instruct", "classify", "pretrain", "preference"):
+            raise UserError(f"--task {task!r}: use instruct, classify, pretrain or preference")
         console = _console()
-        result, fixed = run_check(data, eval, target, task, model, max_seq_len, near_dup_threshold, fix)
-        report = result.report
+        if (task or detect_task(data)) == "preference":  # pairs: their own checks (no --fix, no --target)
+            report, fixed = _check_pairs(data, eval, model, max_seq_len, fix), None
+        else:
+            result, fixed = run_check(data, eval, target, task, model, max_seq_len, near_dup_threshold, fix)
+            report = result.report
         colors = {"error": "red", "warning": "yellow", "info": "dim"}
         table = Table(
             title=f"data check ({report['task']}): {report['stats']['num_train']} train, "

@@ -134,3 +134,30 @@ def test_balanced_lengths_are_not_flagged(tmp_path):
     (bias,) = [f for f in report["findings"] if f["id"] == "length_bias"]
     assert bias["severity"] == "info"
     assert report["verdict"] == "ready"
+
+
+def test_cli_data_check_reports_planted_pairs(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    rows = [
+        {"prompt": f"Q{i}?", "chosen": f"A careful and long answer {i}.", "rejected": "No."}
+        for i in range(12)
+    ]
+    rows.append({"prompt": "Same?", "chosen": "Same.", "rejected": "Same."})  # line 13
+    rows.append({"prompt": "Pick.", "chosen": "A", "rejected": "B"})  # line 14
+    rows.append({"prompt": "Pick.", "chosen": "B", "rejected": "A"})  # line 15
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    out = tmp_path / "report.json"
+    for task in (["--task", "preference"], []):  # given, and detected from the fields
+        result = CliRunner().invoke(app, ["data", "check", str(path), *task, "--json", str(out)])
+        assert result.exit_code == 0, result.output  # warnings only
+        report = json.loads(out.read_text())
+        by_id = {f["id"]: f for f in report["findings"]}
+        assert report["task"] == "preference" and report["verdict"] == "ready with warnings"
+        assert by_id["identical_chosen_rejected"]["examples"] == [f"{path}:13"]
+        assert by_id["conflicting_pairs"]["examples"] == [f"{path}:15 (reverses {path}:14)"]
+        assert by_id["length_bias"]["severity"] == "warning"

@@ -1108,13 +1108,15 @@ def write_fixed(result: CheckResult, out_dir: str | Path) -> dict[str, Any]:
 
 
 def detect_task(spec: Any) -> str:
-    """labeled rows -> classify, plain text -> pretrain, anything else -> instruct."""
+    """pairs -> preference, labeled rows -> classify, plain text -> pretrain, anything else -> instruct."""
     specs = [spec] if isinstance(spec, str) else list(spec)
     files = expand_paths(specs[0], ROW_SUFFIXES | TEXT_SUFFIXES)
     if files[0].suffix.lower() in TEXT_SUFFIXES:
         return "pretrain"
     for row, _ in iter_rows(str(files[0]), ErrorPolicy(on_error="skip", max_skipped=10**12)):
         keys = set(row)
+        if {"chosen", "rejected"} <= keys or "preferred_output" in keys:
+            return "preference"
         if "label" in keys or "labels" in keys:
             return "classify"
         if keys & {"messages", "conversations", "instruction", "prompt"}:

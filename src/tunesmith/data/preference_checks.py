@@ -317,7 +317,7 @@ def check_pairs(
                 "; ".join(policy.skipped[:3]),
             ),
         )
-    return report(findings, {"train_pairs": len(train), "eval_pairs": len(held), "max_seq_len": max_seq_len})
+    return report(findings, {"num_train": len(train), "num_eval": len(held), "max_seq_len": max_seq_len})
 
 
 def preflight(config: Any, prepared: Any) -> dict[str, Any]:
@@ -335,7 +335,7 @@ def preflight(config: Any, prepared: Any) -> dict[str, Any]:
         leakage_severity="error" if config.data.eval is not None else "warning",
         dropped_sources=[source for s in splits for source in s.dropped_sources],
     )
-    result = report(findings, {"train_pairs": len(prepared.train), "eval_pairs": len(prepared.eval)})
+    result = report(findings, {"num_train": len(prepared.train), "num_eval": len(prepared.eval)})
     blocking = [f for f in findings if f["severity"] == "error"]
     if blocking:
         listed = "; ".join(
