@@ -128,3 +128,35 @@ def test_adapter_disabled_reference_needs_lora(tiny_llama, pairs_file, tmp_path)
     config["adapter"] = {"method": "full"}
     with pytest.raises(UserError, match="preference.reference"):
         api.train(build_config(config))
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_resume_equals_an_uninterrupted_run(tiny_llama, pairs_file, tmp_path, method):
+    """Stopped after step 2 and resumed == 4 steps in one go (the cached reference is rebuilt the same)."""
+    import os
+    import signal
+
+    from tunesmith.errors import TrainingInterrupted
+
+    def config(name):
+        values = _config(tiny_llama, pairs_file, tmp_path / "runs")
+        values["run_name"] = name
+        values["adapter"] = {"method": method, "r": 4, "alpha": 8, "dropout": 0.1}  # dropout: RNG state too
+        values["eval"] = {"before": False, "after": False, "forgetting": False}
+        return build_config(values)
+
+    def losses(name):
+        path = tmp_path / "runs" / name / "metrics.jsonl"
+        return [json.loads(line)["loss"] for line in path.read_text().splitlines() if '"loss"' in line]
+
+    api.train(config("straight"))
+
+    def stop_after_two(step, record):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted):
+        api.train(config("resumed"), on_step=stop_after_two)
+    api.train(config("resumed"), resume=True)
+    assert len(losses("straight")) == 4
+    assert losses("resumed") == losses("straight")

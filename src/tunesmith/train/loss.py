@@ -353,10 +353,14 @@ class PreferenceLoss(nn.Module):
             return self._logps(self.frozen[0], batch, num_sequences)[0]
         if self.reference == "adapter_disabled":
             if not hasattr(self.model, "disable_adapter"):
-                raise ValueError("reference 'adapter_disabled' needs a PEFT model (adapter.method: lora)")
+                # A model without an adapter (a base model scored on its own) is its own reference.
+                return self._logps(self.model, batch, num_sequences)[0]
             with self.model.disable_adapter():
                 return self._logps(self.model, batch, num_sequences)[0]
-        raise ValueError(f"reference {self.reference!r} has no reference model to run")
+        raise ValueError(
+            f"reference {self.reference!r}: the batch carries no cached reference log-probs and there is no "
+            "reference model to run"
+        )
 
     def forward(
         self,
