@@ -228,7 +228,8 @@ def evaluate(
             reply = generate_reply(model, tokenizer, prepared.template, messages, config.eval.max_new_tokens)
             item = {"prompt": messages[-1]["content"], "output": reply}
             if pair is not None:
-                item["chosen"] = pair.chosen[-1]["content"]
+                # `reference` is what today's report shows beside the generations: the chosen reply.
+                item["reference"] = item["chosen"] = pair.chosen[-1]["content"]
                 item["rejected"] = pair.rejected[-1]["content"]
             generations.append(item)
         metrics["generations"] = generations
