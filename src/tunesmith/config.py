@@ -17,7 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tunesmith.errors import UserError
 
 Task = Literal["instruct", "pretrain", "classify", "preference"]
-DataFormat = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "labeled"]
+DataFormat = Literal[
+    "auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "labeled", "trl", "openai"
+]  # trl, openai (and sharegpt): preference pairs (data/preference.py)
 
 # Keys whose values must never be printed or saved (tokens, API keys).
 SECRET_KEY_PATTERN = re.compile(r"(^|_)(token|api_key|password|secret|hf_token)$", re.IGNORECASE)

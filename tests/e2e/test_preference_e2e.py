@@ -104,6 +104,10 @@ def test_full_finetuning_with_cached_reference(tiny_llama, pairs_file, tmp_path,
         assert "kl_to_reference" not in result.after  # no reference model at hand: only the cached sums
     else:  # simpo is reference-free
         assert "log_ratio_to_reference" not in result.after
+    # `tunesmith eval` later: the tuned model and its base on the pairs (no cached reference then).
+    scored = api.evaluate(str(result.run_dir), str(pairs_file))
+    assert scored["tuned"]["num_pairs"] == scored["baseline"]["num_pairs"] == 24
+    assert scored["tuned"]["chosen_logps"] != scored["baseline"]["chosen_logps"]
 
 
 def test_accumulation_matches_a_bigger_batch(tiny_llama, pairs_file, tmp_path):

@@ -151,11 +151,19 @@ def pair_metrics(
     }
     kl_sum, kl_positions = 0.0, 0
     exact_kl = loss.reference in ("adapter_disabled", "frozen_copy")
+    # A fully tuned model scored later (`tunesmith eval`) has no cached reference: log-probs only.
+    policy_only = loss.reference == "precomputed" and any(e.reference_logps is None for e in examples)
     for start in range(0, len(examples), EVAL_BATCH_PAIRS):
         indices = [[i] for i in range(start, min(start + EVAL_BATCH_PAIRS, len(examples)))]
         batch = batch_to_device(collate_pairs(indices, examples, pad_id), device)
-        out = loss(**{k: v for k, v in batch.items() if k != "num_targets"})
         pairs = batch["num_pairs"]
+        if policy_only:
+            sums = loss.policy_logps(batch)
+            zeros = torch.zeros(pairs)
+            out = {"chosen_logps": sums[:pairs], "rejected_logps": sums[pairs:], "chosen_rewards": zeros}
+            out |= {"rejected_rewards": zeros, "reply_tokens": torch.zeros(2 * pairs)}
+        else:
+            out = loss(**{k: v for k, v in batch.items() if k != "num_targets"})
         rows["chosen"] += out["chosen_logps"].tolist()
         rows["rejected"] += out["rejected_logps"].tolist()
         rows["rc"] += out["chosen_rewards"].tolist()
@@ -183,7 +191,7 @@ def pair_metrics(
     }
     has_reference = bool(rows["ref_chosen"])
     # No reward separates the pairs yet (the policy is still the reference): rank by log-prob.
-    untrained = has_reference and all(abs(m) < 1e-6 for m in reward_margins)
+    untrained = (has_reference or policy_only) and all(abs(m) < 1e-6 for m in reward_margins)
     if has_reference:
         log_ratio = (
             sum(rows["chosen"]) + sum(rows["rejected"]) - sum(rows["ref_chosen"]) - sum(rows["ref_rejected"])
