@@ -269,7 +269,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per optimizer step")
     parser.add_argument("--max-len", type=int, default=512)
-    parser.add_argument("--learning-rate", type=float, default=5e-3)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)  # as examples/preference_dpo.yaml
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--seed", type=int, default=42)
