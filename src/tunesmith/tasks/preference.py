@@ -103,13 +103,13 @@ def cache_reference_logps(model: Any, splits: list[Any], pad_id: int, device: st
     for examples in splits:
         for start in range(0, len(examples), EVAL_BATCH_PAIRS):
             rows = [[i] for i in range(start, min(start + EVAL_BATCH_PAIRS, len(examples)))]
-            chosen, rejected = _score(scorer, collate_pairs(rows, examples, pad_id), device, "chosen_logps")
+            chosen, rejected = _score(scorer, collate_pairs(rows, examples, pad_id), device)
             for (index,), c, r in zip(rows, chosen, rejected, strict=True):
                 examples[index].reference_logps = (c, r)
 
 
 @torch.no_grad()
-def _score(loss: Any, batch: dict[str, Any], device: str, key: str) -> tuple[list[float], list[float]]:
+def _score(loss: Any, batch: dict[str, Any], device: str) -> tuple[list[float], list[float]]:
     was_training = loss.training
     loss.eval()
     out = loss.policy_logps(batch_to_device(batch, device))
