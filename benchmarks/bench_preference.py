@@ -177,8 +177,8 @@ def prepare_pairs(args: argparse.Namespace, work: Path) -> None:
     prepared = preference.prepare_data(config, tokenizer)
     (work / "template.jinja").write_text(prepared.template.template)
     for name, records, examples in (
-        ("train", prepared.extra["train_records"], prepared.train),
-        ("eval", prepared.eval_records, prepared.eval),
+        ("train", prepared.pairs.train_records, prepared.pairs.train),
+        ("eval", prepared.eval_records, prepared.pairs.eval),
     ):
         kept = {e.source for e in examples}
         with open(work / f"{name}.jsonl", "w") as handle:
@@ -218,7 +218,7 @@ def score(args: argparse.Namespace, work: Path, adapter: str | None) -> dict:
         loss = PreferenceLoss(model, "dpo", args.beta, reference="frozen_copy")
     else:
         loss = PreferenceLoss(PeftModel.from_pretrained(model, adapter), "dpo", args.beta)
-    metrics = preference.pair_metrics(loss, prepared.eval, prepared.extra["pad_id"], "cpu")
+    metrics = preference.pair_metrics(loss, prepared.pairs.eval, prepared.pad_id, "cpu")
     keys = (
         "num_pairs",
         "accuracy",

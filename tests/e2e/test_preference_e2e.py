@@ -8,6 +8,7 @@ import json
 import pytest
 
 from tests.conftest import tiny_config, write_jsonl
+from tests.reliability.helpers import RecordingProgress
 from tunesmith import api
 from tunesmith.config import build_config
 
@@ -160,7 +161,7 @@ def test_resume_equals_an_uninterrupted_run(tiny_llama, pairs_file, tmp_path, me
             os.kill(os.getpid(), signal.SIGTERM)
 
     with pytest.raises(TrainingInterrupted):
-        api.train(config("resumed"), on_step=stop_after_two)
+        api.train(config("resumed"), progress=RecordingProgress(stop_after_two))
     api.train(config("resumed"), resume=True)
     assert len(losses("straight")) == 4
     assert losses("resumed") == losses("straight")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import ASSETS, write_jsonl
+from tunesmith.data.doctor.pairs import check_pairs
 from tunesmith.data.load import ErrorPolicy
 from tunesmith.data.preference import load_pairs, tokenize_pairs
-from tunesmith.data.preference_checks import check_pairs
 from tunesmith.data.templates import IGNORE_INDEX, resolve_chat_template
 from tunesmith.errors import UserError
 
@@ -107,7 +107,7 @@ def test_doctor_reports_planted_problems_with_file_and_line(tmp_path, tokenizer)
     eval_path = write_jsonl(
         tmp_path / "eval.jsonl", [{"prompt": "Question 5?", "chosen": "Five.", "rejected": "No."}]
     )
-    report = check_pairs(str(path), str(eval_path), tokenizer=tokenizer, max_seq_len=64)
+    report = check_pairs(str(path), str(eval_path), tokenizer=tokenizer, max_seq_len=64).to_dict()
     by_id = {f["id"]: f for f in report["findings"]}
     assert report["verdict"] == "not ready"  # the empty reply and the eval leak are errors
     assert by_id["identical_chosen_rejected"]["examples"] == [f"{path}:21"]
@@ -130,7 +130,7 @@ def test_balanced_lengths_are_not_flagged(tmp_path):
         }
         for i in range(10)
     ]
-    report = check_pairs(str(write_jsonl(tmp_path / "ok.jsonl", rows)))
+    report = check_pairs(str(write_jsonl(tmp_path / "ok.jsonl", rows))).to_dict()
     (bias,) = [f for f in report["findings"] if f["id"] == "length_bias"]
     assert bias["severity"] == "info"
     assert report["verdict"] == "ready"

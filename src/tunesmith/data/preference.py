@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunesmith.data.formats import SHAREGPT_ROLES, apply_field_mapping
+from tunesmith.data.formats import SHAREGPT_ROLES, PreferencePair, apply_field_mapping
 from tunesmith.data.load import ErrorPolicy, Source, iter_rows
 from tunesmith.data.templates import IGNORE_INDEX, ChatTemplate, assistant_spans
 from tunesmith.data.tokenize import Example
@@ -32,14 +32,6 @@ PAIR_FORMATS = {
     "openai": ("input", "preferred_output", "non_preferred_output"),
 }
 Messages = list[dict[str, str]]
-
-
-@dataclass
-class PreferencePair:
-    prompt: Messages  # the turns before the reply (system/user/assistant)
-    chosen: Messages  # the better reply: one (or more) assistant turns
-    rejected: Messages  # the worse reply
-    source: Source = field(default_factory=lambda: Source("<memory>"))
 
 
 @dataclass
@@ -275,6 +267,15 @@ def tokenize_pairs(
             f"(e.g. {', '.join(stats.dropped_sources)}); raise data.max_seq_len or shorten the prompts"
         )
     return examples, stats
+
+
+@dataclass(frozen=True)
+class PairData:
+    """What the preference task carries beside PreparedData's chosen-side examples."""
+
+    train: list[PairExample]  # the tokenized pairs the rows index
+    eval: list[PairExample]
+    train_records: list[PreferencePair]  # the canonical pairs behind `train` (the doctor reads them)
 
 
 # --------------------------------------------------------------------------------------------

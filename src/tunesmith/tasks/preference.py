@@ -7,27 +7,48 @@ the model is built (before any step), and cached on every pair (`preference.refe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from tunesmith.config import Config
+from tunesmith.data.formats import PreferencePair
 from tunesmith.data.load import ErrorPolicy
 from tunesmith.data.preference import (
+    PairData,
     PairExample,
     collate_pairs,
     load_pairs,
     make_pair_rows,
     tokenize_pairs,
 )
-from tunesmith.data.templates import resolve_chat_template
+from tunesmith.data.templates import ChatTemplate, resolve_chat_template
+from tunesmith.data.tokenize import Example
 from tunesmith.errors import UserError
 from tunesmith.evaluate.generation import generate_reply
 from tunesmith.models.adapters import apply_adapter
 from tunesmith.models.load import load_causal_lm
-from tunesmith.tasks import PreparedData, hold_out
-from tunesmith.train.loss import PreferenceLoss, batch_to_device, reference_token_kl
+from tunesmith.progress import Progress
+from tunesmith.tasks import (
+    DataStats,
+    EvalContext,
+    FitContext,
+    Phase,
+    PreparedData,
+    Task,
+    hold_out,
+    lm_epochs,
+    no_trained_settings,
+)
+from tunesmith.train.loss import CrossEntropy, PreferenceLoss, batch_to_device, reference_token_kl
+
+if TYPE_CHECKING:
+    from tunesmith.data.formats import Record
+    from tunesmith.tasks import TrainedModel
 
 EVAL_BATCH_PAIRS = 8  # held-out pairs scored per forward
 
@@ -47,7 +68,9 @@ def reference_mode(config: Config) -> str:
     return preference.reference
 
 
-def prepare_data(config: Config, tokenizer: Any) -> PreparedData:
+def prepare_data(
+    config: Config, tokenizer: PreTrainedTokenizerBase, progress: Progress | None = None
+) -> PreparedData:
     data = config.data
     policy = ErrorPolicy(data.on_error, data.max_skipped)
     if data.train is None:
@@ -69,23 +92,22 @@ def prepare_data(config: Config, tokenizer: Any) -> PreparedData:
     )
     pad_id = tokenizer.pad_token_id
     return PreparedData(
-        train=train,
-        eval=evaluation,
+        # The chosen sides stand for the pairs where a task-blind reader counts or previews examples.
+        train=[pair.chosen for pair in train],
+        eval=[pair.chosen for pair in evaluation],
         rows=make_pair_rows(train, data.max_seq_len, data.packing),
-        collate=lambda rows: collate_pairs(rows, train, pad_id),
-        stats={
-            "train": train_stats,
-            "eval": eval_stats,
-            "skipped_records": list(policy.skipped),
-            "chat_template": template.origin,
-        },
+        collate=lambda rows: collate_pairs([list(row) for row in rows], train, pad_id),
+        stats=DataStats(
+            train_stats, eval_stats, skipped_records=list(policy.skipped), chat_template=template.origin
+        ),
+        pad_id=pad_id,
         template=template,
         eval_records=eval_pairs,
-        extra={"train_records": pairs, "pad_id": pad_id},
+        pairs=PairData(train=train, eval=evaluation, train_records=pairs),
     )
 
 
-def build_model(model_path: str, config: Config, device: str, prepared: PreparedData) -> Any:
+def build_model(model_path: str, config: Config, device: str, prepared: PreparedData) -> TrainedModel:
     model = load_causal_lm(model_path, config.model, device)
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -93,11 +115,14 @@ def build_model(model_path: str, config: Config, device: str, prepared: Prepared
     if reference_mode(config) == "precomputed":
         # The base model, before any step: its reply log-probs are the reference, cached per pair.
         # Rebuilding the model (resume, after FSDP) gives the same base, so the same values.
-        cache_reference_logps(model, [prepared.train, prepared.eval], prepared.extra["pad_id"], device)
+        pairs = _pairs(prepared)
+        cache_reference_logps(model, [pairs.train, pairs.eval], prepared.pad_id, device)
     return apply_adapter(model, config.adapter, task_type="CAUSAL_LM")
 
 
-def cache_reference_logps(model: Any, splits: list[Any], pad_id: int, device: str) -> None:
+def cache_reference_logps(
+    model: nn.Module, splits: list[list[PairExample]], pad_id: int, device: str
+) -> None:
     """Store the model's (chosen, rejected) reply log-prob sums on every pair of `splits`."""
     scorer = PreferenceLoss(model, "dpo", reference="none")
     for examples in splits:
@@ -118,7 +143,7 @@ def _score(loss: Any, batch: dict[str, Any], device: str) -> tuple[list[float], 
     return out[:pairs].tolist(), out[pairs:].tolist()
 
 
-def make_loss(model: Any, config: Config) -> torch.nn.Module:
+def make_loss(model: nn.Module, config: Config, cross_entropy: CrossEntropy | None = None) -> nn.Module:
     preference = config.preference
     return PreferenceLoss(
         model,
@@ -127,6 +152,7 @@ def make_loss(model: Any, config: Config) -> torch.nn.Module:
         preference.label_smoothing,
         preference.simpo_gamma,
         reference_mode(config),
+        cross_entropy=cross_entropy,
     )
 
 
@@ -209,34 +235,30 @@ def pair_metrics(
     return metrics
 
 
-def evaluate(
-    model: Any,
-    loss: torch.nn.Module,
-    prepared: PreparedData,
-    tokenizer: Any,
-    config: Config,
-    device: str,
-    phase: str = "after",
-    generate: bool = True,
-) -> dict[str, Any]:
+def evaluate(ctx: EvalContext, phase: Phase = "after") -> dict[str, Any]:
     """Preference accuracy, margins, log-probs and KL on held-out pairs; generations before/after."""
+    prepared, config = ctx.prepared, ctx.config
     metrics: dict[str, Any] = {}
-    if prepared.eval:
-        metrics.update(pair_metrics(loss, prepared.eval, prepared.extra["pad_id"], device))  # type: ignore[arg-type]
+    pairs = _pairs(prepared)
+    if pairs.eval:
+        metrics.update(pair_metrics(cast(PreferenceLoss, ctx.loss), pairs.eval, prepared.pad_id, ctx.device))
         if phase == "during":
             metrics.pop("pairs")
-    if generate and phase != "during":
-        generations = []
-        prompts = (
+    if phase != "during":
+        records = _records(prepared.eval_records)
+        prompts: list[tuple[list[dict[str, str]], PreferencePair | None]] = (
             [([{"role": "user", "content": p}], None) for p in config.eval.prompts]
             if config.eval.prompts
-            else [(pair.prompt, pair) for pair in prepared.eval_records[: config.eval.num_prompts]]
+            else [(pair.prompt, pair) for pair in records[: config.eval.num_prompts]]
         )
+        generations = []
         for messages, pair in prompts:
-            reply = generate_reply(model, tokenizer, prepared.template, messages, config.eval.max_new_tokens)
+            reply = generate_reply(
+                ctx.model, ctx.tokenizer, _template(prepared), messages, config.eval.max_new_tokens
+            )
             item = {"prompt": messages[-1]["content"], "output": reply}
             if pair is not None:
-                # `reference` is what today's report shows beside the generations: the chosen reply.
+                # The report shows the chosen reply as the reference, the rejected one beside it.
                 item["reference"] = item["chosen"] = pair.chosen[-1]["content"]
                 item["rejected"] = pair.rejected[-1]["content"]
             generations.append(item)
@@ -244,8 +266,82 @@ def evaluate(
     return metrics
 
 
-def save_final(model: Any, tokenizer: Any, out_dir: Path, prepared: PreparedData, config: Config) -> None:
+def save_final(
+    model: TrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: Path,
+    prepared: PreparedData,
+    config: Config,
+) -> None:
     """The same directory as instruct: a PEFT adapter or a full model, tokenizer and template."""
     from tunesmith.tasks import instruct
 
     instruct.save_final(model, tokenizer, out_dir, prepared, config)
+
+
+def load_for_eval(target: Path, name: str, config: Config, device: str, prepared: PreparedData) -> nn.Module:
+    """A trained (or base) causal LM, as instruct loads it; a LoRA run's is a PeftModel, so its
+    reference (the adapter disabled) is there for the held-out metrics."""
+    from tunesmith.tasks import instruct
+
+    return instruct.load_for_eval(target, name, config, device, prepared)
+
+
+def measure_fit(ctx: FitContext) -> dict[str, Any]:
+    """select's probe: how well the base model already ranks the held-out pairs, and the mean
+    log-prob per character of their chosen replies (comparable across tokenizers; higher is better)."""
+    pairs = _pairs(ctx.prepared).eval[: ctx.sample]
+    if not pairs:
+        raise UserError("the data has too few pairs to hold a sample out; give at least 2")
+    scorer = PreferenceLoss(ctx.model, "simpo")  # reference-free: the base model's own log-probs
+    metrics = pair_metrics(scorer, pairs, ctx.prepared.pad_id, ctx.device)
+    by_source = {str(r.source): r for r in _records(ctx.prepared.eval_records)}
+    characters = sum(
+        len("".join(m["content"] for m in by_source[p.source].chosen)) for p in pairs if p.source in by_source
+    )
+    chosen_tokens = sum(p.chosen.num_supervised for p in pairs)
+    return {
+        "preference_accuracy": metrics["logp_accuracy"],
+        "logp_margin": metrics["logp_margin"],
+        # The shared column select ranks by: the chosen replies' loss per character.
+        "loss_per_char": -metrics["chosen_logps"] * len(pairs) / max(characters, 1),
+        "num_tokens": chosen_tokens,
+        "num_characters": characters,
+        "tokens_per_char": chosen_tokens / max(characters, 1),
+    }
+
+
+def preview_label(prepared: PreparedData, example: Example) -> Any:
+    """Previews show a pair's chosen side; its label says so."""
+    return "chosen reply (rejected not shown)"
+
+
+TASK = Task(
+    name="preference",
+    record_kind="preference",
+    prepare_data=prepare_data,
+    build_model=build_model,
+    make_loss=make_loss,
+    evaluate=evaluate,
+    save_final=save_final,
+    load_for_eval=load_for_eval,
+    measure_fit=measure_fit,
+    trained_data_settings=no_trained_settings,
+    recommend_epochs=lm_epochs,
+    preview_label=preview_label,
+    has_forgetting_probe=True,
+)
+
+
+def _pairs(prepared: PreparedData) -> PairData:
+    assert prepared.pairs is not None, "preference's prepare_data sets the pairs"
+    return prepared.pairs
+
+
+def _records(records: Sequence[Record]) -> list[PreferencePair]:
+    return cast(list[PreferencePair], records)
+
+
+def _template(prepared: PreparedData) -> ChatTemplate:
+    assert prepared.template is not None, "preference's prepare_data sets the chat template"
+    return prepared.template

@@ -1,9 +1,9 @@
 """The data doctor for preference pairs: what makes a pair set silently bad to train on.
 
 Each check is a function of the canonical pairs (and, where lengths matter, their tokenized
-form) returning findings in the doctor's shape: {id, severity, title, count, examples
-(file:line), detail}. `pair_findings` runs them all; `check_pairs` is the report for
-`tunesmith data check --task preference`; `preflight` is the check before training.
+form) returning the doctor's `Finding`s (file:line examples). `pair_findings` runs them all;
+`check_pairs` is the report for `tunesmith data check` on pairs; `preflight` is the check before
+training. The doctor (data/doctor/__init__.py) picks these checks for the "preference" record kind.
 
     findings = pair_findings(train_pairs, eval_pairs, train_examples, eval_examples, max_seq_len=512)
 """
@@ -13,26 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tunesmith.data.check_scan import find_sensitive, mask, normalize_text
-from tunesmith.data.preference import PairExample, PreferencePair
-from tunesmith.errors import UserError
+from tunesmith.data.doctor.detect import find_sensitive, mask, normalize_text
+from tunesmith.data.doctor.findings import SEVERITY_ORDER, CheckReport, Finding, finding, make_report
+from tunesmith.data.formats import PreferencePair
+from tunesmith.data.preference import PairExample
 
-MAX_EXAMPLES = 5  # locations shown per finding
 LENGTH_BIAS_SHARE = 0.6  # chosen longer than rejected in more than 60% of pairs: a length signal to learn
-SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
-
-
-def finding(
-    id: str, severity: str, title: str, count: int, examples: list[str], detail: str
-) -> dict[str, Any]:
-    return {
-        "id": id,
-        "severity": severity,
-        "title": title,
-        "count": int(count),
-        "examples": list(examples[:MAX_EXAMPLES]),
-        "detail": detail,
-    }
 
 
 def _text(messages: list[dict[str, str]]) -> str:
@@ -43,7 +29,7 @@ def _reply(messages: list[dict[str, str]]) -> str:
     return "\n".join(m["content"] for m in messages)
 
 
-def empty_replies(pairs: Sequence[PreferencePair]) -> list[dict[str, Any]]:
+def empty_replies(pairs: Sequence[PreferencePair]) -> list[Finding]:
     where = [str(p.source) for p in pairs if not _reply(p.chosen).strip() or not _reply(p.rejected).strip()]
     if not where:
         return []
@@ -60,7 +46,7 @@ def empty_replies(pairs: Sequence[PreferencePair]) -> list[dict[str, Any]]:
     ]
 
 
-def identical_pairs(pairs: Sequence[PreferencePair]) -> list[dict[str, Any]]:
+def identical_pairs(pairs: Sequence[PreferencePair]) -> list[Finding]:
     where = [str(p.source) for p in pairs if _text(p.chosen) == _text(p.rejected)]
     if not where:
         return []
@@ -77,7 +63,7 @@ def identical_pairs(pairs: Sequence[PreferencePair]) -> list[dict[str, Any]]:
     ]
 
 
-def duplicate_and_conflicting_pairs(pairs: Sequence[PreferencePair]) -> list[dict[str, Any]]:
+def duplicate_and_conflicting_pairs(pairs: Sequence[PreferencePair]) -> list[Finding]:
     """Exact repeats of (prompt, chosen, rejected), and the same prompt with A > B and B > A."""
     seen: dict[tuple[str, str, str], str] = {}
     duplicates, conflicts = [], []
@@ -91,7 +77,7 @@ def duplicate_and_conflicting_pairs(pairs: Sequence[PreferencePair]) -> list[dic
         if swapped in seen:
             conflicts.append(f"{pair.source} (reverses {seen[swapped]})")
         seen.setdefault(key, str(pair.source))
-    findings = []
+    findings: list[Finding] = []
     if duplicates:
         findings.append(
             finding(
@@ -119,7 +105,7 @@ def duplicate_and_conflicting_pairs(pairs: Sequence[PreferencePair]) -> list[dic
     return findings
 
 
-def length_bias(pairs: Sequence[PreferencePair]) -> list[dict[str, Any]]:
+def length_bias(pairs: Sequence[PreferencePair]) -> list[Finding]:
     """Share of pairs whose chosen reply is longer, in characters of the whole replies (before truncation)."""
     lengths = [(len(_reply(p.chosen)), len(_reply(p.rejected)), str(p.source)) for p in pairs]
     unit = "characters"
@@ -155,9 +141,9 @@ def truncated_pairs(
     max_seq_len: int,
     num_dropped: int = 0,
     dropped_sources: Sequence[str] = (),
-) -> list[dict[str, Any]]:
+) -> list[Finding]:
     """Pairs cut at max_seq_len (their replies lose their ends), and those dropped (a whole reply lost)."""
-    findings = []
+    findings: list[Finding] = []
     cut = [e.source for e in examples if e.truncated]
     if cut:
         findings.append(
@@ -199,7 +185,7 @@ def truncated_pairs(
 
 def eval_leakage(
     train: Sequence[PreferencePair], eval: Sequence[PreferencePair], severity: str = "error"
-) -> list[dict[str, Any]]:
+) -> list[Finding]:
     """Held-out pairs whose prompt also appears in training: their accuracy measures memory."""
     prompts = {_text(p.prompt): str(p.source) for p in train}
     leaked = [f"{p.source} (= {prompts[_text(p.prompt)]})" for p in eval if _text(p.prompt) in prompts]
@@ -218,7 +204,7 @@ def eval_leakage(
     ]
 
 
-def sensitive_content(pairs: Sequence[PreferencePair]) -> list[dict[str, Any]]:
+def sensitive_content(pairs: Sequence[PreferencePair]) -> list[Finding]:
     found = []
     for pair in pairs:
         for kind, value in find_sensitive(
@@ -248,7 +234,7 @@ def pair_findings(
     num_dropped: int = 0,
     leakage_severity: str = "error",
     dropped_sources: Sequence[str] = (),
-) -> list[dict[str, Any]]:
+) -> list[Finding]:
     """Every pair check over the train (and eval) pairs, most severe first."""
     everything = list(train) + list(eval)
     findings = [
@@ -263,19 +249,7 @@ def pair_findings(
         findings += truncated_pairs(
             list(train_examples) + list(eval_examples or []), max_seq_len, num_dropped, dropped_sources
         )
-    return sorted(findings, key=lambda f: (SEVERITY_ORDER[f["severity"]], f["id"]))
-
-
-def report(findings: list[dict[str, Any]], stats: dict[str, Any]) -> dict[str, Any]:
-    severities = {f["severity"] for f in findings}
-    verdict = (
-        "not ready"
-        if "error" in severities
-        else "ready with warnings"
-        if "warning" in severities
-        else "ready"
-    )
-    return {"verdict": verdict, "task": "preference", "findings": findings, "stats": stats}
+    return sorted(findings, key=lambda f: (SEVERITY_ORDER[f.severity], f.id))
 
 
 def check_pairs(
@@ -285,8 +259,9 @@ def check_pairs(
     max_seq_len: int = 512,
     data_format: str = "auto",
     fields: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """`tunesmith data check --task preference`: read, tokenize (with a tokenizer) and check the pairs."""
+    task: str = "preference",
+) -> CheckReport:
+    """`tunesmith data check` on pairs: read, tokenize (with a tokenizer) and check them."""
     from tunesmith.data.load import ErrorPolicy
     from tunesmith.data.preference import load_pairs, tokenize_pairs
     from tunesmith.data.templates import resolve_chat_template
@@ -306,8 +281,7 @@ def check_pairs(
         train, held, train_examples, eval_examples, max_seq_len, dropped, dropped_sources=dropped_sources
     )
     if policy.skipped:
-        findings.insert(
-            0,
+        findings.append(
             finding(
                 "bad_rows",
                 "error",
@@ -317,31 +291,23 @@ def check_pairs(
                 "; ".join(policy.skipped[:3]),
             ),
         )
-    return report(findings, {"num_train": len(train), "num_eval": len(held), "max_seq_len": max_seq_len})
+    stats = {"num_train": len(train), "num_eval": len(held), "max_seq_len": max_seq_len}
+    return make_report(task, findings, stats)
 
 
-def preflight(config: Any, prepared: Any) -> dict[str, Any]:
-    """Before training: the pair findings on the prepared data; errors raise, the report is returned."""
+def preflight(data: Any, prepared: Any, task: str) -> CheckReport:
+    """Before training: the pair findings on the prepared data (`prepared.pairs`, data/preference.PairData)."""
+    pairs = prepared.pairs
     stats = prepared.stats
-    splits = [s for s in (stats["train"], stats.get("eval")) if s is not None]
-    dropped = sum(s.num_dropped_no_supervised for s in splits)
+    splits = [s for s in (stats.train, stats.eval) if s is not None]
     findings = pair_findings(
-        prepared.extra["train_records"],
+        pairs.train_records,
         prepared.eval_records,
-        prepared.train,
-        prepared.eval,
-        config.data.max_seq_len,
-        dropped,
-        leakage_severity="error" if config.data.eval is not None else "warning",
+        pairs.train,
+        pairs.eval,
+        data.max_seq_len,
+        sum(s.num_dropped_no_supervised for s in splits),
+        leakage_severity="error" if data.eval is not None else "warning",
         dropped_sources=[source for s in splits for source in s.dropped_sources],
     )
-    result = report(findings, {"num_train": len(prepared.train), "num_eval": len(prepared.eval)})
-    blocking = [f for f in findings if f["severity"] == "error"]
-    if blocking:
-        listed = "; ".join(
-            f"{f['title']} ({f['count']}, e.g. {', '.join(f['examples'][:3])})" for f in blocking
-        )
-        raise UserError(
-            f"data check: not ready to train: {listed}. Fix the pairs, or set data.check: false to train anyway"
-        )
-    return result
+    return make_report(task, findings, {"num_train": len(pairs.train), "num_eval": len(pairs.eval)})
