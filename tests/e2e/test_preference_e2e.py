@@ -58,6 +58,12 @@ def test_dpo_lora_trains_and_reports_before_after(tiny_llama, pairs_file, tmp_pa
     final = result.final_dir
     assert (final / "adapter_model.safetensors").is_file() and (final / "adapter_config.json").is_file()
     assert json.loads((final / "tunesmith.json").read_text())["task"] == "preference"
+    # The doctor's pair checks ran before training (chosen by the record kind), and the report
+    # shows each held-out pair's two replies beside the base and tuned generations.
+    check = json.loads((result.run_dir / "eval" / "data_check.json").read_text())
+    assert check["task"] == "preference" and "verdict" in check
+    html = (result.run_dir / "report.html").read_text()
+    assert "<th>rejected</th>" in html and "train pair accuracy" in html
     before, after = result.before, result.after
     for metrics in (before, after):
         assert metrics["num_pairs"] == 6
