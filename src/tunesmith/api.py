@@ -666,6 +666,7 @@ class _batch_progress:
 
 def preview(config: Config, num_samples: int = 3) -> list[dict[str, Any]]:
     """Tokenized samples with each token marked trained or not (for `tunesmith data preview`)."""
+    from tunesmith.data.preview import sample_json
     from tunesmith.data.templates import IGNORE_INDEX
     from tunesmith.models.load import load_tokenizer, resolve_model_path
     from tunesmith.tasks import get_task
@@ -690,7 +691,8 @@ def preview(config: Config, num_samples: int = 3) -> list[dict[str, Any]]:
                 if hot
                 else label_set.names[label]
             )
-        samples.append({"source": example.source, "pieces": pieces, "label": label})
+        sample = {"source": example.source, "pieces": pieces, "label": label}
+        samples.append({**sample, "json": sample_json(tokenizer, example)})  # for `data preview --json`
     return samples
 
 

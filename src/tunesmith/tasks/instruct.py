@@ -40,9 +40,12 @@ def prepare_data(config: Config, tokenizer: Any) -> PreparedData:
             records, data.eval_fraction, data.max_eval_examples, config.train.seed
         )
     template = resolve_chat_template(tokenizer, data.chat_template)
-    train, train_stats = tokenize_conversations(records, tokenizer, template, data.max_seq_len)
+    reasoning = data.train_on_reasoning
+    train, train_stats = tokenize_conversations(
+        records, tokenizer, template, data.max_seq_len, train_on_reasoning=reasoning
+    )
     evaluation, eval_stats = (
-        tokenize_conversations(eval_records, tokenizer, template, data.max_seq_len, what="data.eval")
+        tokenize_conversations(eval_records, tokenizer, template, data.max_seq_len, "data.eval", reasoning)
         if eval_records
         else ([], None)
     )
