@@ -183,6 +183,13 @@ class EvalConfig(Section):
         True, description="perplexity on general text before and after (forgetting probe)"
     )
     max_general_tokens: int = Field(16384, ge=256, description="tokens of general text used by the probe")
+    # Each scored call is one greedy generation: 50 keeps before/after under minutes on a CPU.
+    max_tool_call_turns: int = Field(
+        50,
+        ge=0,
+        description="instruct: held-out tool-call turns scored (well-formed, name, arguments); 0 = off",
+    )
+    tool_call_max_new_tokens: int = Field(96, ge=8, description="generation length for a scored tool call")
 
 
 class LoggingConfig(Section):

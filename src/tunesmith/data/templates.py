@@ -359,9 +359,14 @@ def encode_conversation(
     return encode_sample(tokenizer, Sample(text, spans))
 
 
-def encode_prompt(tokenizer: Any, template: ChatTemplate, messages: list[dict[str, str]]) -> list[int]:
+def encode_prompt(
+    tokenizer: Any,
+    template: ChatTemplate,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
+) -> list[int]:
     """Token ids of a conversation ready for the assistant's next turn (for generation)."""
-    text = template.render(tokenizer, messages, add_generation_prompt=True)
+    text = template.render(tokenizer, messages, add_generation_prompt=True, tools=tools)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -15,6 +15,7 @@ from tunesmith.data.templates import resolve_chat_template
 from tunesmith.data.tokenize import tokenize_conversations
 from tunesmith.evaluate.generation import generate_reply
 from tunesmith.evaluate.metrics import generation_metrics, lm_metrics, per_example_losses
+from tunesmith.evaluate.toolcalls import evaluate_tool_calls
 from tunesmith.models.adapters import apply_adapter, unwrap_causal_lm
 from tunesmith.models.load import load_causal_lm
 from tunesmith.tasks import PreparedData, hold_out
@@ -132,6 +133,18 @@ def evaluate(
             generations.append(item)
         metrics.update(generation_metrics(generations))
         metrics["generations"] = generations
+        # Held-out tool calls (when the data has them): well-formed, right name, exact arguments.
+        if phase != "during" and config.eval.max_tool_call_turns:
+            metrics.update(
+                evaluate_tool_calls(
+                    model,
+                    tokenizer,
+                    prepared.template,
+                    prepared.eval_records,
+                    config.eval.max_tool_call_turns,
+                    config.eval.tool_call_max_new_tokens,
+                )
+            )
     return metrics
 
 
