@@ -227,3 +227,12 @@ def test_chat_template_from_a_jinja_file(tmp_path, shared_dir):
     assert template.template == path.read_text() and str(path) in template.origin
     with pytest.raises(UserError, match="data.chat_template"):
         resolve_chat_template(tokenizer, str(tmp_path / "missing.jinja"))
+
+
+def test_data_doctor_counts_a_bare_tool_call_as_words():
+    from tunesmith.data.check import record_texts
+    from tunesmith.data.formats import Conversation
+
+    _, _, turns = record_texts(Conversation(_tool_conversation(), tools=[WEATHER]))
+    assert all(text.strip() for _, text in turns)
+    assert "get_weather" in turns[2][1] and "Paris" in turns[2][1]

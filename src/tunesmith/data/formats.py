@@ -73,6 +73,12 @@ class LabeledText:
 Record = TextRecord | Conversation | LabeledText
 
 
+def message_text(message: dict[str, Any]) -> str:
+    """A message's words for scanning and counting: its content, then its tool calls as JSON."""
+    calls = [json.dumps(call["function"], ensure_ascii=False) for call in message.get("tool_calls") or []]
+    return "\n".join(part for part in (message["content"], *calls) if part)
+
+
 def apply_field_mapping(row: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
     """Rename the user's columns to canonical names: fields = {canonical: user_column}."""
     if not fields:
