@@ -12,7 +12,7 @@ throughput  tokens/s of a LoRA and of a full training step on this machine, tune
 
 Needs `make real-model`. Results go to benchmarks/RESULTS.md by hand, with the machine and date.
 
-Usage: python benchmarks/bench_toolcall.py quality [--max-steps 150]
+Usage: python benchmarks/bench_toolcall.py quality [--max-steps 80]
        python benchmarks/bench_toolcall.py throughput [--steps 6 --warmup 2 --methods ours-lora hf-lora]
 """
 
@@ -33,7 +33,7 @@ EXAMPLE = REPO / "examples" / "instruct_toolcall_smollm2.yaml"
 FIGURES = ("tool_call_well_formed", "tool_call_name", "tool_call_arguments", "loss")
 METHODS = ("ours-lora", "hf-lora", "ours-full", "hf-full")
 MAX_LEN = 1024
-ROWS_PER_STEP = 4  # tunesmith: 4 packed rows of 1024 tokens per step
+ROWS_PER_STEP = 2  # tunesmith: 2 packed rows of 1024 tokens per step, as in the example
 
 
 def example_config(overrides: dict) -> dict:
@@ -208,7 +208,7 @@ def main() -> None:
     )
     parser.add_argument("mode", choices=("quality", "throughput", "one"))
     parser.add_argument("method", nargs="?", choices=METHODS, help=argparse.SUPPRESS)  # for `one`
-    parser.add_argument("--max-steps", type=int, default=150)
+    parser.add_argument("--max-steps", type=int, default=80)
     parser.add_argument("--max-tool-call-turns", type=int, default=50)
     parser.add_argument("--max-eval-examples", type=int, default=None, help="smoke runs only")
     parser.add_argument("--steps", type=int, default=6)
