@@ -31,9 +31,12 @@ test:
 test-fast:
 	$(PYTHON) -m pytest -q tests/unit
 
+# Style, the layering of DESIGN.md (import-linter contracts in pyproject.toml) and the types.
 lint:
 	ruff check src tests benchmarks scripts
 	ruff format --check src tests benchmarks scripts
+	lint-imports
+	mypy
 
 format:
 	ruff format src tests benchmarks scripts

@@ -178,7 +178,7 @@ def test_sharegpt_tool_calls_from_glaive(shared_dir):
     path = shared_dir / "datasets" / "glaive_toolcall_en_demo" / "train.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()[:40]]
     row = next(r for r in rows if any(t["from"] == "function_call" for t in r["conversations"]))
-    (record,) = list(normalize([(row, Source(str(path), 1))], "instruct"))
+    (record,) = list(normalize([(row, Source(str(path), 1))], "conversation"))
     assert record.tools and record.tools[0]["type"] == "function"
     calls = [m for m in record.messages if m.get("tool_calls")]
     expected = json.loads(next(t["value"] for t in row["conversations"] if t["from"] == "function_call"))
@@ -199,7 +199,7 @@ def test_sharegpt_tool_calls_from_glaive(shared_dir):
 def test_openai_tool_calls_with_string_arguments():
     row = {"messages": _tool_conversation(), "tools": [WEATHER]}
     row["messages"][2]["tool_calls"][0]["function"]["arguments"] = '{"city": "Paris"}'
-    (record,) = list(normalize([(row, Source("t.jsonl", 3))], "instruct"))
+    (record,) = list(normalize([(row, Source("t.jsonl", 3))], "conversation"))
     assert record.messages[2]["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
 
 
@@ -217,7 +217,7 @@ def test_openai_tool_calls_with_string_arguments():
 def test_bad_messages_name_the_line(message, error):
     row = {"messages": [{"role": "user", "content": "hi"}, message, {"role": "assistant", "content": "ok"}]}
     with pytest.raises(UserError, match=f"t.jsonl:9.*{error}"):
-        list(normalize([(row, Source("t.jsonl", 9))], "instruct"))
+        list(normalize([(row, Source("t.jsonl", 9))], "conversation"))
 
 
 def test_chat_template_from_a_jinja_file(tmp_path, shared_dir):
@@ -230,7 +230,7 @@ def test_chat_template_from_a_jinja_file(tmp_path, shared_dir):
 
 
 def test_data_doctor_counts_a_bare_tool_call_as_words():
-    from tunesmith.data.check import record_texts
+    from tunesmith.data.doctor.scan import record_texts
     from tunesmith.data.formats import Conversation
 
     _, _, turns = record_texts(Conversation(_tool_conversation(), tools=[WEATHER]))

@@ -23,7 +23,7 @@ def test_chatml_tools_template_on_glaive():
     template = resolve_chat_template(tokenizer, str(template_path))
     path = SHARED / "datasets" / "glaive_toolcall_en_demo" / "train.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()[:30]]
-    records = list(normalize([(row, Source(str(path), i + 1)) for i, row in enumerate(rows)], "instruct"))
+    records = list(normalize([(row, Source(str(path), i + 1)) for i, row in enumerate(rows)], "conversation"))
     for row, record in zip(rows, records, strict=True):
         samples = encode_conversations(tokenizer, template, record.messages, record.tools)
         assert len(samples) == 1  # this template renders prefix by prefix: one sample per conversation

@@ -6,10 +6,13 @@ import json
 import os
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import ModelConfig
 from tunesmith.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 EMBEDDED_MODEL_DIR = ASSETS_DIR / "base-model"
@@ -211,7 +214,7 @@ def load_causal_lm(path: str, config: ModelConfig, device: str) -> Any:
         else:
             model = AutoModelForCausalLM.from_pretrained(path, **model_load_kwargs(config, device))
     except pickle.UnpicklingError as exc:
-        raise unsafe_pickle_error(path, exc) from None
+        raise unsafe_pickle_error(path, exc) or exc from None
     except (OSError, ValueError) as exc:
         message = _first_line(exc)
         if "trust_remote_code" in message:
@@ -221,10 +224,10 @@ def load_causal_lm(path: str, config: ModelConfig, device: str) -> Any:
         raise UserError(f"model.name: could not load {path} ({message})") from None
     # With a cache, transformers stops detecting packed documents and they attend to each other.
     model.config.use_cache = False
-    return model.to(device)
+    return model.to(device)  # type: ignore[arg-type]  # transformers types .to() as a decorated method
 
 
-def load_gguf_causal_lm(folder: str, file_name: str, config: ModelConfig, device: str) -> Any:
+def load_gguf_causal_lm(folder: str, file_name: str, config: ModelConfig, device: str) -> PreTrainedModel:
     """A GGUF model dequantised into a plain trainable transformers model.
 
     transformers' own GGUF load marks the model as quantised: it refuses save_pretrained and PEFT
