@@ -4,7 +4,7 @@ PYTHON ?= python
 # On a GPU machine install the CUDA build you need first; `pip install -e .` then keeps it.
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-dev test test-fast lint format demo bench-cpu browser
+.PHONY: install install-dev test test-fast lint format demo bench-cpu browser gguf-tools
 
 install:
 	$(PYTHON) -m pip install --upgrade pip
@@ -13,6 +13,12 @@ install:
 
 install-dev: install browser
 	$(PYTHON) -m pip install -e ".[dev]"
+	$(MAKE) gguf-tools
+
+# llama.cpp's GGUF converter (MIT), taken from the llama-cpp-python sdist on PyPI into ~/.cache/tunesmith
+# (needed by `tunesmith export --format gguf`; nothing is built).
+gguf-tools:
+	$(PYTHON) -m tunesmith.export_gguf fetch
 
 # Headless Chromium for the report test (Debian); skipped quietly where apt is not ours to use.
 browser:
