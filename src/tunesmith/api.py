@@ -598,6 +598,27 @@ def merge_adapter(adapter_or_run: str | Path, out_dir: str | Path, console: Any 
     return export.write_directory(model, tokenizer, Path(out_dir), card, [info_file])
 
 
+def export_gguf(
+    model_or_run: str | Path,
+    out_dir: str | Path,
+    quant: str = "f16",
+    llama_cpp: str | Path | None = None,
+    console: Any = None,
+) -> Any:
+    """out_dir/model.gguf (llama.cpp's converter) + an Ollama Modelfile + the model card, checked
+    against the merged model before it is kept (see `tunesmith.export_gguf`)."""
+    from tunesmith import export_gguf as gguf_export
+
+    return gguf_export.export_gguf(model_or_run, out_dir, quant=quant, llama_cpp=llama_cpp, console=console)
+
+
+def serve(model_or_run: str, host: str = "127.0.0.1", port: int = 8000, **options: Any) -> None:
+    """Serve a trained model behind an OpenAI-compatible API until interrupted (`tunesmith.serve`)."""
+    from tunesmith import serve as server
+
+    server.serve(model_or_run, host=host, port=port, **options)
+
+
 def predict(
     model_or_run: str,
     data: str,

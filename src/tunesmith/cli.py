@@ -339,9 +339,7 @@ def export(
         from tunesmith import api
 
         if output_format == "gguf":
-            from tunesmith.export_gguf import export_gguf
-
-            result = export_gguf(run, out, quant=quant, llama_cpp=llama_cpp, console=_console())
+            result = api.export_gguf(run, out, quant=quant, llama_cpp=llama_cpp, console=_console())
             typer.echo(
                 f"parity check: GGUF == merged model (max |logit difference| {result.logit_error:.1e} of the "
                 f"largest logit, tolerance {result.tolerance}; greedy tokens identical)"
@@ -372,12 +370,12 @@ def serve(
     """Serve a trained model behind an OpenAI-compatible API (/v1/chat/completions, /v1/completions)."""
 
     def action() -> None:
-        from tunesmith.serve import serve as run_server
+        from tunesmith import api
 
         def ready(engine: Any, url: str) -> None:
             typer.echo(f"serving {engine.name!r} on {url} (Ctrl+C stops)", err=True)
 
-        run_server(run, host=host, port=port, api_key=api_key, device=device, name=name, on_ready=ready)
+        api.serve(run, host=host, port=port, api_key=api_key, device=device, name=name, on_ready=ready)
 
     _run(action)
 
