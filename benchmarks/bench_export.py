@@ -57,16 +57,20 @@ def smollm2_hf_dir(cache: Path) -> Path:
     return target
 
 
-def tunesmith_greedy(model_dir: Path, new_tokens: int) -> tuple[str, list[int]]:
+def tunesmith_greedy(model_dir: Path, new_tokens: int) -> tuple[str, list[int], set[int]]:
+    """tunesmith's greedy answer, the prompt ids and the end-of-turn ids."""
     from tunesmith import api
-    from tunesmith.data.templates import encode_prompt, resolve_chat_template
+    from tunesmith.data.templates import encode_prompt, end_of_turn_ids, resolve_chat_template
 
     loaded = api.load_for_inference(str(model_dir), device="cpu")
     text = api.generate(str(model_dir), PROMPT, max_new_tokens=new_tokens, loaded=loaded)
-    return text, encode_prompt(loaded[1], resolve_chat_template(loaded[1]), PROMPT)
+    template = resolve_chat_template(loaded[1])
+    return text, encode_prompt(loaded[1], template, PROMPT), set(end_of_turn_ids(loaded[1], template))
 
 
-def llama_cpp_greedy(gguf_file: Path, prompt_ids: list[int], tokenizer_text: str, new_tokens: int) -> dict:
+def llama_cpp_greedy(
+    gguf_file: Path, prompt_ids: list[int], rendered: str, stop_ids: set[int], new_tokens: int
+) -> dict:
     """llama.cpp's greedy answer to the same prompt ids and its tokenisation of the rendered prompt;
     {'available': False} when llama-cpp-python is not installed (building it takes many minutes)."""
     if importlib.util.find_spec("llama_cpp") is None:
@@ -74,14 +78,12 @@ def llama_cpp_greedy(gguf_file: Path, prompt_ids: list[int], tokenizer_text: str
     import llama_cpp
 
     llm = llama_cpp.Llama(model_path=str(gguf_file), n_ctx=512, verbose=False, seed=0)
-    own_ids = llm.tokenize(tokenizer_text.encode(), add_bos=False, special=True)
+    own_ids = llm.tokenize(rendered.encode(), add_bos=False, special=True)
     output: list[int] = []
     for token in llm.generate(prompt_ids, temp=0.0, top_k=1, reset=True):
-        if llm.token_is_eog(token) if hasattr(llm, "token_is_eog") else token == llm.token_eos():
+        if token in stop_ids or len(output) >= new_tokens:
             break
         output.append(token)
-        if len(output) >= new_tokens:
-            break
     return {
         "available": True,
         "version": llama_cpp.__version__,
@@ -116,7 +118,7 @@ def main() -> None:
         model_dir = Path(__file__).resolve().parents[1] / "src" / "tunesmith" / "assets" / "base-model"
     else:
         model_dir = Path(args.model)
-    reference_text, prompt_ids = tunesmith_greedy(model_dir, args.new_tokens)
+    reference_text, prompt_ids, stop_ids = tunesmith_greedy(model_dir, args.new_tokens)
     from transformers import AutoTokenizer
 
     rendered = AutoTokenizer.from_pretrained(model_dir).decode(prompt_ids)
@@ -133,7 +135,9 @@ def main() -> None:
                 "logit_error": result.logit_error,
                 "tolerance": result.tolerance,
                 "tunesmith_greedy": reference_text,
-                "llama_cpp": llama_cpp_greedy(result.gguf_file, prompt_ids, rendered, args.new_tokens),
+                "llama_cpp": llama_cpp_greedy(
+                    result.gguf_file, prompt_ids, rendered, stop_ids, args.new_tokens
+                ),
             }
             rows.append(row)
             print("RESULT " + json.dumps(row), flush=True)
