@@ -342,7 +342,7 @@ def export(
             result = api.export_gguf(run, out, quant=quant, llama_cpp=llama_cpp, console=_console())
             typer.echo(
                 f"parity check: GGUF == merged model (max |logit difference| {result.logit_error:.1e} of the "
-                f"largest logit, tolerance {result.tolerance}; greedy tokens identical)"
+                f"largest logit, tolerance {result.tolerance}; greedy tokens {result.greedy_check})"
             )
             typer.echo(f"GGUF model: {result.gguf_file} ({result.size_bytes / 1e6:.1f} MB, {result.quant})")
             return

@@ -292,6 +292,7 @@ class GgufExport:
     logit_error: float  # max |logit difference| / max |reference logit| on the probe batch
     tolerance: float
     greedy_tokens: list[int]
+    greedy_check: str  # "identical", or "identical up to a near-tie" (quantised only)
     layout: str | None  # the Ollama template layout, None when left to Ollama's detection
     stops: list[str]
     seconds: float
@@ -375,6 +376,7 @@ def check_parity(hf_dir: Path, gguf_file: Path, quant: str) -> dict[str, Any]:
         )
         greedy[name] = output[0, len(prompt) :].tolist()
     quantised = quant not in ("f32", "f16")
+    check = "identical" if greedy["reference"] == greedy["gguf"] else "identical up to a near-tie"
     if greedy["reference"] != greedy["gguf"] and not (
         quantised and _near_tie(reference, prompt, greedy, tolerance * scale)
     ):
@@ -382,7 +384,12 @@ def check_parity(hf_dir: Path, gguf_file: Path, quant: str) -> dict[str, Any]:
             f"{gguf_file.name}: greedy tokens {greedy['gguf']} differ from the merged model's {greedy['reference']}; "
             "nothing was written"
         )
-    return {"logit_error": error, "tolerance": tolerance, "greedy_tokens": greedy["reference"]}
+    return {
+        "logit_error": error,
+        "tolerance": tolerance,
+        "greedy_tokens": greedy["reference"],
+        "greedy_check": check,
+    }
 
 
 def _near_tie(reference: Any, prompt: list[int], greedy: dict[str, list[int]], margin: float) -> bool:
@@ -473,6 +480,7 @@ def export_gguf(
         logit_error=parity["logit_error"],
         tolerance=parity["tolerance"],
         greedy_tokens=parity["greedy_tokens"],
+        greedy_check=parity["greedy_check"],
         layout=layout.name if layout else None,
         stops=stops,
         seconds=time.perf_counter() - started,
@@ -490,7 +498,7 @@ def gguf_card(quant: str, parity: dict[str, Any], size: int, layout: str | None,
             f"({CONVERTER_PACKAGE} {CONVERTER_VERSION} sdist)",
             f"- parity check (read back with transformers): max |logit difference| {parity['logit_error']:.2e} "
             f"of the largest logit (tolerance {parity['tolerance']}), first {PROBE_NEW_TOKENS} greedy tokens "
-            "of a probe chat prompt identical",
+            f"of a probe chat prompt {parity['greedy_check']}",
             f"- Ollama: `ollama create NAME -f {MODELFILE}`; template: {layout or 'detected by Ollama'}; "
             f"stop tokens: {', '.join(f'`{s}`' for s in stops)}",
             f"- llama.cpp: `llama-cli -m {GGUF_FILE} -cnv` (the chat template is inside the file)",
