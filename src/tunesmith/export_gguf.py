@@ -43,11 +43,12 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
 }
-# max |logit difference| against the fp32 merged model. f16 rounds each weight to 11 significant
-# bits (relative error <= 2^-11); q8_0 stores blocks of 32 weights as int8 with one f16 scale
-# (relative error up to ~2^-8 per weight), so its tolerance is looser. Both are relative to the
-# largest |logit| of the reference, so they hold for small and large logit scales alike.
-LOGIT_TOLERANCE = {"f32": 1e-5, "f16": 5e-3, "q8_0": 6e-2}
+# max |logit difference| against the fp32 merged model, relative to the reference's largest |logit|
+# (so it holds for small and large logit scales alike), on a batch of random token ids. f16 rounds
+# each weight to 11 significant bits; q8_0 stores blocks of 32 weights as int8 with one scale, so its
+# tolerance is looser. Measured: SmolLM2-135M 4.2e-3 (f16) and 5.2e-2 (q8_0); the tiny test models
+# 2e-4 to 5e-4 (f16) and 6e-3 to 1.1e-2 (q8_0). The limits leave room for deeper models.
+LOGIT_TOLERANCE = {"f32": 1e-5, "f16": 2e-2, "q8_0": 1.5e-1}
 PROBE_MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Name three colours of the rainbow."},

@@ -72,7 +72,8 @@ def test_f16_gguf_reloads_with_the_merged_models_logits_and_greedy_tokens(lora_r
         scale = expected.abs().max()
         error = float((loaded(input_ids=input_ids).logits - expected).abs().max() / scale)
         adapter_effect = float((base(input_ids=input_ids).logits - expected).abs().max() / scale)
-    assert error < export_gguf.LOGIT_TOLERANCE["f16"] < adapter_effect  # close to merged, not to base
+    assert error < export_gguf.LOGIT_TOLERANCE["f16"]
+    assert adapter_effect > 10 * error  # the file is the merged model, not the base
     template = resolve_chat_template(tokenizer)
     prompt = torch.tensor([encode_prompt(tokenizer, template, CONVERSATION)])
     greedy = [
