@@ -194,3 +194,31 @@ def test_a_converter_folder_that_is_not_one_is_refused(lora_run, tmp_path):
         ],
     )
     assert result.exit_code == 2 and "--llama-cpp" in result.output
+
+
+def test_a_qwen3_model_exports_with_parity(tmp_path):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from ..conftest import _copy_tokenizer
+
+    model_dir = tmp_path / "qwen3"
+    model_dir.mkdir()
+    _copy_tokenizer(model_dir)
+    torch.manual_seed(0)
+    # head_dim 128 as in every released Qwen3 (transformers' GGUF reader assumes it for qwen3).
+    config = Qwen3Config(
+        vocab_size=len(AutoTokenizer.from_pretrained(model_dir)),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=128,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    Qwen3ForCausalLM(config).save_pretrained(model_dir)
+    result = export_gguf.export_gguf(model_dir, tmp_path / "out", quant="f16")
+    assert result.logit_error < export_gguf.LOGIT_TOLERANCE["f16"] and result.greedy_check == "identical"
+    reader = gguf.GGUFReader(result.gguf_file)
+    assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "qwen3"
