@@ -30,15 +30,26 @@ from transformers import DynamicCache
 DEFAULT_HOST = "127.0.0.1"  # localhost only: exposing a model is the user's explicit choice
 DEFAULT_PORT = 8000
 DEFAULT_MAX_TOKENS = 256
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
 # Requests (unknown OpenAI fields are accepted and ignored, as OpenAI-compatible servers do)
 
 
+class TextPart(BaseModel):
+    type: Literal["text"]  # a text-only model: image or audio parts are a 400
+    text: str
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Literal["system", "user", "assistant"]
-    content: str
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def as_message(self) -> dict[str, str]:
+        """The canonical {role, content}: `developer` is OpenAI's newer name for `system`."""
+        content = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": content}
 
 
 class _Sampling(BaseModel):
@@ -224,6 +235,17 @@ def _sampling(request: _Sampling, max_tokens: int | None) -> Sampling:
     return Sampling(max_tokens or DEFAULT_MAX_TOKENS, request.temperature, request.top_p, stops, request.seed)
 
 
+def _field_path(location: tuple) -> str | None:
+    """The dotted field path of a validation error ("messages.0.role"), without the leading "body"
+    and without the union member pydantic names ("str", "list[TextPart]")."""
+    parts = []
+    for part in location[1:]:
+        if isinstance(part, str) and (not part.isidentifier() or part in _TYPE_TAGS):
+            break
+        parts.append(str(part))
+    return ".".join(parts) or None
+
+
 def _sse(payload: dict[str, Any] | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
@@ -259,9 +281,14 @@ def build_app(engine: Engine, api_key: str | None = None) -> Any:
             return JSONResponse(
                 error_body("the request body is not valid JSON", "invalid_request_error"), 400
             )
-        location = [str(part) for part in first.get("loc", ()) if part != "body"]
-        param = ".".join(location) or None
-        message = f"{param + ': ' if param else ''}{first.get('msg', 'invalid request')}"
+        param = _field_path(first.get("loc", ()))
+        # A union field fails once per member: say all of what was expected, once.
+        reasons = dict.fromkeys(
+            e.get("msg", "") for e in exc.errors() if _field_path(e.get("loc", ())) == param
+        )
+        message = (
+            f"{param + ': ' if param else ''}{'; or '.join(r for r in reasons if r) or 'invalid request'}"
+        )
         return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
 
     @app.exception_handler(HTTPException)
@@ -291,7 +318,7 @@ def build_app(engine: Engine, api_key: str | None = None) -> Any:
     def chat(request: ChatRequest) -> Any:
         check_model(request.model)
         sampling = _sampling(request, request.max_completion_tokens or request.max_tokens)
-        prompt_ids = engine.chat_prompt([m.model_dump(include={"role", "content"}) for m in request.messages])
+        prompt_ids = engine.chat_prompt([m.as_message() for m in request.messages])
         engine.check_length(prompt_ids, sampling)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name}
         if request.stream:

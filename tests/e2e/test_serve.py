@@ -124,6 +124,22 @@ def test_chat_plain_and_streaming_equal_a_direct_generate(client, direct):
     assert chunks[-1].choices[0].finish_reason == answer.choices[0].finish_reason
 
 
+def test_content_parts_and_the_developer_role_are_understood(client, direct):
+    prompt = "Repeat the word blue 2 times."
+    parts = [{"type": "text", "text": "Repeat the word "}, {"type": "text", "text": "blue 2 times."}]
+    answer = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": parts}], max_tokens=8, temperature=0
+    )
+    assert answer.choices[0].message.content.strip() == direct(prompt, 8)
+    with_developer = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "developer", "content": "Be brief."}, {"role": "user", "content": prompt}],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert isinstance(with_developer.choices[0].message.content, str)
+
+
 def test_completions_plain_and_streaming(client):
     plain = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=8, temperature=0)
     streamed = client.completions.create(
@@ -167,6 +183,11 @@ def test_stop_strings_cut_the_answer(client):
         ),
         (b'{"model": "other", "messages": [{"role": "user", "content": "hi"}]}', 404, "model"),
         (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 3}', 400, "n"),
+        (
+            b'{"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}',
+            400,
+            "messages.0.content",
+        ),
     ],
 )
 def test_malformed_requests_get_openai_shaped_4xx_errors(server, client, body, status, param):
