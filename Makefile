@@ -18,7 +18,7 @@ install-dev: install browser
 # llama.cpp's GGUF converter (MIT), taken from the llama-cpp-python sdist on PyPI into ~/.cache/tunesmith
 # (needed by `tunesmith export --format gguf`; nothing is built).
 gguf-tools:
-	$(PYTHON) -m tunesmith.export_gguf fetch
+	$(PYTHON) -m tunesmith.export.converter fetch
 
 # Headless Chromium for the report test (Debian); skipped quietly where apt is not ours to use.
 browser:
@@ -32,9 +32,12 @@ test:
 test-fast:
 	$(PYTHON) -m pytest -q tests/unit
 
+# Style, the layering of DESIGN.md (import-linter contracts in pyproject.toml) and the types.
 lint:
 	ruff check src tests benchmarks scripts
 	ruff format --check src tests benchmarks scripts
+	lint-imports
+	mypy
 
 format:
 	ruff format src tests benchmarks scripts

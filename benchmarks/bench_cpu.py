@@ -82,9 +82,8 @@ def run_ours(sequences: list[list[int]], warmup: int, steps: int) -> dict:
     from tunesmith.config import Config
     from tunesmith.data.pack import RowSchedule, collate_rows, make_rows
     from tunesmith.data.tokenize import Example
-    from tunesmith.tasks import PreparedData
     from tunesmith.train.checkpoint import TrainerState
-    from tunesmith.train.fastpath import prepare_for_speed
+    from tunesmith.train.fastpath import choose_fast_path, compile_blocks
     from tunesmith.train.loop import LoopSettings, train_loop
     from tunesmith.train.loss import CausalLMLoss
     from tunesmith.train.optim import build_optimizer, build_scheduler
@@ -100,11 +99,12 @@ def run_ours(sequences: list[list[int]], warmup: int, steps: int) -> dict:
         }
     )
     rows = make_rows(examples, MAX_LEN, packing=True)
-    prepared = PreparedData(
-        train=examples, eval=[], rows=rows, collate=lambda r: collate_rows(r, examples, pad_id=0)
-    )
     model = build_model()
-    loss_module = prepare_for_speed(CausalLMLoss(model), prepared, config, "cpu", pad_id=0)
+    fast = choose_fast_path(config, "cpu", model, pad_id=0)
+    loss_module = CausalLMLoss(model, cross_entropy=fast.cross_entropy)
+    if fast.compile:
+        compile_blocks(loss_module)
+    collate = fast.wrap_collate(lambda r: collate_rows(r, examples, pad_id=0))
     optimizer = build_optimizer(loss_module, config.train, "cpu")
     total = warmup + steps
     scheduler = build_scheduler(optimizer, config.train, total)
@@ -115,7 +115,7 @@ def run_ours(sequences: list[list[int]], warmup: int, steps: int) -> dict:
     ]
 
     def step_batches(step: int) -> list[dict]:
-        return [prepared.collate([rows[i] for i in micro]) for micro in schedule.rows_for_step(step)]
+        return [collate([rows[i] for i in micro]) for micro in schedule.rows_for_step(step)]
 
     marks: dict[int, float] = {}
     losses: list[float] = []

@@ -33,13 +33,13 @@ def vocabulary() -> list[str]:
 
 
 def shingle_set(text: str) -> set[str]:
-    from tunesmith.data.check_scan import normalize_text, shingles
+    from tunesmith.data.doctor.detect import normalize_text, shingles
 
     return set(shingles(normalize_text(text)))
 
 
 def whole_text(row: dict) -> str:
-    """What the doctor fingerprints for an alpaca row (formats.to_record -> check.record_texts)."""
+    """What the doctor fingerprints for an alpaca row (formats.to_record -> doctor.scan.record_texts)."""
     return f"user: {row['instruction']}\nassistant: {row['output']}"
 
 
@@ -114,10 +114,20 @@ def generate(folder: Path, num_records: int, num_exact: int, num_near: int, num_
 
 def child(train: str, evaluation: str, threshold: float, out: str) -> None:
     """The measured part, in a fresh process: the full check as `tunesmith data check` runs it."""
-    from tunesmith.data.check import run_check
+    from tunesmith.config import ModelConfig
+    from tunesmith.data.doctor import run_check
+    from tunesmith.models.load import load_tokenizer, resolve_model_path
 
     started = time.perf_counter()
-    result, _ = run_check(train, evaluation, near_duplicate_threshold=threshold)
+    tokenizer = load_tokenizer(resolve_model_path("embedded"), ModelConfig(name="embedded"))
+    result, _ = run_check(
+        train,
+        evaluation,
+        kind="conversation",
+        task="instruct",
+        tokenizer=tokenizer,
+        near_duplicate_threshold=threshold,
+    )
     seconds = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
     removed = {f"{path}:{line}": reason for (path, line), reason in result.scans["train"].removed.items()}
@@ -127,7 +137,7 @@ def child(train: str, evaluation: str, threshold: float, out: str) -> None:
                 "seconds": seconds,
                 "peak_rss_mb": usage.ru_maxrss / 1024,
                 "cpu_seconds": usage.ru_utime + usage.ru_stime,
-                "report": result.report,
+                "report": result.report.to_dict(),
                 "removed": removed,
             }
         )

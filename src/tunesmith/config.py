@@ -277,11 +277,11 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return nested
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -317,7 +317,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Read a YAML config (or start from defaults) and apply dotted overrides."""
     values = read_yaml(path) if path is not None else {}
     if overrides:
-        values = _deep_merge(values, parse_overrides(overrides))
+        values = deep_merge(values, parse_overrides(overrides))
     return build_config(values, source=str(path) if path is not None else "overrides")
 
 

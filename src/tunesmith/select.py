@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,20 +24,22 @@ from typing import Any
 from tunesmith.config import Config, build_config, config_to_yaml
 from tunesmith.errors import UserError
 from tunesmith.models.memory import (
-    GIB,
     ModelShape,
     Setting,
+    available_memory,
     estimate_memory,
     format_size,
     parse_size,
     shape_from_config,
 )
+from tunesmith.progress import Progress
+from tunesmith.tasks import TASK_NAMES, FitContext, PreparedData, Task, get_task
+from tunesmith.train.rundir import atomic_write
 
 DEFAULT_SAMPLE = 64  # held-out examples scored per candidate
 THROUGHPUT_STEPS = 2  # timed training steps (after one warm-up step)
 PROBE_BATCH_SIZE = 2
 TINY_MODEL_PARAMS = 50e6  # below this, LoRA saves nothing worth having: train every weight
-ZERO_SHOT_PROMPT = "Text: {text}\nLabel:"
 
 
 @dataclass
@@ -80,15 +80,8 @@ def recommend_hyperparameters(
     max_seq_len: int | None,
 ) -> tuple[dict[str, Any], list[str]]:
     """(settings, reasoning lines) for the config."""
-    why = []
-    if task == "pretrain":
-        epochs = 2 if num_tokens < 1_000_000 else 1
-        why.append(
-            f"epochs {epochs}: {num_tokens:,} tokens of domain text ({'< 1M: two passes' if epochs == 2 else '>= 1M: one pass is enough'})"
-        )
-    else:
-        epochs = 3 if num_examples < 1000 else 2 if num_examples < 10_000 else 1
-        why.append(f"epochs {epochs}: {num_examples:,} training examples (< 1k: 3, < 10k: 2, else 1)")
+    epochs, why_epochs = get_task(task).recommend_epochs(num_examples, num_tokens)
+    why = [why_epochs]
     if method == "full":
         learning_rate = 5e-4 if params < TINY_MODEL_PARAMS else 2e-5
         why.append(
@@ -161,22 +154,10 @@ def _baseline(device: str) -> int | None:
     if device != "cpu":
         return None
     if "cpu" not in _BASELINE:
-        from tunesmith.models.memory import measure_cpu_baseline
+        from tunesmith.train.memory_probe import measure_cpu_baseline
 
         _BASELINE["cpu"] = measure_cpu_baseline()
     return _BASELINE["cpu"]
-
-
-def available_memory(device: str) -> int:
-    """GPU memory of device 0, or this machine's RAM (what a CPU run may use)."""
-    if device == "cuda":
-        import torch
-
-        return int(torch.cuda.get_device_properties(0).total_memory)
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 16 * GIB
 
 
 def parse_duration(text: str) -> float:
@@ -216,89 +197,8 @@ def _candidate_config(
     )
 
 
-def _trained_characters(prepared: Any, tokenizer: Any, task: str) -> int:
-    """Characters of the text whose tokens are trained: the same for every candidate (instruct:
-    the assistant replies of the held-out records), so loss per character compares tokenizers."""
-    if task == "instruct":
-        return sum(
-            len(m["content"]) for r in prepared.eval_records for m in r.messages if m["role"] == "assistant"
-        )
-    from tunesmith.data.templates import IGNORE_INDEX
-
-    total = 0
-    for index in range(len(prepared.eval)):
-        example = prepared.eval[index]
-        ids = [t for t in example.labels if t != IGNORE_INDEX]
-        total += len(tokenizer.decode(ids, skip_special_tokens=True))
-    return total
-
-
-def measure_lm_fit(
-    task_module: Any, model: Any, prepared: Any, tokenizer: Any, config: Config, device: str, task: str
-) -> dict[str, Any]:
-    """Loss on trained tokens of the held-out sample, per token and per character."""
-    loss_module = task_module.make_loss(model, config)
-    metrics = task_module.evaluate(
-        model, loss_module, prepared, tokenizer, config, device, "during", generate=False
-    )
-    if "loss" not in metrics:
-        raise UserError("the data has too few records to hold a sample out; give at least 2")
-    characters = max(1, _trained_characters(prepared, tokenizer, task))
-    tokens = int(metrics["num_tokens"])
-    return {
-        "loss": metrics["loss"],
-        "perplexity": metrics["perplexity"],
-        "num_tokens": tokens,
-        "num_characters": characters,
-        "loss_per_char": metrics["loss"] * tokens / characters,
-        "tokens_per_char": tokens / characters,
-    }
-
-
-def zero_shot_labels(
-    model: Any, tokenizer: Any, records: list[Any], names: list[str], device: str
-) -> dict[str, Any]:
-    """Score each label name as the continuation of a prompt; the label likelihoods normalised
-    over the label set give a zero-shot classifier: its accuracy and cross-entropy on the gold label."""
-    import torch
-
-    label_ids = [tokenizer(" " + name, add_special_tokens=False)["input_ids"] for name in names]
-    correct, cross_entropy, characters, prompt_tokens = 0, 0.0, 0, 0
-    model.eval()
-    with torch.no_grad():
-        for record in records:
-            prompt = tokenizer(ZERO_SHOT_PROMPT.format(text=record.text), add_special_tokens=False)[
-                "input_ids"
-            ][-448:]
-            characters += len(record.text)
-            prompt_tokens += len(tokenizer(record.text, add_special_tokens=False)["input_ids"])
-            scores = []
-            for ids in label_ids:
-                inputs = torch.tensor([prompt + ids], device=device)
-                logits = model(input_ids=inputs, use_cache=False).logits[0, len(prompt) - 1 : -1].float()
-                scores.append(
-                    float(
-                        torch.log_softmax(logits, -1)
-                        .gather(1, torch.tensor(ids, device=device)[:, None])
-                        .sum()
-                    )
-                )
-            log_probs = torch.log_softmax(torch.tensor(scores), 0)
-            gold = names.index(record.label if isinstance(record.label, str) else str(record.label))
-            correct += int(int(log_probs.argmax()) == gold)
-            cross_entropy -= float(log_probs[gold])
-    count = max(1, len(records))
-    return {
-        "zero_shot_accuracy": correct / count,
-        "label_loss": cross_entropy / count,
-        "loss_per_char": cross_entropy / count,  # ranked on: lower is better
-        "tokens_per_char": prompt_tokens / max(1, characters),
-        "num_examples": len(records),
-    }
-
-
 def measure_throughput(
-    task_module: Any, model_path: str, config: Config, prepared: Any, device: str
+    task: Task, model_path: str, config: Config, prepared: PreparedData, device: str
 ) -> tuple[float, float]:
     """(seconds per optimizer step, tokens per second) over a few real training steps."""
     import torch
@@ -306,8 +206,8 @@ def measure_throughput(
     from tunesmith.train.loss import batch_to_device
     from tunesmith.train.optim import build_optimizer
 
-    model = task_module.build_model(model_path, config, device, prepared)
-    loss_module = task_module.make_loss(model, config)
+    model = task.build_model(model_path, config, device, prepared)
+    loss_module = task.make_loss(model, config)
     optimizer = build_optimizer(loss_module, config.train, device)
     loss_module.train()
     num_rows = len(prepared.rows)
@@ -330,20 +230,15 @@ def measure_throughput(
     return elapsed / THROUGHPUT_STEPS, tokens / max(elapsed, 1e-9)
 
 
-def _lengths(prepared: Any) -> list[int]:
+def _lengths(prepared: PreparedData) -> list[int]:
     train = prepared.train
     if isinstance(train, list):
         return [len(e.input_ids) for e in train]
     return []
 
 
-def _num_tokens(prepared: Any) -> int:
-    stats = prepared.stats.get("train")
-    return int(getattr(stats, "num_tokens", 0) or 0)
-
-
-def _label_names(prepared: Any) -> list[str]:
-    return list(prepared.stats.get("labels") or [])
+def _num_tokens(prepared: PreparedData) -> int:
+    return int(prepared.stats.train.num_tokens or 0)
 
 
 def measure_candidate(
@@ -354,14 +249,13 @@ def measure_candidate(
     budget: int,
     sample: int,
     max_seq_len: int | None,
-    console: Any,
+    progress: Progress | None,
     target_device: str | None = None,
 ) -> Candidate:
     """Fill in fit, memory and throughput; on a load failure mark it skipped with the reason."""
     from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve_model_path
-    from tunesmith.tasks import get_task
 
-    task_module = get_task(task)
+    task_contract = get_task(task)
     try:
         candidate.path = resolve_model_path(candidate.name)
         config_file = Path(candidate.path) / "config.json"
@@ -377,15 +271,12 @@ def measure_candidate(
         seq_len = min(x for x in (max_seq_len or 512, candidate.context or 512) if x)
         config = _candidate_config(task, data, candidate.path, seq_len, sample, "full", device)
         tokenizer = load_tokenizer(candidate.path, config.model)
-        prepared = task_module.prepare_data(config, tokenizer)
-        if task == "classify":
-            model = load_causal_lm(candidate.path, config.model, device)
-            candidate.fit = zero_shot_labels(
-                model, tokenizer, prepared.eval_records[:sample], _label_names(prepared), device
-            )
-        else:
-            model = load_causal_lm(candidate.path, config.model, device)
-            candidate.fit = measure_lm_fit(task_module, model, prepared, tokenizer, config, device, task)
+        prepared = task_contract.prepare_data(config, tokenizer)
+        # Every candidate is probed as the plain causal LM it is: the task says how.
+        model = load_causal_lm(candidate.path, config.model, device)
+        candidate.fit = task_contract.measure_fit(
+            FitContext(model, prepared, tokenizer, config, device, sample)
+        )
         candidate.params = sum(p.numel() for p in model.parameters())
         del model
     except UserError as exc:
@@ -444,7 +335,7 @@ def measure_candidate(
             task, data, candidate.path, hyper["max_seq_len"], sample, probe_method, device
         )
         seconds, tokens_per_second = measure_throughput(
-            task_module, candidate.path, probe_config, prepared, device
+            task_contract, candidate.path, probe_config, prepared, device
         )
     except Exception as exc:  # timing is advisory; a failure here must not hide the fit figures
         seconds, tokens_per_second = 0.0, 0.0
@@ -592,14 +483,14 @@ def select(
     max_seq_len: int | None = None,
     sample: int = DEFAULT_SAMPLE,
     out_dir: str | Path | None = None,
-    console: Any = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Measure the candidates on the user's data and recommend one; see the module docstring."""
-    from tunesmith.api import quiet_libraries
     from tunesmith.models.catalog import filter_catalog, find, parse_count
+    from tunesmith.models.inference import quiet_libraries
 
-    if task not in ("instruct", "pretrain", "classify"):
-        raise UserError(f"--task {task!r}: use instruct, pretrain or classify")
+    if task not in TASK_NAMES:
+        raise UserError(f"--task {task!r}: use {', '.join(TASK_NAMES)}")
     quiet_libraries()
     if gpu_memory and cpu:
         raise UserError("--gpu-memory and --cpu: give one (the memory of the GPU you will train on, or CPU)")
@@ -644,11 +535,11 @@ def select(
             candidate.status, candidate.reason = "skipped", "excluded by --max-params/--license/--min-context"
             results.append(candidate)
             continue
-        if console is not None:
-            console.print(f"measuring {name} ...")
+        if progress is not None:
+            progress.message(f"measuring {name} ...")
         results.append(
             measure_candidate(
-                candidate, task, data, measure_device, budget, sample, max_seq_len, console, device
+                candidate, task, data, measure_device, budget, sample, max_seq_len, progress, device
             )
         )
     hub_skipped = [c.name for c in results if c.status == "skipped" and "not reachable" in c.reason]
@@ -700,14 +591,8 @@ def select(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        _write_atomic(out / "select.json", json.dumps(result, indent=2, default=str))
+        atomic_write(out / "select.json", json.dumps(result, indent=2, default=str))
         if result["recommendation"]:
-            _write_atomic(out / "config.yaml", result["recommendation"]["config_yaml"])
+            atomic_write(out / "config.yaml", result["recommendation"]["config_yaml"])
         result["out_dir"] = str(out)
     return result
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)

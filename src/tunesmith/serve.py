@@ -27,6 +27,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import DynamicCache
 
+from tunesmith.progress import NoProgress, Progress
+
 DEFAULT_HOST = "127.0.0.1"  # localhost only: exposing a model is the user's explicit choice
 DEFAULT_PORT = 8000
 DEFAULT_MAX_TOKENS = 256
@@ -431,9 +433,10 @@ def _generate_in_thread(
 
 def load_engine(model_or_run: str, device: str = "auto", name: str | None = None) -> Engine:
     """The engine for a run, adapter or model directory (an adapter stays unmerged)."""
-    from tunesmith import api
+    from tunesmith.models.inference import load_for_inference
+    from tunesmith.train.rundir import resolve_trained
 
-    model, tokenizer = api.load_for_inference(model_or_run, device=device)
+    model, tokenizer = load_for_inference(resolve_trained(model_or_run), model_or_run, device=device)
     path = Path(model_or_run).expanduser()
     return Engine(model, tokenizer, name or (path.resolve().name if path.exists() else model_or_run))
 
@@ -445,12 +448,11 @@ def serve(
     api_key: str | None = None,
     device: str = "auto",
     name: str | None = None,
-    on_ready: Any = None,
+    progress: Progress | None = None,
 ) -> None:
-    """Load the model and serve it until interrupted."""
+    """Load the model and serve it until interrupted; `progress` hears where it listens."""
     import uvicorn
 
     engine = load_engine(model_or_run, device=device, name=name)
-    if on_ready is not None:
-        on_ready(engine, f"http://{host}:{port}/v1")
+    (progress or NoProgress()).message(f"serving {engine.name!r} on http://{host}:{port}/v1 (Ctrl+C stops)")
     uvicorn.run(build_app(engine, api_key), host=host, port=port, log_level="warning", access_log=False)

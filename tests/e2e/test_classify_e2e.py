@@ -18,6 +18,7 @@ from tunesmith.config import build_config
 from tunesmith.data.labels import collate_inputs
 from tunesmith.models.load import load_tokenizer
 from tunesmith.tasks import classify
+from tunesmith.train.rundir import write_model_info
 
 from ..conftest import tiny_config, train_task_steps, write_jsonl
 
@@ -66,9 +67,8 @@ def test_reload_from_disk_gives_identical_probabilities(tiny_models, tmp_path, a
     final = tmp_path / "final"
     final.mkdir()
     classify.save_final(model, tokenizer, final, prepared, config)
-    (final / "tunesmith.json").write_text(
-        json.dumps({"task": "classify", "base_model": str(tiny_models[arch])})
-    )
+    # As the recipe does: the run's facts join the classifier's in the one metadata file.
+    write_model_info(final, {"task": "classify", "base_model": str(tiny_models[arch])})
     expected = probabilities(model, tokenizer, prepared)
 
     reloaded, reloaded_tokenizer, info = classify.load_classifier(final)
@@ -230,9 +230,9 @@ def test_multi_label_end_to_end(tiny_llama, tmp_path):
     prepared = classify.prepare_data(column_config, load_tokenizer(str(tiny_llama), column_config.model))
     assert [e.label for e in prepared.train[:3]] == [[0.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
     # The data doctor's pre-flight reads the label columns the same way (no format errors).
-    from tunesmith.data import check
+    from tunesmith.data import doctor
 
-    findings = check.preflight(column_config, prepared, None)
+    findings = doctor.preflight(column_config.data, prepared, "labeled", "classify").to_dict()
     assert findings["verdict"] != "not ready"
     assert not [f for f in findings["findings"] if f["id"] in ("schema", "no_usable_records")]
 

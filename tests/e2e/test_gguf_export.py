@@ -10,10 +10,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from typer.testing import CliRunner
 
-from tunesmith import api, export_gguf
+from tunesmith import api
 from tunesmith.cli import app
 from tunesmith.data.templates import encode_prompt, end_of_turn_ids, resolve_chat_template
 from tunesmith.errors import UserError
+from tunesmith.export import converter, modelfile
+from tunesmith.export import gguf as gguf_export
 
 from ..reliability.helpers import instruct_file, make_config
 from ..unit.test_gguf_modelfile import CONVERSATION, ollama_render
@@ -21,7 +23,7 @@ from ..unit.test_gguf_modelfile import CONVERSATION, ollama_render
 
 def _converter_present() -> bool:
     try:
-        export_gguf.find_converter()
+        converter.find_converter()
     except UserError:
         return False
     return True
@@ -72,7 +74,7 @@ def test_f16_gguf_reloads_with_the_merged_models_logits_and_greedy_tokens(lora_r
         scale = expected.abs().max()
         error = float((loaded(input_ids=input_ids).logits - expected).abs().max() / scale)
         adapter_effect = float((base(input_ids=input_ids).logits - expected).abs().max() / scale)
-    assert error < export_gguf.LOGIT_TOLERANCE["f16"]
+    assert error < gguf_export.LOGIT_TOLERANCE["f16"]
     assert adapter_effect > 10 * error  # the file is the merged model, not the base
     template = resolve_chat_template(tokenizer)
     prompt = torch.tensor([encode_prompt(tokenizer, template, CONVERSATION)])
@@ -104,7 +106,7 @@ def test_gguf_carries_the_trained_template_and_its_end_of_turn_token(lora_run, e
 def test_modelfile_template_and_stops_match_the_trained_template(lora_run, exported):
     tokenizer = AutoTokenizer.from_pretrained(lora_run.final_dir)
     template = resolve_chat_template(tokenizer)
-    parsed = export_gguf.parse_modelfile((exported / "Modelfile").read_text())
+    parsed = modelfile.parse_modelfile((exported / "Modelfile").read_text())
     assert parsed["from"] == "./model.gguf"
     for messages in (CONVERSATION, CONVERSATION[1:2]):
         expected = template.render(tokenizer, messages, add_generation_prompt=True)
@@ -116,10 +118,10 @@ def test_modelfile_template_and_stops_match_the_trained_template(lora_run, expor
 
 
 def test_q8_0_export_of_a_full_qwen2_model_stays_within_its_tolerance(tiny_models, tmp_path):
-    result = export_gguf.export_gguf(tiny_models["qwen2"], tmp_path / "q8", quant="q8_0")
+    result = gguf_export.export_gguf(tiny_models["qwen2"], tmp_path / "q8", quant="q8_0")
     assert result.gguf_file.is_file() and result.quant == "q8_0"
-    assert result.logit_error <= export_gguf.LOGIT_TOLERANCE["q8_0"]
-    f16 = export_gguf.export_gguf(tiny_models["qwen2"], tmp_path / "f16", quant="f16")
+    assert result.logit_error <= gguf_export.LOGIT_TOLERANCE["q8_0"]
+    f16 = gguf_export.export_gguf(tiny_models["qwen2"], tmp_path / "f16", quant="f16")
     assert f16.logit_error < result.logit_error  # quantising to 8 bits costs more than to 16
     assert result.size_bytes < f16.size_bytes
 
@@ -131,19 +133,19 @@ def test_a_corrupted_gguf_file_is_a_clear_error(lora_run, exported, tmp_path):
     data = (exported / "model.gguf").read_bytes()
     broken.write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="not a readable GGUF model"):
-        export_gguf.check_parity(hf_dir, broken, "f16")
+        gguf_export.check_parity(hf_dir, broken, "f16")
     broken.write_bytes(b"not a gguf file at all" * 10)
     with pytest.raises(UserError, match="not a readable GGUF model"):
-        export_gguf.check_parity(hf_dir, broken, "f16")
+        gguf_export.check_parity(hf_dir, broken, "f16")
 
 
 def test_failed_parity_leaves_nothing_written(lora_run, tmp_path, monkeypatch):
     out = tmp_path / "gguf"
     out.mkdir()
     (out / "keep.txt").write_text("an older export")
-    monkeypatch.setitem(export_gguf.LOGIT_TOLERANCE, "f16", 0.0)
+    monkeypatch.setitem(gguf_export.LOGIT_TOLERANCE, "f16", 0.0)
     with pytest.raises(UserError, match="differs from the merged model"):
-        export_gguf.export_gguf(lora_run.run_dir, out, quant="f16")
+        gguf_export.export_gguf(lora_run.run_dir, out, quant="f16")
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert not (tmp_path / "gguf.tmp").exists()
 
@@ -218,7 +220,7 @@ def test_a_qwen3_model_exports_with_parity(tmp_path):
         tie_word_embeddings=True,
     )
     Qwen3ForCausalLM(config).save_pretrained(model_dir)
-    result = export_gguf.export_gguf(model_dir, tmp_path / "out", quant="f16")
-    assert result.logit_error < export_gguf.LOGIT_TOLERANCE["f16"] and result.greedy_check == "identical"
+    result = gguf_export.export_gguf(model_dir, tmp_path / "out", quant="f16")
+    assert result.logit_error < gguf_export.LOGIT_TOLERANCE["f16"] and result.greedy_check == "identical"
     reader = gguf.GGUFReader(result.gguf_file)
     assert bytes(reader.fields["general.architecture"].parts[-1]).decode() == "qwen3"

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from tunesmith import api, export_gguf
+from tunesmith import api
 from tunesmith.data.templates import encode_prompt, end_of_turn_ids, resolve_chat_template
 from tunesmith.errors import UserError
+from tunesmith.export import converter
+from tunesmith.export import gguf as gguf_export
 
 from ..conftest import ASSETS
 from ..unit.test_gguf_modelfile import CONVERSATION
@@ -18,11 +20,11 @@ llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not ins
 @pytest.mark.slow
 def test_llama_cpp_runs_the_export_like_tunesmith(tmp_path):
     try:
-        export_gguf.find_converter()
+        converter.find_converter()
     except UserError:
         pytest.skip("llama.cpp's converter is not fetched (make gguf-tools)")
     model_dir = ASSETS / "base-model"  # a trained model: greedy answers are not near-ties
-    result = export_gguf.export_gguf(model_dir, tmp_path / "gguf", quant="f16")
+    result = gguf_export.export_gguf(model_dir, tmp_path / "gguf", quant="f16")
     model, tokenizer = api.load_for_inference(str(model_dir), device="cpu")
     template = resolve_chat_template(tokenizer)
     prompt = encode_prompt(tokenizer, template, CONVERSATION)

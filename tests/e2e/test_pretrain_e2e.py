@@ -114,7 +114,7 @@ def test_replay_mixes_general_blocks_into_training(tiny_llama, tmp_path):
     text = tokenizer.decode(replayed["input_ids"][0].tolist())
     assert "weather" in text and "harbour" not in text
     # Held-out documents are never in the training blocks.
-    held = set(prepared.extra["eval_blocks"].documents.tolist())
+    held = set(prepared.eval_blocks.documents.tolist())
     assert held and not held & set(domain.documents.tolist())
 
 
@@ -123,7 +123,7 @@ def test_jsonl_corpus_is_split_by_record(tiny_llama, tmp_path):
     train = write_jsonl(tmp_path / "records.jsonl", rows)
     config = build_config(pretrain_config(tiny_llama, train, tmp_path, "jsonl"))
     prepared = pretrain.prepare_data(config, load_tokenizer(str(tiny_llama), config.model))
-    assert prepared.stats["train"].num_documents == 30 and prepared.stats["eval"].num_documents == 10
+    assert prepared.stats.train.num_documents == 30 and prepared.stats.eval.num_documents == 10
     assert len(prepared.eval) > 0 and prepared.eval[0].labels[0] == -100
 
 

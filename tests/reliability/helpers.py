@@ -59,3 +59,24 @@ def all_text(directory: Path) -> str:
         if path.is_file():
             parts.append(path.read_bytes().decode("utf-8", errors="replace"))
     return "\n".join(parts)
+
+
+class RecordingProgress:
+    """A tunesmith.progress.Progress that keeps the messages and calls `on_step` after each step."""
+
+    def __init__(self, on_step: Any = None):
+        self.lines: list[str] = []
+        self.on_step = on_step
+
+    def start(self, total: int, done: int = 0, title: str = "train") -> None:
+        pass
+
+    def step(self, step: int, record: dict[str, Any]) -> None:
+        if self.on_step is not None:
+            self.on_step(step, record)
+
+    def message(self, text: str, level: str = "info") -> None:
+        self.lines.append(text)
+
+    def close(self) -> None:
+        pass

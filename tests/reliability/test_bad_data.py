@@ -79,7 +79,7 @@ def _mixed_lines(num_bad: int) -> list[str | bytes]:
 
 def test_skip_policy_skips_bad_records_and_counts_them(tiny_llama, tmp_path):
     prepared = _prepare(tiny_llama, tmp_path, _mixed_lines(4), data__on_error="skip", data__max_skipped=4)
-    skipped = prepared.stats["skipped_records"]
+    skipped = prepared.stats.skipped_records
     assert len(skipped) == 4
     assert [s.split(": ")[0].rsplit(":", 1)[1] for s in skipped] == ["5", "6", "7", "8"]
     assert len(prepared.train) + len(prepared.eval) == 12

@@ -16,7 +16,7 @@ from tunesmith.errors import TrainingInterrupted
 from tunesmith.train import loop as loop_module
 from tunesmith.train.loss import batch_to_device
 
-from .helpers import final_weights, instruct_file, make_config, step_records
+from .helpers import RecordingProgress, final_weights, instruct_file, make_config, step_records
 
 TOTAL_STEPS = 7
 # 18 rows, 2 held out -> 16 train rows (no packing); 2 x 2 rows per step -> 4 steps per epoch.
@@ -63,7 +63,7 @@ def _run(config, monkeypatch, resume=False, signal_after_step=None, signal_at_mi
 
     interrupted = None
     try:
-        api.train(config, resume=resume, on_step=on_step)
+        api.train(config, resume=resume, progress=RecordingProgress(on_step))
     except TrainingInterrupted as exc:
         interrupted = exc
     return seen.seen, interrupted

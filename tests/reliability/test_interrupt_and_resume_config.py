@@ -21,7 +21,7 @@ from tunesmith.errors import TrainingInterrupted, UserError
 from tunesmith.train.checkpoint import latest_checkpoint, list_checkpoints
 
 from ..conftest import tiny_config
-from .helpers import final_weights, instruct_file, make_config, step_records
+from .helpers import RecordingProgress, final_weights, instruct_file, make_config, step_records
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -143,21 +143,13 @@ def test_resume_with_incompatible_config_is_refused_with_the_keys(finished_run, 
     assert _snapshot(run_dir) == before  # nothing written
 
 
-class _Console:
-    def __init__(self):
-        self.lines: list[str] = []
-
-    def print(self, message="", *args, **kwargs):
-        self.lines.append(str(message))
-
-
 def test_resume_with_harmless_changes_warns_and_continues(finished_run):
     config, run_dir = finished_run
     values = config.model_dump(mode="json")
     values["train"]["max_steps"] = 3
     values["train"]["eval_every"] = 1
-    console = _Console()
-    result = api.train(build_config(values), resume=True, console=console)
+    console = RecordingProgress()
+    result = api.train(build_config(values), resume=True, progress=console)
     assert result.steps == 3
     warning = next(line for line in console.lines if "warning" in line)
     assert "train.max_steps" in warning and "train.eval_every" in warning
@@ -199,7 +191,7 @@ def test_sigint_in_process_stops_with_a_checkpoint(tiny_llama, tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(TrainingInterrupted) as interrupted:
-        api.train(config, on_step=on_step)
+        api.train(config, progress=RecordingProgress(on_step))
     assert Path(interrupted.value.checkpoint_dir).name == "step-000002"
     assert TrainingInterrupted.exit_code == 130
     # The handlers are restored: SIGINT is KeyboardInterrupt again outside training.

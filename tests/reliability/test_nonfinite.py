@@ -4,6 +4,7 @@ weights. A batch with zero supervised tokens never yields NaN."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -41,11 +42,11 @@ class PoisonedLoss(torch.nn.Module):
 def _train_poisoned(tiny_llama, tmp_path, monkeypatch, bad_calls, what, **overrides):
     holder = {}
 
-    def make_loss(model, config):
-        holder["loss"] = PoisonedLoss(CausalLMLoss(model), bad_calls, what)
+    def make_loss(model, config, cross_entropy=None):
+        holder["loss"] = PoisonedLoss(CausalLMLoss(model, cross_entropy=cross_entropy), bad_calls, what)
         return holder["loss"]
 
-    monkeypatch.setattr(instruct, "make_loss", make_loss)
+    monkeypatch.setattr(instruct, "TASK", dataclasses.replace(instruct.TASK, make_loss=make_loss))
     config = make_config(
         tiny_llama,
         instruct_file(tmp_path),

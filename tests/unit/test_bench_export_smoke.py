@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith import export_gguf
 from tunesmith.errors import UserError
+from tunesmith.export import converter
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_export.py"
 
@@ -18,7 +18,7 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_export.py"
 @pytest.mark.slow  # one conversion + parity check, ~20 s on a busy 2-core machine
 def test_bench_export_smoke_on_the_tiny_model() -> None:
     try:
-        export_gguf.find_converter()
+        converter.find_converter()
     except UserError:
         pytest.skip("llama.cpp's converter is not fetched (make gguf-tools)")
     command = [sys.executable, str(BENCH), "--model", "tiny", "--quant", "f16", "--new-tokens", "4"]

@@ -95,7 +95,7 @@ def test_class_weights_change_the_loss_as_computed_by_hand(tiny_llama, tmp_path)
     with torch.no_grad():
         out = loss_module(**{k: v for k, v in batch.items() if k != "num_targets"})
         logits = classifier_logits(model, batch["input_ids"], batch["attention_mask"])
-    names = prepared.extra["label_set"].names
+    names = prepared.label_set.names
     labels = batch["labels"].tolist()
     raw = [explicit[names[y]] for y in labels]
     per_example = F.cross_entropy(logits, batch["labels"], reduction="none").tolist()
@@ -181,5 +181,5 @@ def test_shipped_classify_configs_load_and_prepare(name, monkeypatch, request):
     assert config.task == "classify"
     tokenizer = load_tokenizer("src/tunesmith/assets/base-model", config.model)
     prepared = classify.prepare_data(config, tokenizer)
-    assert prepared.extra["label_set"].names == config.data.labels
-    assert prepared.stats["warnings"] == [] and len(prepared.eval) > 0
+    assert prepared.label_set.names == config.data.labels
+    assert prepared.stats.warnings == [] and len(prepared.eval) > 0

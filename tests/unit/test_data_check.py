@@ -2,23 +2,43 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import tiny_config, write_jsonl
 from tunesmith.cli import app
-from tunesmith.data import check_scan
-from tunesmith.data.check import run_check
+from tunesmith.data import doctor
+from tunesmith.data.doctor import detect
 from tunesmith.errors import UserError
 
 LONG_QUESTION = (
     "Summarise the maintenance schedule of the harbour crane including the weekly lubrication of the main "
     "hoist the monthly inspection of the wire ropes and the yearly load test by the certified inspector"
 )
+
+
+@functools.cache
+def embedded_tokenizer() -> Any:
+    from tunesmith.config import ModelConfig
+    from tunesmith.models.load import load_tokenizer, resolve_model_path
+
+    return load_tokenizer(resolve_model_path("embedded"), ModelConfig(name="embedded"))
+
+
+def run_check(data: str, *args: Any, **kwargs: Any) -> tuple[doctor.CheckResult, dict | None]:
+    """`tunesmith data check` as the CLI runs it: the task the data looks like, the embedded tokenizer."""
+    from tunesmith.tasks import TASK_NAMES, get_task
+
+    kind = doctor.detect_kind(data)
+    task = next(name for name in TASK_NAMES if get_task(name).record_kind == kind)
+    return doctor.run_check(data, *args, kind=kind, task=task, tokenizer=embedded_tokenizer(), **kwargs)
 
 
 def conversation(question: str, answer: str) -> dict:
@@ -48,7 +68,7 @@ def test_clean_dataset_is_ready(tmp_path: Path) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", clean_rows(60))
     evaluation = write_jsonl(tmp_path / "eval.jsonl", clean_rows(20, offset=100))
     result, _ = run_check(str(train), str(evaluation))
-    report = result.report
+    report = result.report.to_dict()
     assert report["verdict"] == "ready", report["findings"]
     assert {f["severity"] for f in report["findings"]} <= {"info"}
     assert report["stats"]["num_train"] == 60 and report["stats"]["num_eval"] == 20
@@ -120,7 +140,7 @@ def planted(tmp_path: Path) -> tuple[Path, Path, dict, dict]:
 def test_planted_problems_are_found_with_count_and_location(planted: tuple) -> None:
     train, evaluation, where, eval_where = planted
     result, _ = run_check(str(train), str(evaluation), max_seq_len=128)
-    report = result.report
+    report = result.report.to_dict()
     assert report["verdict"] == "not ready"
     single = [
         "malformed_rows",
@@ -184,7 +204,7 @@ def test_fix_writes_clean_copy_and_reasons_without_touching_input(planted: tuple
     assert len(kept_eval) == 20 and fixed["eval"]["removed"] == 2
     # The cleaned copy passes the format and duplicate checks.
     again, _ = run_check(str(out / "train.jsonl"), str(out / "eval.jsonl"), max_seq_len=128)
-    left = ids(again.report)
+    left = ids(again.report.to_dict())
     assert not left & {
         "malformed_rows",
         "schema",
@@ -213,7 +233,7 @@ def test_classify_labels(tmp_path: Path) -> None:
             {"text": "okay ish thing overall", "label": "neutral"},
         ],
     )
-    report = run_check(str(train), str(evaluation))[0].report
+    report = run_check(str(train), str(evaluation))[0].report.to_dict()
     assert report["task"] == "classify"
     assert report["stats"]["labels"]["train"] == {"positive": 40, "negative": 4}
     assert report["stats"]["labels"]["imbalance_ratio"] == 10.0
@@ -226,19 +246,19 @@ def test_classify_labels(tmp_path: Path) -> None:
     assert finding(report, "too_few_examples")["count"] == 2  # both classes under ~100 examples
 
     single = write_jsonl(tmp_path / "single.jsonl", [{"text": f"t {i}", "label": "a"} for i in range(5)])
-    assert finding(run_check(str(single))[0].report, "single_label")["severity"] == "error"
+    assert finding(run_check(str(single))[0].report.to_dict(), "single_label")["severity"] == "error"
 
 
 def test_size_rules_and_small_eval(tmp_path: Path) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", clean_rows(20))
     evaluation = write_jsonl(tmp_path / "eval.jsonl", clean_rows(25, offset=200))
-    report = run_check(str(train), str(evaluation))[0].report
+    report = run_check(str(train), str(evaluation))[0].report.to_dict()
     size = finding(report, "too_few_examples")
     assert size["severity"] == "warning" and size["count"] == 20
     assert "LIMA" in size["detail"] and "50" in size["detail"]
     small = finding(report, "small_eval")
     assert small["count"] == 25 and "10.0%" in small["detail"]  # sqrt(0.25 / 25)
-    no_eval = run_check(str(train))[0].report
+    no_eval = run_check(str(train))[0].report.to_dict()
     assert "no_eval" in ids(no_eval) and no_eval["stats"]["num_eval"] == 0
 
 
@@ -248,7 +268,7 @@ def test_pretrain_folder_is_detected_and_counted(tmp_path: Path) -> None:
     (folder / "a.txt").write_text("The pump must be primed before use. " * 50)
     (folder / "b.md").write_text("# Valves\nClose the valve slowly. " * 30)
     (folder / "c.txt").write_text("The pump must be primed before use. " * 50)  # duplicate document
-    report = run_check(str(folder))[0].report
+    report = run_check(str(folder))[0].report.to_dict()
     assert report["task"] == "pretrain" and report["stats"]["num_train"] == 3
     assert finding(report, "exact_duplicates")["examples"] == [str(folder / "c.txt")]
     assert finding(report, "too_few_examples")["count"] == report["stats"]["tokens"]["train"]["total"]
@@ -266,7 +286,7 @@ def test_target_inputs_under_covered(tmp_path: Path) -> None:
         )
         + "\n"
     )
-    report = run_check(str(train), target=str(target))[0].report
+    report = run_check(str(train), target=str(target))[0].report.to_dict()
     uncovered = finding(report, "uncovered_inputs")
     assert uncovered["count"] == 9 and uncovered["examples"][0] == f"{target}:2"
     assert uncovered["severity"] == "warning"
@@ -287,13 +307,13 @@ def test_near_duplicate_threshold_and_lsh_recall() -> None:
         words = text.split()
         words[-2] = "changed"
         copies.append(" ".join(words))
-    signatures = check_scan.minhash_signatures(texts + copies, num_perm=128)
-    pairs = {tuple(p) for p in check_scan.similar_pairs(signatures, 0.8).tolist()}
+    signatures = detect.minhash_signatures(texts + copies, num_perm=128)
+    pairs = {tuple(p) for p in detect.similar_pairs(signatures, 0.8).tolist()}
     planted_pairs = {(i, 400 + i) for i in range(100)}
     assert len(planted_pairs & pairs) >= 95
     assert len(pairs - planted_pairs) == 0
-    assert len(check_scan.similar_pairs(signatures[:400], 0.8)) == 0
-    assert np.array_equal(check_scan.minhash_signatures(texts[:3], 128), signatures[:3])  # deterministic
+    assert len(detect.similar_pairs(signatures[:400], 0.8)) == 0
+    assert np.array_equal(detect.minhash_signatures(texts[:3], 128), signatures[:3])  # deterministic
 
 
 @pytest.mark.parametrize(
@@ -309,7 +329,7 @@ def test_near_duplicate_threshold_and_lsh_recall() -> None:
     ],
 )
 def test_sensitive_patterns(text: str, kinds: list[str]) -> None:
-    assert [kind for kind, _ in check_scan.find_sensitive(text)] == kinds
+    assert [kind for kind, _ in detect.find_sensitive(text)] == kinds
 
 
 def test_cli_exit_codes_and_json(tmp_path: Path, planted: tuple) -> None:
@@ -354,7 +374,7 @@ def test_preflight_blocks_before_the_model_loads(tiny_llama: Path, tmp_path: Pat
     def no_model(*args, **kwargs):
         raise AssertionError("the model must not load when the data check fails")
 
-    monkeypatch.setattr(instruct, "build_model", no_model)
+    monkeypatch.setattr(instruct, "TASK", dataclasses.replace(instruct.TASK, build_model=no_model))
     rows = clean_rows(60)
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     evaluation = write_jsonl(tmp_path / "eval.jsonl", clean_rows(5, offset=100) + [rows[9]])
@@ -368,10 +388,24 @@ def test_preflight_blocks_before_the_model_loads(tiny_llama: Path, tmp_path: Pat
 
 
 def test_preflight_warnings_are_saved_in_the_run(tiny_llama: Path, tmp_path: Path) -> None:
-    from rich.console import Console
-
     from tunesmith import api
     from tunesmith.config import build_config
+
+    class Messages:
+        def __init__(self) -> None:
+            self.lines: list[str] = []
+
+        def start(self, total: int, done: int = 0, title: str = "train") -> None:
+            pass
+
+        def step(self, step: int, record: dict) -> None:
+            pass
+
+        def message(self, text: str, level: str = "info") -> None:
+            self.lines.append(f"{level}: {text}")
+
+        def close(self) -> None:
+            pass
 
     rows = clean_rows(60)
     rows.append(rows[0])  # an exact duplicate: a warning, not a blocker
@@ -379,10 +413,83 @@ def test_preflight_warnings_are_saved_in_the_run(tiny_llama: Path, tmp_path: Pat
     config = build_config(
         tiny_config(tiny_llama, train, tmp_path / "runs", data__check=True, data__eval_fraction=0.0)
     )
-    console = Console(record=True, width=200)
-    result = api.train(config, console=console)
+    messages = Messages()
+    result = api.train(config, progress=messages)
     saved = json.loads((result.run_dir / "eval" / "data_check.json").read_text())
     assert saved["verdict"] == "ready with warnings"
     assert finding(saved, "exact_duplicates")["examples"] == [f"{train}:61"]
-    printed = console.export_text()
+    printed = "\n".join(messages.lines)
     assert "data warning" in printed and f"{train}:61" in printed
+
+
+def test_terminal_lines_name_file_and_line_unbroken_at_80_columns(tmp_path: Path) -> None:
+    deep = tmp_path / "a_rather_long_folder_name_for_the_data" / "another_nested_folder_with_a_long_name"
+    deep.mkdir(parents=True)
+    rows = clean_rows(60)
+    rows.append(rows[2])  # line 61 repeats line 3
+    train = write_jsonl(deep / "customer_support_conversations_train.jsonl", rows)
+    assert len(f"{train}:61: warning: exact duplicates in train") > 80
+    result = CliRunner().invoke(app, ["data", "check", str(train)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert f"{train}:61: warning: exact duplicates in train" in lines
+    assert "data check: info: no eval split" in lines
+    table = lines.index(next(line for line in lines if line.lstrip().startswith("data check (instruct)")))
+    assert all(len(line) <= 80 for line in lines[table:])  # the summary table fits the terminal
+    assert lines[-1] == "verdict: ready with warnings"
+
+
+def test_finding_lines_one_per_place() -> None:
+    from tunesmith.ui import finding_lines
+
+    report = doctor.CheckReport(
+        "not ready",
+        "instruct",
+        [
+            doctor.Finding("emails", "warning", "e-mail addresses", 7, ("a.jsonl:3", "b.jsonl:9"), "..."),
+            doctor.Finding("no_eval", "info", "no eval split", 0, (), "..."),
+        ],
+    )
+    assert finding_lines(report) == [
+        "a.jsonl:3: warning: e-mail addresses",
+        "b.jsonl:9: warning: e-mail addresses (and 5 more)",
+        "data check: info: no eval split",
+    ]
+
+
+def test_checks_follow_the_record_kind_not_the_task_name(tmp_path: Path) -> None:
+    rows = [{"text": f"item {i} is fine", "label": "ok"} for i in range(5)]
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    result, _ = doctor.run_check(str(train), kind="labeled", task="any-name", tokenizer=embedded_tokenizer())
+    assert result.report.task == "any-name"
+    assert {f.id for f in result.report.findings} >= {"single_label"}  # label checks: labeled records
+    with pytest.raises(UserError):
+        doctor.run_check(str(train), kind="pictures", task="x")
+
+
+def test_findings_html_is_escaped_and_shared_with_the_run_report(tmp_path: Path) -> None:
+    from tunesmith.report.findings import findings_page, render_findings
+
+    check = {
+        "verdict": "not ready",
+        "task": "instruct",
+        "stats": {"num_train": 3, "num_eval": 0},
+        "findings": [
+            {
+                "id": "x",
+                "severity": "error",
+                "title": "<script>alert(1)</script>",
+                "count": 1234,
+                "examples": ["a<b>.jsonl:2", {"line": 9}],
+                "detail": "fix & retry",
+            },
+            "not a finding",
+        ],
+    }
+    fragment = render_findings(check)
+    assert "<script>" not in fragment and "&lt;script&gt;" in fragment
+    assert "a&lt;b&gt;.jsonl:2" in fragment and "fix &amp; retry" in fragment and "1,234" in fragment
+    assert 'class="verdict bad"' in fragment
+    page = findings_page(check)
+    assert page.startswith("<!doctype html>") and "Data check: not ready" in page and fragment in page
+    assert "No findings." in render_findings({"verdict": "ready", "findings": []})

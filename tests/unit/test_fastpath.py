@@ -10,8 +10,8 @@ from torch import nn
 
 from tunesmith.data.pack import collate_rows
 from tunesmith.data.tokenize import Example
-from tunesmith.train.fastpath import compile_blocks, fused_linear_cross_entropy, static_collate
-from tunesmith.train.loss import CausalLMLoss, chunked_cross_entropy
+from tunesmith.train.fastpath import choose_fast_path, compile_blocks, static_collate
+from tunesmith.train.loss import CausalLMLoss, chunked_cross_entropy, fused_linear_cross_entropy
 
 
 def _loss_and_grads(function, head: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor, chunk: int):
@@ -98,8 +98,8 @@ def test_compiled_blocks_train_like_eager() -> None:
     collate = static_collate(lambda rows: collate_rows(rows, examples, pad_id=0), 64, pad_id=0)
     eager_model = _tiny_llama()
     compiled_model = copy.deepcopy(eager_model)
-    eager, compiled = CausalLMLoss(eager_model), CausalLMLoss(compiled_model)
-    compiled.cross_entropy = fused_linear_cross_entropy
+    eager = CausalLMLoss(eager_model)
+    compiled = CausalLMLoss(compiled_model, cross_entropy=fused_linear_cross_entropy)
     assert len(compile_blocks(compiled)) == 2
     optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-2) for m in (eager_model, compiled_model)]
     for rows in ([0, 1], [2, 3], [4, 5]):
@@ -115,3 +115,35 @@ def test_compiled_blocks_train_like_eager() -> None:
         assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     # Parameter names are untouched: checkpoints of a compiled run load into an eager model.
     assert compiled_model.state_dict().keys() == eager_model.state_dict().keys()
+
+
+def _config(compile: bool):
+    from tunesmith.config import build_config
+
+    return build_config(
+        {
+            "task": "instruct",
+            "model": {"name": "embedded"},
+            "data": {"train": "x.jsonl", "max_seq_len": 48},
+            "train": {"compile": compile},
+        }
+    )
+
+
+def test_the_fast_path_is_a_choice_the_loss_and_collate_are_built_with() -> None:
+    model = _tiny_llama()
+    plain = choose_fast_path(_config(False), "cpu", model, pad_id=0)
+    # CPU: the pure-PyTorch fused cross-entropy; no compile, batches exactly as the task makes them.
+    assert plain.cross_entropy is fused_linear_cross_entropy and not plain.compile
+    examples = [Example([5, 6, 7], [-100, 6, 7]), Example([8, 9], [-100, 9])]
+
+    def collate(rows):
+        return collate_rows(rows, examples, pad_id=0)
+
+    assert plain.wrap_collate(collate) is collate
+    assert CausalLMLoss(model, cross_entropy=plain.cross_entropy).cross_entropy is fused_linear_cross_entropy
+    static = choose_fast_path(_config(True), "cpu", model, pad_id=0)
+    assert static.compile and static.wrap_collate(collate)([[0, 1]])["input_ids"].shape == (1, 48)
+    # Soft-capped logits keep the chunked path, the only one applying the cap.
+    model.config.final_logit_softcapping = 30.0
+    assert choose_fast_path(_config(False), "cpu", model, pad_id=0).cross_entropy is chunked_cross_entropy

@@ -12,9 +12,9 @@ import jinja2
 import pytest
 from transformers import AutoTokenizer
 
-from tunesmith import export_gguf
 from tunesmith.data.templates import ChatTemplate, end_of_turn_ids, resolve_chat_template
 from tunesmith.errors import UserError
+from tunesmith.export import converter, modelfile
 
 from ..conftest import ASSETS
 
@@ -91,7 +91,7 @@ def tokenizer():
 def test_the_go_template_renders_what_the_trained_template_renders(tokenizer, template, layout_name):
     chat = ChatTemplate(template, "config") if template else resolve_chat_template(tokenizer)
     bos = tokenizer.bos_token or ""
-    layout = export_gguf.match_layout(lambda m, g: chat.render(tokenizer, m, add_generation_prompt=g), bos)
+    layout = modelfile.match_layout(lambda m, g: chat.render(tokenizer, m, add_generation_prompt=g), bos)
     assert layout is not None and layout.name == layout_name
     go = layout.go_template()
     for messages in (CONVERSATION, CONVERSATION[1:], CONVERSATION[1:2]):
@@ -103,9 +103,9 @@ def test_the_go_template_renders_what_the_trained_template_renders(tokenizer, te
 def test_a_template_with_no_go_equivalent_is_left_to_ollama(tokenizer):
     odd = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
     chat = ChatTemplate(odd, "config")
-    assert export_gguf.match_layout(lambda m, g: chat.render(tokenizer, m, add_generation_prompt=g)) is None
-    text = export_gguf.modelfile(None, ["<|im_end|>"], None)
-    parsed = export_gguf.parse_modelfile(text)
+    assert modelfile.match_layout(lambda m, g: chat.render(tokenizer, m, add_generation_prompt=g)) is None
+    text = modelfile.modelfile(None, ["<|im_end|>"], None)
+    parsed = modelfile.parse_modelfile(text)
     assert (
         parsed["template"] is None and parsed["from"] == "./model.gguf" and parsed["stops"] == ["<|im_end|>"]
     )
@@ -114,8 +114,8 @@ def test_a_template_with_no_go_equivalent_is_left_to_ollama(tokenizer):
 def test_modelfile_stops_are_the_templates_end_of_turn_tokens(tokenizer):
     chat = resolve_chat_template(tokenizer)
     stops = [tokenizer.convert_ids_to_tokens(i) for i in end_of_turn_ids(tokenizer, chat)]
-    layout = export_gguf.match_layout(lambda m, g: chat.render(tokenizer, m, add_generation_prompt=g))
-    parsed = export_gguf.parse_modelfile(export_gguf.modelfile(layout.go_template(), stops, layout.name))
+    layout = modelfile.match_layout(lambda m, g: chat.render(tokenizer, m, add_generation_prompt=g))
+    parsed = modelfile.parse_modelfile(modelfile.modelfile(layout.go_template(), stops, layout.name))
     assert "<|im_end|>" in parsed["stops"] and set(parsed["stops"]) == set(stops)
     assert parsed["template"] == layout.go_template()
 
@@ -123,12 +123,12 @@ def test_modelfile_stops_are_the_templates_end_of_turn_tokens(tokenizer):
 def test_pre_tokenizer_fallback_recognises_only_what_llama_cpp_implements(tmp_path):
     def write(pre):
         (tmp_path / "tokenizer.json").write_text(json.dumps({"pre_tokenizer": pre}))
-        return export_gguf._pre_tokenizer_by_structure(tmp_path)
+        return converter._pre_tokenizer_by_structure(tmp_path)
 
     assert write({"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}) == "gpt2"
     split = {
         "type": "Split",
-        "pattern": {"Regex": export_gguf._SPLIT_PATTERNS["qwen2"]},
+        "pattern": {"Regex": converter._SPLIT_PATTERNS["qwen2"]},
         "behavior": "Isolated",
     }
     byte_level = {"type": "ByteLevel", "use_regex": False}
@@ -139,15 +139,15 @@ def test_pre_tokenizer_fallback_recognises_only_what_llama_cpp_implements(tmp_pa
 
 
 def test_a_missing_converter_says_how_to_get_it(tmp_path):
-    with pytest.raises(UserError, match="python -m tunesmith.export_gguf fetch"):
-        export_gguf.find_converter(tmp_path / "nowhere")
+    with pytest.raises(UserError, match="python -m tunesmith.export.converter fetch"):
+        converter.find_converter(tmp_path / "nowhere")
 
 
 def _sdist(path: Path, files: dict[str, str]) -> Path:
     with tarfile.open(path, "w:gz") as archive:
         for name, text in files.items():
             data = text.encode()
-            info = tarfile.TarInfo(f"llama_cpp_python-{export_gguf.CONVERTER_VERSION}/{name}")
+            info = tarfile.TarInfo(f"llama_cpp_python-{converter.CONVERTER_VERSION}/{name}")
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
     return path
@@ -165,8 +165,8 @@ def test_fetch_keeps_only_the_converter_from_the_sdist(tmp_path):
             "llama_cpp/__init__.py": "# not wanted",
         },
     )
-    target = export_gguf.fetch_converter(tmp_path / "cache", sdist=sdist)
-    assert export_gguf.find_converter(target) == target
+    target = converter.fetch_converter(tmp_path / "cache", sdist=sdist)
+    assert converter.find_converter(target) == target
     kept = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
     assert kept == [
         "LICENSE",
@@ -180,5 +180,5 @@ def test_fetch_keeps_only_the_converter_from_the_sdist(tmp_path):
 def test_fetch_refuses_an_archive_without_the_converter(tmp_path):
     sdist = _sdist(tmp_path / "other.tar.gz", {"README.md": "hello"})
     with pytest.raises(UserError, match="no vendor/llama.cpp/convert_hf_to_gguf.py"):
-        export_gguf.fetch_converter(tmp_path / "cache", sdist=sdist)
+        converter.fetch_converter(tmp_path / "cache", sdist=sdist)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "cache.partial").exists()

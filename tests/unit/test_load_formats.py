@@ -32,7 +32,7 @@ def write_all_types(folder):
 
 def test_every_file_type_in_a_folder(tmp_path):
     folder = write_all_types(tmp_path / "data")
-    records = load_records(str(folder), "instruct")
+    records = load_records(str(folder), "conversation")
     assert len(records) == 2 + 2 + 2 + 1 + 2
     assert all(isinstance(r, Conversation) for r in records)
     by_file = {r.source.path.rsplit("/", 1)[-1]: r for r in records}
@@ -43,17 +43,17 @@ def test_every_file_type_in_a_folder(tmp_path):
 
 def test_globs_and_lists(tmp_path):
     folder = write_all_types(tmp_path / "data")
-    assert len(load_records(str(folder / "*.jsonl"), "instruct")) == 2
-    assert len(load_records([str(folder / "a.jsonl"), str(folder / "d.tsv")], "instruct")) == 3
+    assert len(load_records(str(folder / "*.jsonl"), "conversation")) == 2
+    assert len(load_records([str(folder / "a.jsonl"), str(folder / "d.tsv")], "conversation")) == 3
     with pytest.raises(UserError, match="matches no file"):
-        load_records(str(folder / "*.xml"), "instruct")
+        load_records(str(folder / "*.xml"), "conversation")
 
 
 def test_binary_file_is_refused(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_bytes(b"\x00\x01\x02binary")
     with pytest.raises(UserError, match="binary"):
-        load_records(str(path), "instruct")
+        load_records(str(path), "conversation")
 
 
 def test_hub_dataset_names_go_through_datasets(monkeypatch):
@@ -64,7 +64,7 @@ def test_hub_dataset_names_go_through_datasets(monkeypatch):
         return [{"prompt": "Say hi.", "completion": "Hi."}]
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    records = load_records("someorg/some-set:validation", "instruct")
+    records = load_records("someorg/some-set:validation", "conversation")
     assert calls["args"] == ("someorg/some-set", "validation")
     assert records[0].messages[-1] == {"role": "assistant", "content": "Hi."}
     assert str(records[0].source) == "hub:someorg/some-set[validation]:1"
@@ -76,4 +76,4 @@ def test_unreachable_hub_dataset_is_a_clear_error(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     with pytest.raises(UserError, match="not a local file.*hub"):
-        load_records("someorg/some-set", "instruct")
+        load_records("someorg/some-set", "conversation")

@@ -13,10 +13,10 @@ from tunesmith.models.memory import (
     GIB,
     Setting,
     estimate_memory,
-    measure_training_peak,
     parse_size,
     shape_from_config,
 )
+from tunesmith.train.memory_probe import measure_training_peak
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])

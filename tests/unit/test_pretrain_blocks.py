@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from tunesmith.config import ModelConfig
+from tunesmith.data.blocks import BlockRows, Blocks, TrainBlocks, collate_blocks
 from tunesmith.data.cache import TokenCache
 from tunesmith.data.templates import IGNORE_INDEX
 from tunesmith.models.load import load_causal_lm
-from tunesmith.tasks.pretrain import BlockRows, Blocks, TrainBlocks, collate_blocks, split_documents
+from tunesmith.tasks.pretrain import split_documents
 from tunesmith.train.loss import CausalLMLoss
 
 EOS = 0

@@ -73,7 +73,7 @@ ROWS_PER_FORMAT = {
 @pytest.mark.parametrize("fmt", sorted(ROWS_PER_FORMAT))
 def test_each_format_is_detected_and_masked(tokenizer, fmt):
     row = ROWS_PER_FORMAT[fmt]
-    (record,) = list(normalize([(row, Source("data.jsonl", 7))], "instruct"))
+    (record,) = list(normalize([(row, Source("data.jsonl", 7))], "conversation"))
     assert record.source == Source("data.jsonl", 7)
     template = resolve_chat_template(tokenizer)
     input_ids, labels = encode_conversation(tokenizer, template, record.messages)
@@ -87,7 +87,7 @@ def test_each_format_is_detected_and_masked(tokenizer, fmt):
 def test_field_mapping_and_explicit_format(tokenizer):
     rows = [({"question": "Say hi.", "answer": "Hi there."}, Source("qa.csv", 2))]
     (record,) = list(
-        normalize(rows, "instruct", fmt="alpaca", fields={"instruction": "question", "output": "answer"})
+        normalize(rows, "conversation", fmt="alpaca", fields={"instruction": "question", "output": "answer"})
     )
     assert record.messages == [
         {"role": "user", "content": "Say hi."},

@@ -28,13 +28,14 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tunesmith.data.formats import normalize
+from tunesmith.data.formats import TextRecord, normalize
 from tunesmith.data.load import (
     ROW_SUFFIXES,
     TEXT_SUFFIXES,
@@ -47,6 +48,7 @@ from tunesmith.data.load import (
     parse_json_line,
 )
 from tunesmith.errors import UserError
+from tunesmith.progress import Progress
 
 CACHE_FORMAT_VERSION = 1
 TOKENS_FILE = "tokens.bin"
@@ -266,7 +268,8 @@ def iter_documents(
         rows = _iter_jsonl_text(path, policy, warnings, advance)
     else:
         rows = iter_file_rows(path, policy)
-    for record in normalize(rows, "pretrain", fmt, fields, None, policy):
+    for record in normalize(rows, "text", fmt, fields, None, policy):
+        assert isinstance(record, TextRecord)  # the "text" kind gives TextRecords only
         yield record.text, True
     if source.kind == "rows" and path.suffix.lower() not in (".jsonl", ".ndjson"):
         advance(source.size)
@@ -466,7 +469,7 @@ def load_or_build(
     fields: dict[str, str] | None = None,
     policy: ErrorPolicy | None = None,
     what: str = "data.train",
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> TokenCache:
     """The cache entry for this corpus and tokenizer: reused when complete, else built now."""
     started = time.perf_counter()
@@ -551,28 +554,23 @@ def load_or_build(
     return entry
 
 
-class _build_progress:
-    """A rich progress bar over the corpus bytes while tokenizing (or nothing when turned off)."""
+@contextmanager
+def _build_progress(
+    progress: Progress | None, total_bytes: int, what: str
+) -> Iterator[Callable[[int], None]]:
+    """Reports the corpus bytes tokenized so far to `progress` (nothing when there is none)."""
+    if progress is None:
+        yield lambda num_bytes: None
+        return
+    done = 0
 
-    def __init__(self, enabled: bool, total_bytes: int, what: str):
-        self.enabled, self.total, self.what = enabled, total_bytes, what
+    def advance(num_bytes: int) -> None:
+        nonlocal done
+        done += num_bytes
+        progress.step(done, {})
 
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda num_bytes: None
-        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn(f"[bold]tokenizing {self.what}"),
-            BarColumn(),
-            DownloadColumn(),
-            TimeRemainingColumn(),
-            transient=True,
-        )
-        self.progress.__enter__()
-        task = self.progress.add_task("tokenize", total=self.total or None)
-        return lambda num_bytes: self.progress.advance(task, num_bytes)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self.progress.__exit__(*exc)
+    progress.start(total_bytes, 0, f"tokenizing {what}")
+    try:
+        yield advance
+    finally:
+        progress.close()

@@ -33,10 +33,11 @@ FORMAT_FIELDS = {
     "text": ("text",),
     "labeled": ("text", "label"),
 }
-TASK_FORMATS = {
-    "instruct": ("messages", "sharegpt", "alpaca", "prompt_completion"),
-    "pretrain": ("text",),
-    "classify": ("labeled",),
+# The formats of each kind of canonical record (a task's Task.record_kind names one).
+KIND_FORMATS = {
+    "conversation": ("messages", "sharegpt", "alpaca", "prompt_completion"),
+    "text": ("text",),
+    "labeled": ("labeled",),
 }
 
 
@@ -61,6 +62,7 @@ class LabeledText:
 
 
 Record = TextRecord | Conversation | LabeledText
+RECORD_KINDS: dict[type, str] = {Conversation: "conversation", TextRecord: "text", LabeledText: "labeled"}
 
 
 def apply_field_mapping(row: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
@@ -74,9 +76,10 @@ def apply_field_mapping(row: dict[str, Any], fields: dict[str, str]) -> dict[str
     return mapped
 
 
-def detect_format(row: dict[str, Any], task: str, source: Source) -> str:
+def detect_format(row: dict[str, Any], kind: str, source: Source) -> str:
+    """The format of a row meant to become a `kind` record (see KIND_FORMATS)."""
     keys = set(row)
-    for name in TASK_FORMATS[task]:
+    for name in KIND_FORMATS[kind]:
         if name == "messages" and "messages" in keys:
             messages = row["messages"]
             if (
@@ -89,11 +92,11 @@ def detect_format(row: dict[str, Any], task: str, source: Source) -> str:
             return "messages"
         if all(f in keys for f in FORMAT_FIELDS[name]):
             return name
-    if task == "instruct" and "conversations" in keys:
+    if kind == "conversation" and "conversations" in keys:
         return "sharegpt"
-    expected = " or ".join("+".join(FORMAT_FIELDS[n]) for n in TASK_FORMATS[task])
+    expected = " or ".join("+".join(FORMAT_FIELDS[n]) for n in KIND_FORMATS[kind])
     raise UserError(
-        f"{source}: cannot tell the {task} data format from the fields {sorted(keys)}; expected {expected}. "
+        f"{source}: cannot tell the {kind} data format from the fields {sorted(keys)}; expected {expected}. "
         "Rename your columns with data.fields (e.g. data.fields.output=answer) or set data.format"
     )
 
@@ -192,7 +195,7 @@ def to_record(row: dict[str, Any], fmt: str, source: Source, system_prompt: str 
 
 def normalize(
     rows: Iterable[tuple[dict[str, Any], Source]],
-    task: str,
+    kind: str,
     fmt: str = "auto",
     fields: dict[str, str] | None = None,
     system_prompt: str | None = None,
@@ -201,15 +204,16 @@ def normalize(
     """Detect the format on the first row (unless given) and convert every row."""
     policy = policy or ErrorPolicy()
     fields = fields or {}
-    if fmt != "auto" and fmt not in TASK_FORMATS[task]:
+    if fmt != "auto" and fmt not in KIND_FORMATS[kind]:
         raise UserError(
-            f"config key `data.format`: {fmt!r} does not fit task {task!r}; use one of {', '.join(TASK_FORMATS[task])}"
+            f"config key `data.format`: {fmt!r} does not fit this task's {kind} records; "
+            f"use one of {', '.join(KIND_FORMATS[kind])}"
         )
     detected = None if fmt == "auto" else fmt
     for row, source in rows:
         row = apply_field_mapping(row, fields)
         if detected is None:
-            detected = detect_format(row, task, source)
+            detected = detect_format(row, kind, source)
         try:
             yield to_record(row, detected, source, system_prompt)
         except ValueError as exc:
@@ -218,7 +222,7 @@ def normalize(
 
 def load_records(
     spec: str | list[str],
-    task: str,
+    kind: str,
     fmt: str = "auto",
     fields: dict[str, str] | None = None,
     system_prompt: str | None = None,
@@ -229,7 +233,7 @@ def load_records(
     from tunesmith.data.load import iter_rows
 
     policy = policy or ErrorPolicy()
-    records = list(normalize(iter_rows(spec, policy, what), task, fmt, fields, system_prompt, policy))
+    records = list(normalize(iter_rows(spec, policy, what), kind, fmt, fields, system_prompt, policy))
     if not records:
         shown = spec if isinstance(spec, str) else ", ".join(spec)
         raise UserError(f"{what}: no usable records in {shown}; the data is empty")

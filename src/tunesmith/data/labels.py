@@ -154,6 +154,7 @@ def class_weights(label_set: LabelSet, setting: str | dict[str, float], num_exam
         present = [n for n in names if counts[n]]
         weights = [num_examples / (len(present) * counts[n]) if counts[n] else 1.0 for n in names]
     else:
+        assert not isinstance(setting, str), "the config schema allows 'none', 'balanced' or a mapping"
         unknown = [k for k in setting if str(k) not in names]
         if unknown:
             raise UserError(

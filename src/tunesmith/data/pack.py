@@ -13,6 +13,7 @@ import bisect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -49,7 +50,7 @@ def make_rows(examples: Sequence[Example], max_seq_len: int, packing: bool) -> l
 
 def collate_rows(
     rows: Sequence[Sequence[int]], examples: Sequence[Example], pad_id: int, length: int | None = None
-) -> dict[str, torch.Tensor]:
+) -> dict[str, Any]:
     """Batch tensors for packed rows: input_ids, labels, position_ids [batch, length]."""
     row_lengths = [sum(len(examples[i].input_ids) for i in row) for row in rows]
     length = length or max(row_lengths)
@@ -117,7 +118,7 @@ class RowSchedule:
     def rows_for_step(self, step: int) -> list[list[int]]:
         """Row indices for each micro-batch of optimizer step `step` (0-based)."""
         start = step * self.rows_per_step
-        stream = []
+        stream: list[int] = []
         epoch, offset = divmod(start, self.num_rows)
         permutation = self._permutation(epoch)
         while len(stream) < self.rows_per_step:

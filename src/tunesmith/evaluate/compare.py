@@ -23,6 +23,25 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def format_number(value: Any) -> str:
+    """A number as people read it: thousands separated, about four significant digits ('–' for none)."""
+    number = _number(value)
+    if number is None:
+        return "–" if value is None else str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    magnitude = abs(number)
+    if magnitude >= 1000:
+        return f"{number:,.0f}"
+    if magnitude >= 100:
+        return f"{number:.1f}"
+    if magnitude >= 1 or magnitude == 0:
+        return f"{number:.3f}"
+    if magnitude >= 1e-3:
+        return f"{number:.4f}"
+    return f"{number:.2e}"
+
+
 def direction(metric: str) -> str:
     """'lower', 'higher' or 'neutral': which way this metric improves."""
     name = metric.rsplit(".", 1)[-1]

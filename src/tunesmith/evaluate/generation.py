@@ -43,3 +43,21 @@ def generate_reply(
     )
     model.train(was_training)
     return tokenizer.decode(output[0, len(prompt_ids) :], skip_special_tokens=True).strip()
+
+
+def reply_to(
+    model: Any,
+    tokenizer: Any,
+    prompt: str | list[dict[str, str]],
+    system: str | None = None,
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+) -> str:
+    """The assistant's reply to `prompt` (a string or a list of messages), through the chat template."""
+    from tunesmith.data.templates import resolve_chat_template
+
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
+    template = resolve_chat_template(tokenizer)
+    return generate_reply(model, tokenizer, template, messages, max_new_tokens, temperature)

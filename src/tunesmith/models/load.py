@@ -137,7 +137,7 @@ def load_causal_lm(path: str, config: ModelConfig, device: str) -> Any:
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **model_load_kwargs(config, device))
     except pickle.UnpicklingError as exc:
-        raise unsafe_pickle_error(path, exc) from None
+        raise unsafe_pickle_error(path, exc) or exc from None
     except (OSError, ValueError) as exc:
         message = _first_line(exc)
         if "trust_remote_code" in message:
@@ -147,4 +147,4 @@ def load_causal_lm(path: str, config: ModelConfig, device: str) -> Any:
         raise UserError(f"model.name: could not load {path} ({message})") from None
     # With a cache, transformers stops detecting packed documents and they attend to each other.
     model.config.use_cache = False
-    return model.to(device)
+    return model.to(device)  # type: ignore[arg-type]  # transformers types .to() as a decorated method

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from tunesmith.config import Config
 from tunesmith.data.formats import LabeledText, normalize
@@ -32,11 +34,21 @@ from tunesmith.data.tokenize import Example
 from tunesmith.errors import UserError
 from tunesmith.models.adapters import apply_adapter
 from tunesmith.models.heads import classifier_logits, load_sequence_classifier
-from tunesmith.tasks import PreparedData, hold_out
-from tunesmith.train.loss import ClassificationLoss, batch_to_device, weighted_classification_loss
+from tunesmith.progress import Progress
+from tunesmith.tasks import DataStats, EvalContext, FitContext, Phase, PreparedData, Task, hold_out, lm_epochs
+from tunesmith.train.loss import (
+    ClassificationLoss,
+    CrossEntropy,
+    batch_to_device,
+    weighted_classification_loss,
+)
+from tunesmith.train.rundir import MODEL_INFO_FILE, read_model_info, write_model_info
 
-LABELS_FILE = "labels.json"  # in final/: label order, multi-label and threshold, for predict
+if TYPE_CHECKING:
+    from tunesmith.tasks import TrainedModel
+
 MAX_REPORTED_EXAMPLES = 200  # per-example predictions kept in eval/*.json
+ZERO_SHOT_PROMPT = "Text: {text}\nLabel:"  # select's zero-shot probe of a base model
 
 
 def load_labeled(spec: str | list[str], config: Config, policy: ErrorPolicy, what: str) -> list[LabeledText]:
@@ -46,7 +58,7 @@ def load_labeled(spec: str | list[str], config: Config, policy: ErrorPolicy, wha
         rows = columns_to_label_lists(rows, data.label_columns)
     # One format only, so a missing column is reported as such, with the mapping that fixes it.
     fmt = "labeled" if data.format == "auto" else data.format
-    records = list(normalize(rows, "classify", fmt, data.fields, None, policy))
+    records = list(normalize(rows, "labeled", fmt, data.fields, None, policy))
     if not records:
         shown = spec if isinstance(spec, str) else ", ".join(spec)
         raise UserError(f"{what}: no usable records in {shown}; the data is empty")
@@ -79,7 +91,9 @@ def _label_warnings(label_set: LabelSet) -> list[str]:
     return warnings
 
 
-def prepare_data(config: Config, tokenizer: Any) -> PreparedData:
+def prepare_data(
+    config: Config, tokenizer: PreTrainedTokenizerBase, progress: Progress | None = None
+) -> PreparedData:
     data = config.data
     if data.train is None:
         raise UserError("config key `data.train` is missing; point it at your labelled data (text + label)")
@@ -105,34 +119,32 @@ def prepare_data(config: Config, tokenizer: Any) -> PreparedData:
         eval=evaluation,
         rows=[[i] for i in range(len(train))],
         collate=lambda rows: collate_labeled(rows, train, pad_id, weights, data.multi_label),
-        stats={
-            "train": train_stats,
-            "eval": eval_stats,
-            "skipped_records": list(policy.skipped),
-            "labels": label_set.names,
-            "class_weights": weights,
-            "warnings": warnings,
-        },
+        stats=DataStats(
+            train_stats,
+            eval_stats,
+            skipped_records=list(policy.skipped),
+            warnings=warnings,
+            labels=label_set.names,
+            class_weights=weights,
+        ),
+        pad_id=pad_id,
         eval_records=eval_records,
-        extra={
-            "label_set": label_set,
-            "class_weights": weights,
-            "pad_token_id": pad_id,
-            "vocab_size": len(tokenizer),
-        },
+        label_set=label_set,
+        class_weights=weights,
+        vocab_size=len(tokenizer),
     )
 
 
-def build_model(model_path: str, config: Config, device: str, prepared: PreparedData) -> Any:
-    extra = prepared.extra
+def build_model(model_path: str, config: Config, device: str, prepared: PreparedData) -> TrainedModel:
+    assert prepared.label_set is not None, "classify's prepare_data sets the label set"
     model, new_modules = load_sequence_classifier(
         model_path,
         config.model,
         device,
-        extra["label_set"].names,
-        extra["pad_token_id"],
+        prepared.label_set.names,
+        prepared.pad_id,
         config.data.multi_label,
-        extra["vocab_size"],
+        prepared.vocab_size,
     )
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -143,7 +155,8 @@ def build_model(model_path: str, config: Config, device: str, prepared: Prepared
     return apply_adapter(model, config.adapter, task_type="SEQ_CLS", modules_to_save=new_modules or None)
 
 
-def make_loss(model: Any, config: Config) -> torch.nn.Module:
+def make_loss(model: nn.Module, config: Config, cross_entropy: CrossEntropy | None = None) -> nn.Module:
+    """The class-weighted loss on the head's logits (`cross_entropy`, an LM-head choice, is unused)."""
     return ClassificationLoss(model, config.data.multi_label, config.data.threshold)
 
 
@@ -184,31 +197,26 @@ def decide(probs: torch.Tensor, multi_label: bool, threshold: float) -> list[Any
     return probs.argmax(dim=-1).tolist()
 
 
-def evaluate(
-    model: Any,
-    loss: torch.nn.Module,
-    prepared: PreparedData,
-    tokenizer: Any,
-    config: Config,
-    device: str,
-    phase: str = "after",
-    generate: bool = True,
-) -> dict[str, Any]:
+def evaluate(ctx: EvalContext, phase: Phase = "after") -> dict[str, Any]:
     """Loss, accuracy, macro-F1, per-class scores and confusion matrix on the eval split,
     next to the majority-class baseline; per-example predictions (capped) except during training."""
     from tunesmith.evaluate.metrics import classification_metrics, majority_baseline, multilabel_metrics
 
+    prepared, config = ctx.prepared, ctx.config
     if not prepared.eval:
         return {}
     data = config.data
-    label_set: LabelSet = prepared.extra["label_set"]
+    label_set = prepared.label_set
+    assert label_set is not None and prepared.class_weights is not None
     names = label_set.names
-    logits = predict_logits(model, prepared.eval, tokenizer.pad_token_id, config.train.batch_size, device)
-    labels, weights = label_tensors(prepared.eval, prepared.extra["class_weights"], data.multi_label)
+    logits = predict_logits(
+        ctx.model, prepared.eval, ctx.tokenizer.pad_token_id, config.train.batch_size, ctx.device
+    )
+    labels, weights = label_tensors(prepared.eval, prepared.class_weights, data.multi_label)
     sums = weighted_classification_loss(logits, labels, weights, data.multi_label, data.threshold)
     probs = probabilities(logits, data.multi_label)
     predicted = decide(probs, data.multi_label, data.threshold)
-    gold = [e.label if not data.multi_label else [int(v) for v in e.label] for e in prepared.eval]
+    gold: list[Any] = [e.label if not data.multi_label else [int(v) for v in e.label] for e in prepared.eval]
     scores = (multilabel_metrics if data.multi_label else classification_metrics)(gold, predicted, names)
     metrics: dict[str, Any] = {
         "loss": float(sums["loss_sum"] / sums["num_targets"].clamp(min=1e-12)),
@@ -223,7 +231,7 @@ def evaluate(
         metrics["labels_not_in_train"] = sorted(label_set.only_in_eval)
     if phase != "during":
         metrics["examples"] = _example_rows(
-            prepared.eval_records, gold, predicted, probs, names, data.multi_label
+            cast(list[LabeledText], prepared.eval_records), gold, predicted, probs, names, data.multi_label
         )
     return metrics
 
@@ -243,7 +251,7 @@ def _example_rows(
         if multi_label:
             label = [n for n, on in zip(names, gold[index], strict=True) if on]
             guess = [n for n, on in zip(names, predicted[index], strict=True) if on]
-            confidence = [round(float(p), 4) for p in probs[index]]
+            confidence: float | list[float] = [round(float(p), 4) for p in probs[index]]
         else:
             label, guess = names[gold[index]], names[predicted[index]]
             confidence = round(float(probs[index, predicted[index]]), 4)
@@ -260,22 +268,126 @@ def _example_rows(
     return rows
 
 
-def save_final(model: Any, tokenizer: Any, out_dir: Path, prepared: PreparedData, config: Config) -> None:
+def save_final(
+    model: TrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: Path,
+    prepared: PreparedData,
+    config: Config,
+) -> None:
     """A PEFT adapter directory with the head (LoRA) or a full model directory, the tokenizer,
-    and labels.json (label order, multi-label, threshold, column mapping) for `tunesmith predict`."""
-    model.save_pretrained(out_dir, safe_serialization=True)
+    and the labels (label order, multi-label, threshold, column mapping) for `tunesmith predict`."""
+    model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     data = config.data
     info = {
-        "labels": prepared.extra["label_set"].names,
+        "labels": prepared.stats.labels,
         "multi_label": data.multi_label,
         "threshold": data.threshold,
         "fields": data.fields,
         "label_columns": data.label_columns,
         "max_seq_len": data.max_seq_len,
-        "pad_token_id": prepared.extra["pad_token_id"],
+        "pad_token_id": prepared.pad_id,
     }
-    (out_dir / LABELS_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    write_model_info(out_dir, info)  # final/tunesmith.json, with the run's task and base model
+
+
+def load_for_eval(target: Path, name: str, config: Config, device: str, prepared: PreparedData) -> nn.Module:
+    """A trained classifier with its head; a base model gets a fresh, seeded head (training's "before")."""
+    if "labels" in read_model_info(target):
+        model: nn.Module = load_classifier(target, device)[0]
+        return model
+    from tunesmith.models.load import resolve_model_path
+
+    torch.manual_seed(config.train.seed)
+    return build_model(resolve_model_path(name), config, device, prepared)
+
+
+def trained_data_settings(target: Path) -> dict[str, Any]:
+    """The data settings a trained classifier fixes for evaluation: its label order."""
+    labels = read_model_info(target).get("labels")
+    return {"labels": labels} if labels else {}
+
+
+def preview_label(prepared: PreparedData, example: Example) -> Any:
+    """Label names, not head indices."""
+    if prepared.label_set is None or example.label is None:
+        return example.label
+    names = prepared.label_set.names
+    if isinstance(example.label, list):
+        return (
+            [n for n, on in zip(names, example.label, strict=True) if on] if example.label else example.label
+        )
+    return names[example.label]
+
+
+def measure_fit(ctx: FitContext) -> dict[str, Any]:
+    """select's probe: zero-shot label likelihoods of the base model on the held-out sample."""
+    records = [r for r in ctx.prepared.eval_records if isinstance(r, LabeledText)][: ctx.sample]
+    return zero_shot_labels(
+        ctx.model, ctx.tokenizer, records, list(ctx.prepared.stats.labels or []), ctx.device
+    )
+
+
+def zero_shot_labels(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    records: list[LabeledText],
+    names: list[str],
+    device: str,
+) -> dict[str, Any]:
+    """Score each label name as the continuation of a prompt; the label likelihoods normalised
+    over the label set give a zero-shot classifier: its accuracy and cross-entropy on the gold label."""
+    label_ids = [tokenizer(" " + name, add_special_tokens=False)["input_ids"] for name in names]
+    correct, cross_entropy, characters, prompt_tokens = 0, 0.0, 0, 0
+    model.eval()
+    with torch.no_grad():
+        for record in records:
+            prompt = tokenizer(ZERO_SHOT_PROMPT.format(text=record.text), add_special_tokens=False)[
+                "input_ids"
+            ][-448:]
+            characters += len(record.text)
+            prompt_tokens += len(tokenizer(record.text, add_special_tokens=False)["input_ids"])
+            scores = []
+            for ids in label_ids:
+                inputs = torch.tensor([prompt + ids], device=device)
+                logits = model(input_ids=inputs, use_cache=False).logits[0, len(prompt) - 1 : -1].float()
+                scores.append(
+                    float(
+                        torch.log_softmax(logits, -1)
+                        .gather(1, torch.tensor(ids, device=device)[:, None])
+                        .sum()
+                    )
+                )
+            log_probs = torch.log_softmax(torch.tensor(scores), 0)
+            gold = names.index(record.label if isinstance(record.label, str) else str(record.label))
+            correct += int(int(log_probs.argmax()) == gold)
+            cross_entropy -= float(log_probs[gold])
+    count = max(1, len(records))
+    return {
+        "zero_shot_accuracy": correct / count,
+        "label_loss": cross_entropy / count,
+        "loss_per_char": cross_entropy / count,  # ranked on: lower is better
+        "tokens_per_char": prompt_tokens / max(1, characters),
+        "num_examples": len(records),
+    }
+
+
+TASK = Task(
+    name="classify",
+    record_kind="labeled",
+    prepare_data=prepare_data,
+    build_model=build_model,
+    make_loss=make_loss,
+    evaluate=evaluate,
+    save_final=save_final,
+    load_for_eval=load_for_eval,
+    measure_fit=measure_fit,
+    trained_data_settings=trained_data_settings,
+    recommend_epochs=lm_epochs,
+    preview_label=preview_label,
+    has_forgetting_probe=False,  # a classifier's head has no next-token perplexity to lose
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,16 +395,16 @@ def save_final(model: Any, tokenizer: Any, out_dir: Path, prepared: PreparedData
 
 
 def load_classifier(final_dir: Path, device: str = "cpu") -> tuple[Any, Any, dict[str, Any]]:
-    """(model, tokenizer, labels.json) of a trained classifier directory (adapter or full model)."""
+    """(model, tokenizer, the labels' metadata) of a trained classifier directory (adapter or full model)."""
     from tunesmith.config import ModelConfig
     from tunesmith.models.load import load_tokenizer, resolve_model_path
 
-    labels_file = final_dir / LABELS_FILE
-    if not labels_file.is_file():
+    info = read_model_info(final_dir)  # also reads labels.json of runs by earlier versions
+    if "labels" not in info:
         raise UserError(
-            f"{final_dir}: no {LABELS_FILE}; `tunesmith predict` needs a run trained with task: classify"
+            f"{final_dir}: no classifier labels in {MODEL_INFO_FILE}; `tunesmith predict` needs a run "
+            "trained with task: classify"
         )
-    info = json.loads(labels_file.read_text(encoding="utf-8"))
     tokenizer = load_tokenizer(str(final_dir), ModelConfig(name=str(final_dir)))
     adapter_config = final_dir / "adapter_config.json"
     base = (
@@ -363,7 +475,10 @@ def predict_rows(
     from tunesmith.data.labels import encode_text
 
     names = info["labels"]
-    examples = [Example(**encode_text(tokenizer, r.text, r.text_pair, info["max_seq_len"])) for r in records]
+    examples = []
+    for record in records:
+        encoded = encode_text(tokenizer, record.text, record.text_pair, info["max_seq_len"])
+        examples.append(Example(encoded["input_ids"], token_type_ids=encoded.get("token_type_ids")))
     logits = predict_logits(model, examples, tokenizer.pad_token_id, batch_size, device, on_batch)
     probs = probabilities(logits, info["multi_label"])
     decisions = decide(probs, info["multi_label"], info["threshold"])

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunesmith.errors import NonFiniteError, UserError
+from tunesmith.train.rundir import fsync_dir, fsync_file
 
 FORMAT_VERSION = 1
 TRAINABLE_FILE = "trainable.safetensors"
@@ -42,22 +43,6 @@ class TrainerState:
     format_version: int = FORMAT_VERSION
     skipped_steps: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -95,18 +80,18 @@ def save_checkpoint(
         torch.save(
             {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, temp / OPTIMIZER_FILE
         )
-        rng = {"cpu": torch.get_rng_state()}
+        rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(rng, temp / RNG_FILE)
         (temp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
         for child in temp.iterdir():
-            _fsync_file(child)
-        _fsync_dir(temp)
+            fsync_file(child)
+        fsync_dir(temp)
         if final.exists():  # a checkpoint of the same step from an earlier attempt
             shutil.rmtree(final)
         os.replace(temp, final)
-        _fsync_dir(checkpoints_dir)
+        fsync_dir(checkpoints_dir)
     except OSError as exc:
         shutil.rmtree(temp, ignore_errors=True)
         if exc.errno == errno.ENOSPC:

@@ -27,7 +27,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -36,6 +36,7 @@ from tunesmith.config import DistributedConfig
 from tunesmith.errors import NonFiniteError, UserError
 from tunesmith.train import checkpoint as single
 from tunesmith.train.checkpoint import TrainerState
+from tunesmith.train.rundir import fsync_dir, fsync_file
 
 DCP_METADATA_FILE = ".metadata"  # written by torch.distributed.checkpoint: marks the DCP format
 SCHEDULER_FILE = "scheduler.pt"  # DCP checkpoints: LR schedule state (identical on all ranks)
@@ -212,7 +213,9 @@ def save_checkpoint(
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     model_state, optimizer_state = get_state_dict(parallel.module, optimizer, options=_state_options())
-    local_bad = sum(1 for t in model_state.values() if not torch.isfinite(_local(t)).all())
+    local_bad = sum(
+        1 for t in model_state.values() if not torch.isfinite(_local(cast(torch.Tensor, t))).all()
+    )
     if parallel.sum_over_ranks([float(local_bad)])[0]:
         # Every rank agrees, so all of them stop here together.
         raise NonFiniteError(f"step {state.step}: refusing to checkpoint non-finite weights")
@@ -226,19 +229,19 @@ def save_checkpoint(
     # dcp.save returns once every rank's files and the metadata are written.
     if parallel.is_main:
         torch.save({"scheduler": scheduler.state_dict()}, temp / SCHEDULER_FILE)
-        rng = {"cpu": torch.get_rng_state()}
+        rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(rng, temp / single.RNG_FILE)
         state.extra = {**state.extra, CHECKPOINT_FORMAT_KEY: "dcp", "world_size": parallel.world_size}
         (temp / single.STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
         for child in temp.iterdir():
-            single._fsync_file(child)
-        single._fsync_dir(temp)
+            fsync_file(child)
+        fsync_dir(temp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(temp, final)
-        single._fsync_dir(checkpoints_dir)
+        fsync_dir(checkpoints_dir)
         single.rotate_checkpoints(checkpoints_dir, keep_last)
     parallel.barrier()  # nobody goes on (or fails) before the checkpoint is complete
     return final
@@ -311,7 +314,7 @@ def _load_dcp(
     # strict=False: frozen weights are not in the checkpoint; missing trainable ones fail in dcp.load.
     options = _state_options(strict=False)
     model_state, optimizer_state = get_state_dict(module, optimizer, options=options)
-    wanted = {"model": model_state, "optimizer": optimizer_state}
+    wanted: dict[str, Any] = {"model": model_state, "optimizer": optimizer_state}
     try:
         with warnings.catch_warnings():
             # One process reading a multi-process checkpoint is intended: DCP's warning says it is not.
@@ -377,7 +380,8 @@ def _like(parameter: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
         from torch.distributed.tensor import distribute_tensor
 
         # src_data_rank=None: every rank has the full tensor and slices its own, no communication.
-        return distribute_tensor(full, parameter.device_mesh, parameter.placements, src_data_rank=None)
+        placements = parameter.placements  # type: ignore[attr-defined]  # a DTensor: has a device_mesh
+        return distribute_tensor(full, parameter.device_mesh, placements, src_data_rank=None)
     return full
 
 
@@ -391,7 +395,8 @@ def gather_full_state(parallel: Parallel, loss_module: torch.nn.Module) -> dict[
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    return get_model_state_dict(loss_module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    full = get_model_state_dict(loss_module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return cast(dict[str, torch.Tensor], full)
 
 
 def load_full_state(loss_module: torch.nn.Module, full_state: dict[str, torch.Tensor]) -> None:

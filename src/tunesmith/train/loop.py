@@ -112,8 +112,8 @@ def train_loop(
         # With several processes each holds a share of the rows: the normaliser is all ranks' targets.
         (step_targets,) = parallel.sum_over_ranks([sum(float(b["num_targets"]) for b in micro_batches)])
         step_loss = 0.0
-        step_correct = 0
-        step_tokens = 0
+        step_correct: float = 0  # ints; floats once summed over ranks
+        step_tokens: float = 0
         for index, batch in enumerate(micro_batches):
             # DDP/FSDP: gradients are synchronised once, after the step's last micro-batch.
             with parallel.micro_batch(index, len(micro_batches)):

@@ -1,10 +1,19 @@
-"""Run directories: `runs/<name>/` with config.yaml, metrics.jsonl, checkpoints/, final/, eval/."""
+"""Run directories: `runs/<name>/` with config.yaml, metrics.jsonl, checkpoints/, final/, eval/.
+
+`RunDir` names every path of a run; `atomic_write` is the one way files of a run are written
+(temporary name, fsync, rename: a file is complete or absent); `read_metrics` the one reader of
+metrics.jsonl; `read_model_info`/`write_model_info` the one metadata file of a trained model.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,6 +25,154 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 RUN_MARKER = "tunesmith-run.json"
+MODEL_INFO_FILE = "tunesmith.json"  # in final/: task, base model, method, length, classifier labels
+LEGACY_LABELS_FILE = "labels.json"  # the classifier's labels before they moved into tunesmith.json
+REDACTED = "***"  # what config.redact puts in place of a secret in the saved config.yaml
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Every path of one run directory."""
+
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def marker(self) -> Path:
+        return self.path / RUN_MARKER
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def summary(self) -> Path:
+        return self.path / SUMMARY_FILE
+
+    @property
+    def environment(self) -> Path:
+        return self.path / "environment.json"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "report.html"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def final(self) -> Path:
+        return self.path / "final"
+
+    @property
+    def merged(self) -> Path:
+        return self.path / "merged"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / "eval"
+
+    def eval_file(self, name: str) -> Path:
+        """eval/<name>.json: before, after, data_check."""
+        return self.eval_dir / f"{name}.json"
+
+    def is_run(self) -> bool:
+        return self.path.is_dir() and (self.marker.is_file() or self.metrics.is_file())
+
+    @classmethod
+    def of_model(cls, model_dir: Path) -> RunDir | None:
+        """The run a final/ model directory belongs to (None for a model outside a run)."""
+        model_dir = Path(model_dir)
+        return cls(model_dir.parent) if model_dir.name == "final" else None
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: str | bytes) -> Path:
+    """Write `data` to `path` through a temporary name, fsync and rename: complete or absent."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_json(path: Path, value: Any) -> Path:
+    """`value` as indented JSON, secrets redacted and non-finite floats as strings."""
+    return atomic_write(path, json.dumps(redact(_json_safe(value)), indent=2, default=str))
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path) -> Iterator[Path]:
+    """A temporary folder to fill; on success it replaces `path` whole (fsynced, renamed)."""
+    path = Path(path)
+    temp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir(parents=True)
+    try:
+        yield temp
+        for child in temp.rglob("*"):
+            if child.is_file():
+                fsync_file(child)
+        fsync_dir(temp)
+        if path.exists():
+            shutil.rmtree(path)
+        temp.rename(path)
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
+def write_model_info(model_dir: Path, info: dict[str, Any]) -> None:
+    """The one metadata file of a trained model (final/tunesmith.json); merged into what is there."""
+    path = Path(model_dir) / MODEL_INFO_FILE
+    atomic_write_json(path, {**read_model_info(model_dir), **info})
+
+
+def read_model_info(model_dir: Path) -> dict[str, Any]:
+    """final/tunesmith.json, with a previous version's labels.json folded in ({} when neither is there)."""
+    model_dir = Path(model_dir)
+    info: dict[str, Any] = {}
+    for name in (LEGACY_LABELS_FILE, MODEL_INFO_FILE):
+        path = model_dir / name
+        if path.is_file():
+            try:
+                info.update(json.loads(path.read_text(encoding="utf-8")))
+            except (json.JSONDecodeError, OSError):
+                continue
+    return info
 
 
 def default_run_name(task: str) -> str:
@@ -61,11 +218,11 @@ def plan_run_dir(config: Config, model_path: str | None, resume: bool) -> Path:
 
 
 def create_run_dir(run_dir: Path, config: Config) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(config_to_yaml(config), encoding="utf-8")
-    marker = run_dir / RUN_MARKER
-    if not marker.exists():
-        marker.write_text(json.dumps({"task": config.task, "created": datetime.now().isoformat()}))
+    run = RunDir(Path(run_dir))
+    run.path.mkdir(parents=True, exist_ok=True)
+    atomic_write(run.config, config_to_yaml(config))
+    if not run.marker.exists():
+        atomic_write(run.marker, json.dumps({"task": config.task, "created": datetime.now().isoformat()}))
 
 
 def _json_safe(value: Any) -> Any:
@@ -185,15 +342,117 @@ def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+def read_metrics(run_dir: Path, problems: list[str] | None = None) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl in order; unreadable lines (a crash mid-write) are skipped and,
+    when `problems` is given, counted there."""
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records, bad_lines = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad_lines += 1
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    if bad_lines and problems is not None:
+        problems.append(f"{METRICS_FILE}: {bad_lines} unreadable line(s) skipped")
+    return records
 
 
 def write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(path.suffix + ".tmp")
-    temp.write_text(json.dumps(redact(_json_safe(value)), indent=2, default=str), encoding="utf-8")
-    os.replace(temp, path)
+    atomic_write_json(path, value)
+
+
+def resolve_trained(model_or_run: str | Path) -> Path:
+    """A run directory -> its final/ model; a model directory stays as it is (a name: its path)."""
+    path = Path(model_or_run).expanduser()
+    final = RunDir(path).final
+    if final.is_dir():
+        return final
+    if path.is_dir():
+        return path
+    return Path(model_or_run)
+
+
+def base_model_of(model_or_run: str | Path) -> str | None:
+    """The base model a run or adapter was tuned from, as recorded next to it (None when unknown)."""
+    target = resolve_trained(model_or_run)
+    value = read_model_info(target).get("base_model")
+    if value:
+        return str(value)
+    adapter_config = target / "adapter_config.json"
+    if adapter_config.is_file():
+        try:
+            value = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+        except (json.JSONDecodeError, OSError):
+            return None
+        if value:
+            return str(value)
+    return None
+
+
+# Config keys a resume may change: they do not change what the checkpoint means.
+HARMLESS_RESUME_CHANGES = (
+    "train.max_steps",
+    "train.epochs",
+    "train.eval_every",
+    "train.log_every",
+    "train.save_every",
+    "train.keep_last",
+    "eval.",
+    "logging.",
+    "data.check",
+    "train.num_threads",
+    # Not data.max_eval_examples: without data.eval it decides which records are held out,
+    # so changing it changes the training rows under the checkpoint.
+    "distributed.",  # DCP checkpoints reshard: another strategy or number of processes is fine
+)
+
+
+def check_resume_compatible(run_dir: RunDir, config: Config) -> list[str]:
+    """Refuse a resume whose config changed what the checkpoint means; returns the harmless changes."""
+    from tunesmith.config import read_yaml
+
+    saved = read_yaml(run_dir.config)
+    current = json.loads(json.dumps(config.model_dump(mode="json")))
+    differing = _diff_keys(saved, current)
+    blocking = [k for k in differing if not k.startswith(HARMLESS_RESUME_CHANGES)]
+    if blocking:
+        raise UserError(
+            f"--resume: the config differs from the run's saved config in {', '.join(blocking)}; these change "
+            "what the checkpoint means. Restore them, or start a new run (another run_name)"
+        )
+    return differing
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b))
+        return [d for k in keys for d in _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")]
+    if a != b and not (isinstance(a, str) and a == REDACTED):
+        return [prefix.rstrip(".")]
+    return []
+
+
+def read_saved_config(run_dir: RunDir) -> dict[str, Any]:
+    """The run's config.yaml as values, without the redacted secrets: a key whose value was
+    redacted is left out, so it takes its default (or the environment variable a key names)
+    instead of the literal '***'."""
+    from tunesmith.config import read_yaml
+
+    if not run_dir.config.is_file():
+        return {}
+    return _drop_redacted(read_yaml(run_dir.config))
+
+
+def _drop_redacted(values: Any) -> Any:
+    if isinstance(values, dict):
+        return {k: _drop_redacted(v) for k, v in values.items() if not (isinstance(v, str) and REDACTED in v)}
+    if isinstance(values, list):
+        return [_drop_redacted(v) for v in values]
+    return values

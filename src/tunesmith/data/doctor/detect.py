@@ -1,7 +1,7 @@
 """Detectors for the data doctor: duplicates (exact and MinHash/LSH), sensitive content, divergence.
 
-Plain functions on texts and numpy arrays; `check.py` streams the data through them and turns
-what they find into findings.
+Plain functions on texts and numpy arrays; `scan.py` streams the data through them and
+`findings.py` turns what they find into findings.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def words(text: str) -> list[str]:
 
 def js_divergence(first: Counter | np.ndarray, second: Counter | np.ndarray) -> float:
     """Jensen-Shannon divergence in bits: 0 = same distribution, 1 = nothing in common."""
-    if isinstance(first, Counter):
+    if isinstance(first, Counter) and isinstance(second, Counter):
         keys = list(set(first) | set(second))
         first = np.array([first.get(k, 0) for k in keys], dtype=float)
         second = np.array([second.get(k, 0) for k in keys], dtype=float)
@@ -272,7 +272,7 @@ def uncovered_inputs(train_inputs: Sequence[str], targets: Sequence[str], min_si
     except ValueError:  # empty vocabulary
         return []
     target_matrix = vectorizer.transform(targets)
-    uncovered = []
+    uncovered: list[int] = []
     for start in range(0, target_matrix.shape[0], 256):
         similarity = (target_matrix[start : start + 256] @ train_matrix.T).max(axis=1).toarray().ravel()
         uncovered.extend(int(start + i) for i in np.flatnonzero(similarity < min_similarity))

@@ -1,17 +1,28 @@
 """Exporting a trained model: the merged HF directory, its model card, and a parity check.
 
-The merged model must predict what base + adapter predicted: `parity_probe` runs the same probe
-batch through both and the export refuses to finish when they differ.
+The merged model must predict what base + adapter predicted: `probe_logits` runs the same probe
+batch through both and the export refuses to finish when they differ. The GGUF export for
+llama.cpp and Ollama builds on this merge: `gguf.py` (convert, check the file against the merged
+model, write it), `converter.py` (llama.cpp's own converter, fetched from PyPI and run in a
+subprocess) and `modelfile.py` (the Ollama Modelfile from the trained chat template).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from tunesmith.progress import NoProgress, Progress
+from tunesmith.train.rundir import (
+    RunDir,
+    atomic_directory,
+    read_model_info,
+    resolve_trained,
+    write_model_info,
+)
 
 PARITY_TOLERANCE = 1e-4  # max |logit difference| in fp32; merging only reorders the same sums
 CARD_FILE = "README.md"
@@ -38,8 +49,8 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
 def model_card(run_dir: Path | None, info: dict[str, Any], parity: float | None) -> str:
     """A Hugging Face model card: what the model is, how it was made, what it scored, how to load it."""
     summary: dict[str, Any] = {}
-    if run_dir is not None and (run_dir / "summary.json").is_file():
-        summary = json.loads((run_dir / "summary.json").read_text())
+    if run_dir is not None and RunDir(run_dir).summary.is_file():
+        summary = json.loads(RunDir(run_dir).summary.read_text())
     base = info.get("base_model") or summary.get("base_model", "unknown")
     task = info.get("task") or summary.get("task", "unknown")
     lines = [
@@ -84,17 +95,39 @@ def model_card(run_dir: Path | None, info: dict[str, Any], parity: float | None)
     return "\n".join(lines)
 
 
-def write_directory(model: Any, tokenizer: Any, out_dir: Path, card: str, extra: list[Path]) -> Path:
+def write_directory(model: Any, tokenizer: Any, out_dir: Path, card: str, info: dict[str, Any]) -> Path:
     """Save into a temporary folder, then rename: `out_dir` is either complete or absent."""
-    temp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(temp, ignore_errors=True)
-    model.save_pretrained(temp, safe_serialization=True)
-    tokenizer.save_pretrained(temp)
-    (temp / CARD_FILE).write_text(card, encoding="utf-8")
-    for path in extra:
-        if path.is_file():
-            shutil.copy(path, temp / path.name)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    temp.rename(out_dir)
+    with atomic_directory(out_dir) as temp:
+        model.save_pretrained(temp, safe_serialization=True)
+        tokenizer.save_pretrained(temp)
+        (temp / CARD_FILE).write_text(card, encoding="utf-8")
+        if info:
+            write_model_info(temp, info)
     return out_dir
+
+
+def merge_adapter(adapter_or_run: str | Path, out_dir: str | Path, progress: Progress | None = None) -> Path:
+    """Merge a LoRA adapter into its base weights, check the merged model predicts what base +
+    adapter predicted, and write it with a model card; the result loads with plain transformers."""
+    from tunesmith.models.inference import load_for_inference
+
+    progress = progress or NoProgress()
+    source = resolve_trained(adapter_or_run)
+    model, tokenizer = load_for_inference(source, str(adapter_or_run), device="cpu")
+    parity = None
+    if hasattr(model, "merge_and_unload"):
+        vocab_size = model.get_input_embeddings().weight.shape[0]
+        reference = probe_logits(model, vocab_size)
+        model = model.merge_and_unload()
+        parity = parity_error(reference, probe_logits(model, vocab_size))
+        if parity > PARITY_TOLERANCE:
+            raise RuntimeError(
+                f"merged model differs from base + adapter (max |logit difference| {parity:.2e} > "
+                f"{PARITY_TOLERANCE}); nothing was written"
+            )
+        progress.message(f"parity check: merged == base + adapter (max |logit difference| {parity:.1e})")
+    model.config.use_cache = True
+    info = read_model_info(source)
+    run = RunDir.of_model(source)
+    card = model_card(run.path if run else None, info, parity)
+    return write_directory(model, tokenizer, Path(out_dir), card, info)

@@ -1,0 +1,184 @@
+"""The data doctor: is this data fit to train on?
+
+One streaming pass per file (`scan.py`) gathers per-record facts in arrays, so 1M records fit in
+a few hundred MB; the checks (`findings.py`, `content.py`) turn them into findings; `fix.py`
+writes a cleaned copy. Nothing here prints: the CLI and the run report show the `CheckReport`.
+
+    result = check_data("train.jsonl", "eval.jsonl", options=CheckOptions(records=Conversation), tokenizer=tok)
+    result.report  # CheckReport: verdict, task, findings (severity, title, count, examples, detail), stats
+
+`run_check` is `tunesmith data check`; `preflight` runs before every training run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tunesmith.data.doctor.content import representativeness_findings, sensitive_findings
+from tunesmith.data.doctor.findings import (
+    CheckReport,
+    CheckResult,
+    Finding,
+    duplicate_findings,
+    format_findings,
+    label_findings,
+    length_findings,
+    make_report,
+    size_findings,
+)
+from tunesmith.data.doctor.fix import write_fixed
+from tunesmith.data.doctor.scan import CheckOptions, SplitScan, TokenCounter, read_target_inputs, scan_source
+from tunesmith.data.formats import RECORD_KINDS, Conversation, LabeledText, TextRecord
+from tunesmith.data.load import ROW_SUFFIXES, TEXT_SUFFIXES, ErrorPolicy, expand_paths, iter_rows
+from tunesmith.errors import UserError
+
+if TYPE_CHECKING:
+    from tunesmith.config import DataConfig
+
+__all__ = [
+    "CheckOptions",
+    "CheckReport",
+    "CheckResult",
+    "Finding",
+    "check_data",
+    "detect_kind",
+    "preflight",
+    "options_for",
+    "run_check",
+    "write_fixed",
+]
+
+RECORD_TYPES: dict[str, type] = {kind: record for record, kind in RECORD_KINDS.items()}
+
+
+def options_for(kind: str, task: str, **settings: Any) -> CheckOptions:
+    """Options for data that becomes `kind` records (formats.RECORD_KINDS: conversation, text, labeled)."""
+    if kind not in RECORD_TYPES:
+        raise UserError(f"data kind {kind!r}: use one of {', '.join(RECORD_TYPES)}")
+    return CheckOptions(records=RECORD_TYPES[kind], task=task, **settings)
+
+
+def check_data(
+    train: Any,
+    eval: Any = None,
+    target: str | None = None,
+    options: CheckOptions | None = None,
+    tokenizer: Any = None,
+    held_out: set[str] | None = None,
+    prepared: Any = None,
+    chat_template: str | None = None,
+) -> CheckResult:
+    """Run every check. `held_out`: sources of train rows the run holds out as eval (no eval file).
+
+    Token lengths come from `tokenizer` (estimated per message), or, at training time, exactly
+    from `prepared` (the tokenized examples) when no tokenizer is given.
+    """
+    options = options or CheckOptions()
+    compare = eval is not None or bool(held_out) or target is not None
+    train_scan = SplitScan("train", compare, options.seed, options.max_reference_inputs)
+    eval_scan = SplitScan("eval", compare, options.seed + 1, options.max_coverage_inputs)
+    counter = TokenCounter(tokenizer, options.records, chat_template) if tokenizer is not None else None
+    held_out = held_out or set()
+    scan_source(
+        train, lambda s: eval_scan if str(s) in held_out else train_scan, options, counter, "data.train"
+    )
+    if eval is not None:
+        scan_source(eval, lambda s: eval_scan, options, counter, "data.eval")
+    target_inputs = read_target_inputs(target) if target is not None else []
+
+    findings: list[Finding] = []
+    stats: dict[str, Any] = {
+        "num_train": len(train_scan),
+        "num_eval": len(eval_scan),
+        "max_seq_len": options.max_seq_len,
+    }
+    findings += format_findings(train_scan, eval_scan, options)
+    findings += duplicate_findings(train_scan, eval_scan, options)
+    findings += length_findings(train_scan, eval_scan, options, prepared, stats)
+    if options.records is LabeledText:
+        findings += label_findings(train_scan, eval_scan, stats)
+    findings += size_findings(train_scan, eval_scan, options, stats, eval is not None or bool(held_out))
+    if compare:
+        findings += representativeness_findings(train_scan, eval_scan, target_inputs, options, stats)
+    findings += sensitive_findings(train_scan, eval_scan)
+    report = make_report(options.task, findings, stats)
+    return CheckResult(report, {"train": train_scan, "eval": eval_scan}, {"train": train, "eval": eval})
+
+
+def detect_kind(spec: Any) -> str:
+    """The record kind the data looks like: labeled rows, plain text, or (anything else) conversations."""
+    specs = [spec] if isinstance(spec, str) else list(spec)
+    files = expand_paths(specs[0], ROW_SUFFIXES | TEXT_SUFFIXES)
+    if files[0].suffix.lower() in TEXT_SUFFIXES:
+        return RECORD_KINDS[TextRecord]
+    for row, _ in iter_rows(str(files[0]), ErrorPolicy(on_error="skip", max_skipped=10**12)):
+        keys = set(row)
+        if "label" in keys or "labels" in keys:
+            return RECORD_KINDS[LabeledText]
+        if keys & {"messages", "conversations", "instruction", "prompt"}:
+            return RECORD_KINDS[Conversation]
+        if "text" in keys:
+            return RECORD_KINDS[TextRecord]
+        break
+    return RECORD_KINDS[Conversation]
+
+
+def run_check(
+    data: Any,
+    eval: Any = None,
+    target: str | None = None,
+    *,
+    kind: str,
+    task: str,
+    tokenizer: Any = None,
+    max_seq_len: int = 512,
+    near_duplicate_threshold: float = 0.8,
+    fix: str | None = None,
+) -> tuple[CheckResult, dict[str, Any] | None]:
+    """What `tunesmith data check` does: check data that becomes `kind` records (for `task`), token
+    counts with `tokenizer`; with `fix`, write a cleaned copy there."""
+    if not 0 < near_duplicate_threshold < 1:
+        raise UserError(f"--near-dup-threshold must be between 0 and 1 (got {near_duplicate_threshold})")
+    options = options_for(
+        kind, task, max_seq_len=max_seq_len, near_duplicate_threshold=near_duplicate_threshold
+    )
+    result = check_data(data, eval, target, options, tokenizer)
+    fixed = write_fixed(result, fix) if fix else None
+    return result, fixed
+
+
+def preflight(data: DataConfig, prepared: Any, kind: str, task: str) -> CheckReport:
+    """The doctor before training: blocking errors raise (before the model loads); the report is returned.
+
+    `data` is the config's data section, `prepared` the task's tokenized data (exact token
+    counts), `kind` the record kind the data becomes (the task's `record_kind`).
+    """
+    held_out = set()
+    if data.eval is None:  # the held-out records came out of train: check them as the eval split
+        held_out = {str(r.source) for r in prepared.eval_records if getattr(r, "source", None) is not None}
+    options = options_for(
+        kind,
+        task,
+        max_seq_len=data.max_seq_len,
+        data_format=data.format,
+        fields=dict(data.fields),
+        system_prompt=data.system_prompt,
+        label_columns=data.label_columns,
+        # Rows that fail to parse were already skipped by data.on_error: skip (or stopped the run).
+        format_severity="warning" if data.on_error == "skip" else "error",
+        leakage_severity="error" if data.eval is not None else "warning",
+    )
+    result = check_data(
+        data.train, data.eval, None, options, tokenizer=None, held_out=held_out, prepared=prepared
+    )
+    report = result.report
+    if report.errors:
+        listed = "; ".join(
+            f"{f.title} ({f.count}{', e.g. ' + ', '.join(f.examples[:3]) if f.examples else ''})"
+            for f in report.errors
+        )
+        raise UserError(
+            f"data check: not ready to train: {listed}. Run `tunesmith data check` for details and --fix to write "
+            "a cleaned copy, or set data.check: false to train anyway"
+        )
+    return report

@@ -1,0 +1,134 @@
+"""Evaluating models: one phase of a run (the task's metrics + the forgetting probe), and
+`tunesmith eval` (a tuned model and its baseline on the same data, side by side)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import Config
+from tunesmith.errors import UserError
+from tunesmith.progress import NoProgress, Progress
+from tunesmith.tasks import EvalContext, Phase, Task, get_task
+
+
+def evaluate_phase(task: Task, ctx: EvalContext, phase: Phase) -> dict[str, Any]:
+    """The task's metrics for one phase ("before", "after"), with the forgetting probe where it applies."""
+    metrics = task.evaluate(ctx, phase)
+    if ctx.config.eval.forgetting and task.has_forgetting_probe:
+        metrics["general"] = general_perplexity(ctx.loss, ctx.tokenizer, ctx.config, ctx.device)
+    return metrics
+
+
+def general_perplexity(loss_module: Any, tokenizer: Any, config: Config, device: str) -> dict[str, Any]:
+    """The forgetting probe: perplexity on general reference text (the embedded corpus by default)."""
+    from tunesmith.data.load import read_text_file
+    from tunesmith.data.templates import IGNORE_INDEX
+    from tunesmith.data.tokenize import Example
+    from tunesmith.evaluate.metrics import lm_metrics
+    from tunesmith.models.load import GENERAL_TEXT_PATH
+
+    path = Path(config.data.general_text) if config.data.general_text else GENERAL_TEXT_PATH
+    if not path.is_file():
+        raise UserError(f"config key `data.general_text`: file {path} not found")
+    text, _ = read_text_file(path)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][: config.eval.max_general_tokens]
+    block = min(config.data.max_seq_len, 512)
+    examples = [Example(ids[i : i + block], list(ids[i : i + block])) for i in range(0, len(ids) - 1, block)]
+    examples = [e for e in examples if len(e.input_ids) > 1]
+    for example in examples:
+        assert example.labels is not None
+        example.labels[0] = IGNORE_INDEX
+    metrics = lm_metrics(
+        loss_module, examples, tokenizer.pad_token_id, block, config.train.batch_size, device, packing=False
+    )
+    return {"loss": metrics["loss"], "perplexity": metrics["perplexity"], "source": str(path)}
+
+
+def eval_config(
+    model_or_run: str, data: str | list[str], task: str | None, overrides: list[str] | None
+) -> Config:
+    """The config `tunesmith eval` measures with: the run's saved config (secrets left out, never
+    the redacted '***'), the trained model, and `data` as both splits."""
+    from tunesmith.config import build_config, deep_merge, parse_overrides
+    from tunesmith.train.rundir import RunDir, read_model_info, read_saved_config, resolve_trained
+
+    run = RunDir(Path(model_or_run).expanduser())
+    target = resolve_trained(model_or_run)
+    values: dict[str, Any] = read_saved_config(run) if run.final.is_dir() else {}
+    info = read_model_info(target)
+    values["task"] = task or info.get("task") or values.get("task") or "instruct"
+    values["model"] = {**values.get("model", {}), "name": str(target) if target.exists() else model_or_run}
+    # All of `data` is evaluated: it is both sides of the split, so nothing is held out of it.
+    values["data"] = {**values.get("data", {}), "train": data, "eval": data, "check": False}
+    # A classifier keeps its label order, whatever labels `data` holds.
+    values["data"].update(get_task(values["task"]).trained_data_settings(target))
+    values.pop("run_name", None)
+    if overrides:
+        values = deep_merge(values, parse_overrides(overrides))
+    return build_config(values, source="tunesmith eval")
+
+
+def evaluate_models(
+    model_or_run: str,
+    data: str | list[str],
+    task: str | None = None,
+    baseline: str | None = None,
+    out_dir: str | Path | None = None,
+    overrides: list[str] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The task's metrics on `data` for a tuned model and, side by side, its baseline (see api.evaluate)."""
+    from tunesmith.evaluate.compare import compare
+    from tunesmith.models.load import load_tokenizer, resolve_model_path
+    from tunesmith.train import rundir
+    from tunesmith.train.setup import setup_torch
+
+    progress = progress or NoProgress()
+    config = eval_config(model_or_run, data, task, overrides)
+    baseline = baseline or rundir.base_model_of(model_or_run)
+    device = setup_torch(config)
+    task_module = get_task(config.task)
+    tokenizer = load_tokenizer(resolve_model_path(config.model.name), config.model)
+    prepared = task_module.prepare_data(config, tokenizer)
+    if not prepared.eval:
+        raise UserError(f"--data {data}: no usable evaluation examples")
+
+    def measure(name: str, phase: Phase) -> dict[str, Any]:
+        progress.message(f"evaluating {name} ...")
+        model = task_module.load_for_eval(rundir.resolve_trained(name), name, config, device, prepared)
+        context = EvalContext(
+            model, task_module.make_loss(model, config), prepared, tokenizer, config, device
+        )
+        metrics = evaluate_phase(task_module, context, phase)
+        del model
+        return metrics
+
+    tuned = measure(model_or_run, "after")
+    base = measure(baseline, "before") if baseline else {}
+    if not baseline:
+        progress.message(
+            "warning: no base model recorded for this model; pass --baseline MODEL to compare", "warning"
+        )
+    result: dict[str, Any] = {
+        "task": config.task,
+        "data": data,
+        "tuned_model": str(model_or_run),
+        "baseline_model": baseline,
+        "tuned": tuned,
+        "baseline": base,
+        "comparison": compare(base, tuned),
+    }
+    run = rundir.RunDir(Path(model_or_run).expanduser())
+    if out_dir is None and run.final.is_dir():
+        stem = Path(data[0] if isinstance(data, list) else data).stem or "data"
+        out_dir = run.eval_dir / f"eval-{stem}"
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        rundir.write_json(out_dir / "tuned.json", tuned)
+        rundir.write_json(out_dir / "baseline.json", base)
+        rundir.write_json(
+            out_dir / "comparison.json", {k: v for k, v in result.items() if k not in ("tuned", "baseline")}
+        )
+        result["out_dir"] = str(out_dir)
+    return result

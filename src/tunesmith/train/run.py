@@ -1,0 +1,476 @@
+"""The recipe: how a finetune happens, phase by phase (the loop itself is in train/loop.py).
+
+    run(config)
+      start            threads, seed, device, processes; where the run goes
+      prepare_data     tokenizer, the task's data, the data doctor (nothing is written yet)
+      build_model      base model + adapter/head, its loss, the fast path chosen once
+      open_run         the run directory, the metrics log
+      evaluate_before  the base model's metrics (eval/before.json)
+      fit              optimizer, scheduler, resume, train_loop, the final checkpoint
+      save             final/ (a Hugging Face / PEFT directory and its tunesmith.json)
+      evaluate_after   the tuned model's metrics (eval/after.json), merged/ if asked
+      report           summary.json and report.html
+
+Everything that can fail on the user's input happens before anything is written. Under torchrun
+every rank runs the recipe; rank 0 alone writes the run directory and reports progress.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunesmith.config import Config
+from tunesmith.errors import UserError
+from tunesmith.progress import NoProgress, Progress
+from tunesmith.tasks import EvalContext, Phase
+from tunesmith.train import rundir
+from tunesmith.train.rundir import RunDir
+from tunesmith.train.setup import setup_torch
+
+if TYPE_CHECKING:
+    from tunesmith.tasks import PreparedData, Task
+    from tunesmith.train.distributed import Parallel
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    final_dir: Path
+    merged_dir: Path | None
+    before: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Run:
+    """What the phases of one run share, filled in as they go."""
+
+    config: Config
+    task: Task
+    device: str
+    parallel: Parallel
+    model_path: str
+    run_dir: RunDir
+    progress: Progress
+    started: float
+    tokenizer: Any = None
+    prepared: PreparedData = None  # type: ignore[assignment]  # set by prepare_data
+    model: Any = None
+    loss_module: Any = None
+    collate: Any = None  # rows -> batch: the task's collate as the fast path chose to wrap it
+    trainable: int = 0
+    total: int = 0
+
+
+def run(
+    config: Config, resume: bool = False, merge: bool = False, progress: Progress | None = None
+) -> RunResult:
+    """Finetune as the config says; returns where the run went and the before/after metrics."""
+    current = start(config, resume, progress or NoProgress())
+    findings = prepare_data(current)
+    build_model(current)
+    schedule, total_steps = plan_steps(current)
+    checkpoint = find_checkpoint(current, resume)
+    log = open_run(current, findings)
+    try:
+        before = evaluate_before(current, checkpoint)
+        state, before = fit(current, schedule, total_steps, checkpoint, log, before)
+        if not gather_final(current):
+            # Ranks other than 0 are done once they helped gather the weights.
+            return RunResult(
+                current.run_dir.path, current.run_dir.final, None, before, {}, state.step, _elapsed(current)
+            )
+        save(current)
+        after = evaluate_after(current)
+        merged_dir = merge_final(current) if merge else None
+        report(current, state.step, before, after)
+        return RunResult(
+            current.run_dir.path,
+            current.run_dir.final,
+            merged_dir,
+            before,
+            after,
+            state.step,
+            _elapsed(current),
+        )
+    finally:
+        log.close()
+        current.parallel.close()
+
+
+def start(config: Config, resume: bool, progress: Progress) -> Run:
+    """Threads, seed and device; joins a torchrun job; plans (does not create) the run directory."""
+    from tunesmith.models.load import resolve_model_path
+    from tunesmith.tasks import get_task
+    from tunesmith.train import distributed
+
+    started = time.perf_counter()
+    task = get_task(config.task)
+    device = setup_torch(config)
+    # Launched by torchrun: join the job. Rank 0 alone reports and writes the run directory;
+    # one process (no torchrun) gets no-op collectives (docs/DISTRIBUTED.md).
+    parallel = distributed.setup(config.distributed, device)
+    if not parallel.is_main:
+        progress = NoProgress()
+    distributed.check_batch_size(parallel, config.train.batch_size)
+    model_path = resolve_model_path(config.model.name)
+    run_dir = RunDir(rundir.plan_run_dir(config, model_path, resume))
+    rundir.check_logging_available(config.logging)
+    return Run(config, task, device, parallel, model_path, run_dir, progress, started)
+
+
+def prepare_data(current: Run) -> dict[str, Any]:
+    """Tokenizer, the task's tokenized data and the data doctor's findings (errors stop here)."""
+    from tunesmith.models.load import load_tokenizer
+
+    config, progress = current.config, current.progress
+    current.tokenizer = load_tokenizer(current.model_path, config.model)
+    current.prepared = current.task.prepare_data(config, current.tokenizer, progress)
+    progress.message(f"data: {current.prepared.stats.summary()}")
+    for warning in current.prepared.stats.warnings:
+        progress.message(f"warning: {warning}", "warning")
+    findings = preflight(config, current.prepared, current.task.record_kind)
+    for item in findings.get("findings", []):
+        if item["severity"] == "warning":
+            where = f" (e.g. {', '.join(item['examples'][:2])})" if item["examples"] else ""
+            progress.message(f"data warning: {item['title']}: {item['count']}{where}", "warning")
+    return findings
+
+
+def preflight(config: Config, prepared: Any, kind: str) -> dict[str, Any]:
+    """The data doctor's checks before training: errors raise, warnings come back in the report."""
+    if not config.data.check:
+        return {"skipped": True}
+    from tunesmith.data import doctor
+
+    return doctor.preflight(config.data, prepared, kind, config.task).to_dict()
+
+
+def build_model(current: Run) -> None:
+    """The model with its adapter or head, and the loss module the loop trains."""
+    from tunesmith.models.adapters import count_parameters
+    from tunesmith.train.fastpath import choose_fast_path, compile_blocks
+
+    config, prepared = current.config, current.prepared
+    current.model = current.task.build_model(current.model_path, config, current.device, prepared)
+    # Chosen once here (fused loss, compiled blocks, static row shapes); the loop is the same.
+    fast = choose_fast_path(config, current.device, current.model, current.tokenizer.pad_token_id)
+    current.loss_module = current.task.make_loss(current.model, config, fast.cross_entropy)
+    if fast.compile:
+        compile_blocks(current.loss_module)
+    current.collate = fast.wrap_collate(prepared.collate)
+    current.trainable, current.total = count_parameters(current.model)
+    current.progress.message(
+        f"model: {current.model_path} on {current.device}, {current.trainable:,} of {current.total:,} "
+        f"parameters trainable ({config.adapter.method})"
+    )
+
+
+def plan_steps(current: Run) -> tuple[Any, int]:
+    """The seeded order of rows over steps, and how many optimizer steps the run takes."""
+    from tunesmith.data.pack import RowSchedule
+
+    train = current.config.train
+    schedule = RowSchedule(
+        len(current.prepared.rows), train.batch_size, train.gradient_accumulation_steps, train.seed
+    )
+    return schedule, train.max_steps or schedule.steps_for_epochs(train.epochs)
+
+
+def find_checkpoint(current: Run, resume: bool) -> Path | None:
+    """With --resume: the latest complete checkpoint, after checking the config still fits it."""
+    from tunesmith.train.checkpoint import latest_checkpoint
+
+    run_dir = current.run_dir
+    checkpoint = latest_checkpoint(run_dir.checkpoints) if resume else None
+    if resume and checkpoint is None and run_dir.path.exists() and any(run_dir.path.iterdir()):
+        raise UserError(f"--resume: {run_dir.path} has no complete checkpoint to resume from")
+    if checkpoint is not None:
+        changed = rundir.check_resume_compatible(run_dir, current.config)
+        if changed:
+            current.progress.message(f"warning: resuming with changed {', '.join(changed)}", "warning")
+    return checkpoint
+
+
+def open_run(current: Run, findings: dict[str, Any]) -> Any:
+    """Rank 0 creates the run directory and opens the metrics log; other ranks log nowhere."""
+    current.parallel.barrier()  # every rank has looked at the run directory before rank 0 creates it
+    if not current.parallel.is_main:
+        return _NoLog()
+    config, run_dir = current.config, current.run_dir
+    rundir.create_run_dir(run_dir.path, config)
+    current.progress.message(f"run: {run_dir.path}")
+    rundir.write_json(run_dir.eval_file("data_check"), findings)
+    rundir.write_json(run_dir.environment, environment())
+    return rundir.MetricsLogger(
+        run_dir.path,
+        tensorboard=config.logging.tensorboard,
+        logging=config.logging,
+        run_name=run_dir.name,
+        config=config,
+    )
+
+
+def evaluate_before(current: Run, checkpoint: Path | None) -> dict[str, Any]:
+    """The base model's metrics, unless resuming (then fit reads them back) or turned off."""
+    if checkpoint is not None or not current.config.eval.before or not current.parallel.is_main:
+        return {}
+    # Before sharding: under FSDP every forward of the generations would need all ranks.
+    current.progress.message("evaluating the base model ...")
+    before = _evaluate(current, "before")
+    rundir.write_json(current.run_dir.eval_file("before"), before)
+    current.progress.message(f"before: {metrics_line(before)}")
+    return before
+
+
+def fit(
+    current: Run,
+    schedule: Any,
+    total_steps: int,
+    checkpoint: Path | None,
+    log: Any,
+    before: dict[str, Any],
+) -> tuple[Any, dict[str, Any]]:
+    """Optimizer, scheduler, resume state, the loop, the final checkpoint; returns (state, before)."""
+    from tunesmith.train import distributed
+    from tunesmith.train.checkpoint import TrainerState
+    from tunesmith.train.loop import LoopSettings, stop_on_signals, train_loop
+    from tunesmith.train.optim import build_optimizer, build_scheduler
+
+    config, parallel, prepared, progress = (
+        current.config,
+        current.parallel,
+        current.prepared,
+        current.progress,
+    )
+    loss_module = current.loss_module
+    state = TrainerState(step=0, total_steps=total_steps)
+    # DDP replicas or FSDP shards over the processes (one process: the loss module as it is).
+    # The optimizer comes after: FSDP replaces the parameters with their shards.
+    train_module = distributed.parallelize(parallel, loss_module, config.distributed)
+    optimizer = build_optimizer(loss_module, config.train, current.device)
+    scheduler = build_scheduler(optimizer, config.train, total_steps)
+    if checkpoint is not None:
+        # Either checkpoint format, from any number of processes.
+        state = distributed.load_checkpoint(checkpoint, parallel, loss_module, optimizer, scheduler)
+        state.total_steps = total_steps
+        progress.message(f"resuming from {checkpoint} (step {state.step} of {total_steps})")
+        before_file = current.run_dir.eval_file("before")
+        before = json.loads(before_file.read_text()) if before_file.is_file() else {}
+
+    def step_batches(step: int) -> list[dict[str, Any]]:
+        # This rank's rows of the global micro-batches: the same rows for any number of processes.
+        return [
+            current.collate([prepared.rows[i] for i in micro])
+            for micro in parallel.shard(schedule.rows_for_step(step))
+        ]
+
+    def evaluate_during(step: int) -> dict[str, Any]:
+        context = EvalContext(current.model, loss_module, prepared, current.tokenizer, config, current.device)
+        metrics = current.task.evaluate(context, "during")
+        return {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+    def save_checkpoint(now: TrainerState) -> Path:
+        # One process: the safetensors checkpoint; several: torch.distributed.checkpoint.
+        return distributed.save_checkpoint(
+            current.run_dir.checkpoints, parallel, optimizer, scheduler, now, config.train.keep_last
+        )
+
+    settings = LoopSettings(
+        total_steps=total_steps,
+        device=current.device,
+        max_grad_norm=config.train.max_grad_norm,
+        log_every=config.train.log_every,
+        eval_every=config.train.eval_every if prepared.eval else 0,
+        save_every=config.train.save_every,
+        on_nonfinite=config.train.on_nonfinite,
+        max_skipped_steps=config.train.max_skipped_steps,
+    )
+    progress.start(total_steps, state.step, "train")
+    try:
+        with stop_on_signals() as stop:
+            state = train_loop(
+                train_module,
+                optimizer,
+                scheduler,
+                step_batches,
+                settings,
+                state,
+                log,
+                evaluate=evaluate_during if prepared.eval else None,
+                save=save_checkpoint,
+                stop=stop,
+                on_step=progress.step,
+                parallel=parallel,
+            )
+    finally:
+        progress.close()
+    save_checkpoint(state)  # the final checkpoint: resuming a finished run is a no-op, not a restart
+    return state, before
+
+
+def gather_final(current: Run) -> bool:
+    """Under FSDP every rank helps gather the full weights, which rank 0 loads into an unsharded
+    copy of the model. True on the rank that goes on to save, evaluate and report."""
+    from tunesmith.train import distributed
+
+    full_state = distributed.gather_full_state(current.parallel, current.loss_module)
+    if not current.parallel.is_main:
+        return False
+    if full_state is not None:
+        config = current.config
+        current.model = current.task.build_model(current.model_path, config, current.device, current.prepared)
+        current.loss_module = current.task.make_loss(current.model, config)
+        distributed.load_full_state(current.loss_module, full_state)
+    return True
+
+
+def save(current: Run) -> None:
+    """final/: the task's Hugging Face / PEFT directory and its tunesmith.json, complete or absent."""
+    config = current.config
+    with rundir.atomic_directory(current.run_dir.final) as temp:
+        current.task.save_final(current.model, current.tokenizer, temp, current.prepared, config)
+        info = {
+            "task": config.task,
+            "base_model": current.model_path,
+            "method": config.adapter.method,
+            "max_seq_len": config.data.max_seq_len,
+        }
+        rundir.write_model_info(temp, info)
+
+
+def evaluate_after(current: Run) -> dict[str, Any]:
+    """The tuned model's metrics on the same held-out data as before (eval/after.json)."""
+    if not current.config.eval.after:
+        return {}
+    after = _evaluate(current, "after")
+    rundir.write_json(current.run_dir.eval_file("after"), after)
+    current.progress.message(f"after:  {metrics_line(after)}")
+    return after
+
+
+def merge_final(current: Run) -> Path:
+    """merged/: the adapter merged into its base weights (--merge)."""
+    from tunesmith.export import merge_adapter
+
+    merged_dir = current.run_dir.merged
+    merge_adapter(current.run_dir.final, merged_dir, progress=current.progress)
+    current.progress.message(f"merged model: {merged_dir}")
+    return merged_dir
+
+
+def report(current: Run, steps: int, before: dict[str, Any], after: dict[str, Any]) -> None:
+    """summary.json (what the report and `tunesmith export` read) and report.html."""
+    from tunesmith.report.html import write_report
+
+    run_dir = current.run_dir
+    rundir.write_json(
+        run_dir.summary,
+        {
+            "task": current.config.task,
+            "base_model": current.model_path,
+            "steps": steps,
+            "seconds": _elapsed(current),
+            "before": before,
+            "after": after,
+            "final_dir": str(run_dir.final),
+            "trainable_parameters": current.trainable,
+            "total_parameters": current.total,
+            "data": current.prepared.stats.as_dict(),
+            **peak_memory(current.device),
+        },
+    )
+    write_report(run_dir.path)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers of the phases
+
+
+def _evaluate(current: Run, phase: Phase) -> dict[str, Any]:
+    from tunesmith.evaluate.runner import evaluate_phase
+
+    context = EvalContext(
+        current.model,
+        current.loss_module,
+        current.prepared,
+        current.tokenizer,
+        current.config,
+        current.device,
+    )
+    return evaluate_phase(current.task, context, phase)
+
+
+def _elapsed(current: Run) -> float:
+    return time.perf_counter() - current.started
+
+
+class _NoLog:
+    """The metrics logger of ranks other than 0: they compute the same records, rank 0 writes them."""
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def environment() -> dict[str, Any]:
+    """The versions and machine a run ran on (environment.json)."""
+    import peft
+    import torch
+    import transformers
+
+    from tunesmith import __version__
+
+    info = {
+        "tunesmith": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def peak_memory(device: str) -> dict[str, int]:
+    """Peak resident memory of this process and, on CUDA, the peak memory torch allocated."""
+    import sys
+
+    import torch
+
+    try:
+        import resource
+
+        # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peak = {"peak_rss_bytes": int(rss if sys.platform == "darwin" else rss * 1024)}
+    except ImportError:  # Windows: no getrusage; the current RSS is the best we have
+        import psutil
+
+        peak = {"peak_rss_bytes": int(psutil.Process().memory_info().rss)}
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        peak["cuda_max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+    return peak
+
+
+def metrics_line(metrics: dict[str, Any]) -> str:
+    """The before/after line: the task's headline metrics and the forgetting probe."""
+    shown = []
+    for key in ("loss", "perplexity", "token_accuracy", "accuracy", "macro_f1"):
+        if isinstance(metrics.get(key), (int, float)):
+            shown.append(f"{key} {metrics[key]:.4f}")
+    if isinstance(metrics.get("general"), dict):
+        shown.append(f"general perplexity {metrics['general']['perplexity']:.2f}")
+    return ", ".join(shown) or "(no held-out data)"

@@ -1,0 +1,71 @@
+"""The package's shape: no import cycle between modules, and no branch on a task's name outside tasks/.
+
+The room-by-room rules (data/ never imports train/ ...) are import-linter contracts in
+pyproject.toml, run by `make lint`.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "tunesmith"
+
+
+def _cycles(graph) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in graph.find_modules_directly_imported_by(module):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for module in sorted(graph.modules):
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    grimp = pytest.importorskip("grimp")  # installed with import-linter (the dev extra)
+    # Imports inside functions count too: a cycle hidden in a function is still a cycle.
+    graph = grimp.build_graph("tunesmith", exclude_type_checking_imports=True)
+    assert _cycles(graph) == []
+
+
+def test_the_task_name_is_compared_only_in_tasks_config_and_the_cli() -> None:
+    compared = re.compile(r"""(==|!=|\bin\b)\s*\(?\s*["'](instruct|pretrain|classify)["']""")
+    allowed = {PACKAGE / "config.py", PACKAGE / "cli.py"}
+    offenders = [
+        f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path not in allowed and PACKAGE / "tasks" not in path.parents
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if compared.search(line)
+    ]
+    assert offenders == []

@@ -1,0 +1,62 @@
+"""The typed task contract (tasks/__init__.py): every task fills it, and the shared rules hold."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tunesmith.data.formats import KIND_FORMATS
+from tunesmith.data.tokenize import TokenizeStats
+from tunesmith.errors import UserError
+from tunesmith.tasks import TASK_NAMES, DataStats, Task, get_task, held_out_count, hold_out
+from tunesmith.tasks.pretrain import split_documents
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_every_task_fills_every_field_of_the_contract(name: str) -> None:
+    task = get_task(name)
+    assert isinstance(task, Task) and task.name == name
+    assert task.record_kind in KIND_FORMATS
+    for field in dataclasses.fields(Task):
+        value = getattr(task, field.name)
+        assert value is not None, field.name
+        if field.name not in ("name", "record_kind", "has_forgetting_probe"):
+            assert callable(value), field.name
+
+
+def test_only_the_language_model_tasks_have_the_forgetting_probe() -> None:
+    assert {name: get_task(name).has_forgetting_probe for name in TASK_NAMES} == {
+        "instruct": True,
+        "pretrain": True,
+        "classify": False,
+    }
+
+
+def test_an_unknown_task_is_a_user_error_naming_the_choices() -> None:
+    with pytest.raises(UserError, match="instruct, pretrain, classify"):
+        get_task("summarize")
+
+
+@pytest.mark.parametrize(
+    ("num_items", "fraction", "max_items"),
+    [(0, 0.1, 10), (1, 0.5, 10), (2, 0.1, 10), (50, 0.1, 3), (9, 0.9, 100)],
+)
+def test_records_and_documents_are_held_out_by_one_rule(
+    num_items: int, fraction: float, max_items: int
+) -> None:
+    count = held_out_count(num_items, fraction, max_items)
+    assert 0 <= count <= max(0, num_items - 1) and count <= max_items
+    train, held = hold_out(list(range(num_items)), fraction, max_items, seed=3)
+    train_documents, held_documents = split_documents(num_items, fraction, max_items, seed=3)
+    assert len(held) == len(held_documents) == count
+    assert sorted(train + held) == list(range(num_items))
+    assert sorted([*train_documents.tolist(), *held_documents.tolist()]) == list(range(num_items))
+
+
+def test_data_stats_are_plain_json_without_the_fields_a_task_lacks() -> None:
+    stats = DataStats(TokenizeStats(num_examples=3, num_tokens=40), chat_template="the tokenizer's")
+    values = stats.as_dict()
+    assert values["train"]["num_examples"] == 3 and values["eval"] is None
+    assert "labels" not in values and "class_weights" not in values
+    assert "chat template: the tokenizer's" in stats.summary()
