@@ -254,7 +254,9 @@ def eval_command(
     data: list[str] = typer.Option(
         ..., "--data", "-d", help="evaluation data (file or folder; repeat for several)"
     ),
-    task: str = typer.Option(None, "--task", help="pretrain | classify | instruct (default: the run's task)"),
+    task: str = typer.Option(
+        None, "--task", help="pretrain | classify | instruct | preference (default: the run's task)"
+    ),
     baseline: str = typer.Option(
         None, "--baseline", help="model to compare with (default: the run's base model)"
     ),
@@ -415,7 +417,7 @@ def data_check(
     data: str = typer.Argument(..., help="training data: file, folder or glob"),
     eval: str = typer.Option(None, "--eval", help="held-out data, checked for leakage and coverage"),
     task: str = typer.Option(
-        None, "--task", help="instruct | classify | pretrain (default: from the fields)"
+        None, "--task", help="instruct | classify | pretrain | preference (default: from the fields)"
     ),
     model: str = typer.Option(
         "embedded", "--model", help="whose tokenizer counts tokens (weights never load)"
@@ -489,7 +491,7 @@ def data_check(
 
 @app.command("select")
 def select_command(
-    task: str = typer.Option(..., "--task", help="instruct | pretrain | classify"),
+    task: str = typer.Option(..., "--task", help="instruct | pretrain | classify | preference"),
     data: list[str] = typer.Option(..., "--data", "-d", help="your training data (repeat for several)"),
     candidates: list[str] = typer.Option(
         None, "--candidates", help="model dirs, 'embedded' or hub ids (default: the catalogue, filtered)"
