@@ -66,6 +66,10 @@ FULL = {
 EVAL_FULL = {"sst2": None, "shakespeare": None, "gsm8k": 300}  # None: the whole eval file
 EVAL_QUICK = {"sst2": 64, "shakespeare": 8, "gsm8k": 16}
 QUICK_STEPS = 6
+CONCAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ m['content'] }}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,14 +314,20 @@ def ours_train(case: str, budget: dict, seed: int, work: Path) -> tuple[object, 
             )
         )
         # An explicit eval file: no training record is held out (the peer trains on all of them).
-        data = {"train": str(train_file), "eval": str(eval_file)}
+        # The texts joined as they are (BOS + prompt + completion + EOS), as TRL trains
+        # non-conversational {prompt, completion} records and as score_gsm8k scores them.
+        data = {"train": str(train_file), "eval": str(eval_file), "chat_template": CONCAT_TEMPLATE}
     task = {"sst2": "classify", "shakespeare": "pretrain", "gsm8k": "instruct"}[case]
     config = api.Config.model_validate(
         {
             "task": task,
             "model": {"name": str(MODEL), "device": "cpu"},
             "adapter": {"method": "full"},
-            "data": {**data, "max_seq_len": budget["max_len"]},
+            "data": {
+                **data,
+                "max_seq_len": budget["max_len"],
+                "check": os.environ.get("BENCH_DATA_CHECK", "1") == "1",
+            },
             "train": {
                 "learning_rate": budget["lr"],
                 "max_steps": budget["steps"],
@@ -326,7 +336,7 @@ def ours_train(case: str, budget: dict, seed: int, work: Path) -> tuple[object, 
                 "weight_decay": budget["weight_decay"],
                 "min_lr_ratio": 0.0,  # the peers' cosine decays to 0
                 "eval_every": 0,
-                "log_every": 10,
+                "log_every": 1,  # every step's num_targets: the trained tokens
                 "seed": seed,
             },
             "eval": {"before": False, "after": False, "forgetting": False},
