@@ -27,7 +27,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: str) ->
     # The fused kernel (one pass over all parameters) is the fast path on GPU and, since torch 2.4,
     # on CPU too (HF Trainer's default optimizer there as well). Sharded (FSDP DTensor) parameters
     # keep the foreach path, which every placement supports.
-    sharded = any(hasattr(p, "full_tensor") for g in groups for p in g["params"])
+    sharded = any(hasattr(p, "full_tensor") for p in decay + no_decay)
     fused = device.split(":")[0] in ("cuda", "cpu") and not sharded
     return torch.optim.AdamW(
         groups,
