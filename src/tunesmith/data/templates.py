@@ -332,9 +332,15 @@ def encode_sample(tokenizer: Any, sample: Sample) -> tuple[list[int], list[int]]
         if span_index == len(spans):
             break
         span_start, span_end = spans[span_index]
-        # A token belongs to the turn when it starts inside it (byte-level BPE can merge the
-        # leading space of the answer with the header's newline: those stay untrained).
-        if span_start <= start < span_end and end > start:
+        # A token belongs to the turn when it starts inside it, or when it straddles the turn's
+        # start and carries the turn's first characters: a prompt ending in a space ("Answer: ")
+        # puts that space into the completion's first token with sentencepiece ("▁J") and
+        # byte-level BPE (" J"); that token is the answer's first word and is trained, as TRL does.
+        # A straddling token whose share of the turn is only whitespace (a header's newline merged
+        # with the answer's leading newline) stays untrained: at inference the prompt ends there.
+        starts_inside = span_start <= start < span_end
+        straddles = start < span_start < end and sample.text[span_start : min(end, span_end)].strip()
+        if (starts_inside or straddles) and end > start:
             labels[position] = input_ids[position]
     return input_ids, labels
 

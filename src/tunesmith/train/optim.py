@@ -24,19 +24,29 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: str) ->
     groups = [g for g in groups if g["params"]]
     if not groups:
         raise ValueError("no trainable parameters")
+    # The fused kernel (one pass over all parameters) is the fast path on GPU and, since torch 2.4,
+    # on CPU too (HF Trainer's default optimizer there as well). Sharded (FSDP DTensor) parameters
+    # keep the foreach path, which every placement supports.
+    sharded = any(hasattr(p, "full_tensor") for p in decay + no_decay)
+    fused = device.split(":")[0] in ("cuda", "cpu") and not sharded
     return torch.optim.AdamW(
         groups,
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
-        # The fused kernel is the fast path on GPU; on CPU the foreach path is the portable one.
-        fused=device == "cuda",
+        fused=fused,
+        foreach=None if fused else True,
     )
 
 
 def lr_multiplier(step: int, total_steps: int, warmup_steps: int, kind: str, min_ratio: float) -> float:
-    """LR as a share of the peak at `step` (0-based): linear warmup, then cosine/linear/constant."""
+    """LR as a share of the peak at `step` (0-based): linear warmup, then cosine/linear/constant.
+
+    The warm-up is transformers' (get_cosine_schedule_with_warmup and friends): step s of W uses
+    s/W of the peak, so step 0 uses 0 and step W the peak, and a config carried over from HF
+    Trainer gives the same learning rate at every step (with min_lr_ratio: 0, its decay too).
+    """
     if warmup_steps and step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return step / warmup_steps
     if kind == "constant" or total_steps <= warmup_steps:
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
