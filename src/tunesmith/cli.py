@@ -443,6 +443,45 @@ def data_check(
         raise typer.Exit(code)
 
 
+@data_app.command("curve")
+def data_curve(
+    config: str = typer.Argument(..., help="YAML config (its data, model and training settings)"),
+    overrides: list[str] = typer.Argument(None, help="dotted overrides"),
+    fractions: str = typer.Option("0.125,0.25,0.5", "--fractions", help="subset sizes, e.g. 1/8,1/4,1/2"),
+    max_minutes: float = typer.Option(30.0, "--max-minutes", help="bound on the whole curve's time"),
+    out: str = typer.Option(
+        None, "--out", help="folder for curve.json/png/html (default: output_dir/curve-<time>)"
+    ),
+    verify: bool = typer.Option(
+        False, "--verify", help="also train on all the data and check the prediction"
+    ),
+    json_output: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Is my data enough? Short runs on nested subsets, a power-law fit, the metric at 1x/2x/4x the data."""
+
+    def action() -> None:
+        import json as json_module
+
+        from tunesmith import api, ui
+        from tunesmith.select.curve import parse_fractions
+
+        console = _console(stderr=json_output)
+        result = api.data_curve(
+            _load(config, overrides),
+            fractions=parse_fractions(fractions),
+            max_minutes=max_minutes,
+            out_dir=out,
+            verify=verify,
+            progress=_progress(console, show_bar=False),
+        )
+        if json_output:
+            typer.echo(json_module.dumps(result, indent=2, default=str))
+            return
+        ui.print_curve(console, result)
+
+    _run(action)
+
+
 @app.command("select")
 def select_command(
     task: str = typer.Option(..., "--task", help="instruct | pretrain | classify"),
