@@ -114,7 +114,7 @@ def train(
         _exec_torchrun(nproc, sys.argv[1:])
 
     def action() -> None:
-        from tunesmith import api
+        from tunesmith import api, ui
         from tunesmith.config import config_to_yaml
         from tunesmith.train.distributed import is_main_process
 
@@ -129,6 +129,7 @@ def train(
             f"[bold green]done[/bold green]: {result.steps} steps in {result.seconds:.0f}s; "
             f"model in {result.final_dir}"
         )
+        ui.print_prediction(console, result.run_dir)
 
     _run(action)
 

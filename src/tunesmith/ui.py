@@ -239,3 +239,25 @@ def print_curve(console: Any, result: dict[str, Any]) -> None:
         console.print(f"check: all the data measured {v['measured']:.4f}, {inside} the predicted band")
     console.print(f"[bold]{result['verdict']}[/bold]", soft_wrap=True)
     console.print(f"[dim]{result['cost']['line']}; files in {result['out_dir']}[/dim]", soft_wrap=True)
+
+
+def print_prediction(console: Any, run_dir: Any) -> None:
+    """After `tunesmith train`: what was predicted next to what was used (summary.json's prediction)."""
+    import json
+    from pathlib import Path
+
+    from tunesmith.report.sections import prediction_lines
+
+    summary_file = Path(run_dir) / "summary.json"
+    if not summary_file.is_file():
+        return
+    prediction = json.loads(summary_file.read_text(encoding="utf-8")).get("prediction")
+    if not isinstance(prediction, dict):
+        return
+    shown = [
+        f"{name}: predicted {guess}, used {used}" for name, guess, used, _ in prediction_lines(prediction)
+    ]
+    if shown:
+        console.print(
+            f"[dim]prediction ({prediction.get('source')}): {'; '.join(shown)}[/dim]", soft_wrap=True
+        )

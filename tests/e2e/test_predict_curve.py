@@ -16,6 +16,11 @@ from tunesmith.config import build_config
 from tunesmith.train.run import run
 
 
+def _losses(run_dir: Path) -> list[float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if "loss" in r and "step" in r and "event" not in r]
+
+
 @pytest.mark.slow
 def test_train_with_predict_probes_and_records_predicted_next_to_used(
     tiny_llama: Path, instruct_rows: list[dict], tmp_path: Path
@@ -33,6 +38,11 @@ def test_train_with_predict_probes_and_records_predicted_next_to_used(
     assert summary["train_seconds"] == prediction["wall_seconds"]["measured"]
     assert any("probe:" in note for note in prediction["notes"])
     assert "Predicted vs used" in (result.run_dir / "report.html").read_text()
+    # The probe changes nothing the run computes: the same losses as a run without it.
+    values.update(run_name="no-probe")
+    values["train"]["predict"] = False
+    plain = run(build_config(values))
+    assert _losses(plain.run_dir) == _losses(result.run_dir)
 
 
 def test_train_checks_the_prediction_select_wrote(
@@ -103,3 +113,28 @@ def test_data_curve_end_to_end(tiny_llama: Path, instruct_rows: list[dict], tmp_
         app, ["data", "curve", str(config_file), "--out", str(tmp_path / "c2"), "--max-minutes", "0.00001"]
     )
     assert refused.exit_code == 2 and "at least" in refused.output
+
+
+@pytest.mark.slow
+def test_select_probes_classify_through_the_contract_and_writes_its_prediction(
+    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tunesmith.select as select_module
+
+    monkeypatch.setattr(select_module, "PROBE_SECONDS", 2.0)  # the stopping rule has its own unit tests
+    words = ["good", "bad", "great", "awful", "fine", "poor"]
+    rows = [{"text": f"this is {words[i % 6]} number {i}", "label": i % 2} for i in range(48)]
+    data = write_jsonl(tmp_path / "labeled.jsonl", rows)
+    out = tmp_path / "select"
+    result = select_module.select("classify", str(data), [str(tiny_llama)], cpu=True, sample=8, out_dir=out)
+    best = result["ranked"][0]
+    assert best["tokens_per_second"] > 0 and best["seconds_per_step"] > 0
+    probe = best["info"]["probe"]
+    assert probe["timed_steps"] >= 1 and probe["stopped_by"] in ("steady", "time budget", "step cap")
+    config = build_config(yaml.safe_load((out / "config.yaml").read_text()))
+    assert config.prediction is not None and config.prediction.source == "select"
+    assert config.prediction.batch_size == config.train.batch_size == 8
+    assert config.prediction.max_seq_len == config.data.max_seq_len
+    assert config.prediction.tokens_per_second == best["tokens_per_second"]
+    assert config.prediction.wall_seconds == pytest.approx(best["estimated_seconds"])
+    assert config.prediction.peak_memory_bytes > 0

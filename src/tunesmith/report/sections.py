@@ -437,7 +437,8 @@ def prediction_lines(prediction: dict[str, Any]) -> list[tuple[str, str, str, st
     """(figure, predicted, used, measured/predicted) per figure that has a prediction or a measurement."""
     lines = []
     for key, name, show in PREDICTED_FIGURES:
-        figure = prediction.get(key) if isinstance(prediction.get(key), dict) else {}
+        value = prediction.get(key)
+        figure: dict[str, Any] = value if isinstance(value, dict) else {}
         guess, actual, ratio = figure.get("predicted"), figure.get("measured"), figure.get("ratio")
         if guess is None and actual is None:
             continue

@@ -203,11 +203,11 @@ def data_curve(
         subset = dataclasses.replace(prepared, rows=rows)
         name = f"fraction-{f:g}"
         progress.message(f"training on {f:g} of the data ({len(rows)} rows, {steps[f]} steps) ...")
-        result = train_subset(_fraction_config(config, out, name, steps[f]), tokenizer, subset)
-        value = result["metrics"].get(task.headline_metric)
+        trained = train_subset(_fraction_config(config, out, name, steps[f]), tokenizer, subset)
+        value = trained["metrics"].get(task.headline_metric)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise UserError(f"data curve: the run on {f:g} of the data gave no finite {task.headline_metric}")
-        points.append({"fraction": f, "rows": len(rows), "value": float(value), **result})
+        points.append({"fraction": f, "rows": len(rows), "value": float(value), **trained})
         progress.message(f"  {task.headline_metric} {value:.4f}")
 
     fitted = [p for p in points if p["fraction"] < 1.0]

@@ -77,10 +77,10 @@ def run(
     """Finetune as the config says; returns where the run went and the before/after metrics."""
     current = start(config, resume, progress or NoProgress())
     findings = prepare_data(current)
-    build_model(current)
     schedule, total_steps = plan_steps(current)
+    predict_cost(current, total_steps)  # before the model: a probe's memory is gone when the run's peaks
+    build_model(current)
     checkpoint = find_checkpoint(current, resume)
-    predict_cost(current, total_steps)
     log = open_run(current, findings)
     try:
         before = evaluate_before(current, checkpoint)
@@ -203,6 +203,15 @@ def predict_cost(current: Run, total_steps: int) -> None:
     current.predicted = predict(
         config, current.task, current.model_path, current.prepared, current.device, total_steps
     )
+    if config.train.predict:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available() and current.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()  # the run's peak is the run's, not the probe's
 
 
 def find_checkpoint(current: Run, resume: bool) -> Path | None:
