@@ -6,6 +6,7 @@ answers at once. A user mistake prints one line and exits with code 2 (traceback
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -344,6 +345,7 @@ def data_preview(
     config: str = typer.Argument(..., help="YAML config"),
     overrides: list[str] = typer.Argument(None, help="dotted overrides"),
     num: int = typer.Option(2, "--num", "-n", help="samples to show"),
+    as_json: bool = typer.Option(False, "--json", help="print [{source, text, trained: [spans]}] as JSON"),
 ) -> None:
     """Show tokenized samples: trained tokens highlighted, untrained tokens dimmed."""
 
@@ -354,7 +356,11 @@ def data_preview(
 
         console = _console()
         cfg = _load(config, overrides)
-        for sample in api.preview(cfg, num):
+        samples = api.preview(cfg, num)
+        if as_json:
+            typer.echo(json.dumps([s["json"] for s in samples], ensure_ascii=False, indent=1))
+            return
+        for sample in samples:
             console.rule(
                 f"{sample['source']}" + (f"  label={sample['label']}" if sample["label"] is not None else "")
             )

@@ -46,6 +46,11 @@ class ModelConfig(Section):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
     token: str | None = Field(None, description="hub token for private models (never logged or saved)")
+    # A folder can hold several quantisations of one model: name the one to load.
+    gguf_file: str | None = Field(
+        None,
+        description="GGUF file inside the `name` folder to load (dequantised); a .gguf `name` needs none",
+    )
 
 
 class AdapterConfig(Section):
@@ -87,7 +92,13 @@ class DataConfig(Section):
         None, description="system message prepended to conversations without one"
     )
     chat_template: str | None = Field(
-        None, description="Jinja chat template; default: the tokenizer's own, else tunesmith's ChatML"
+        None,
+        description="Jinja chat template, or the path of a .jinja file; default: the tokenizer's own, else ChatML",
+    )
+    # Off by default: reasoning traces are often distilled from another model; training on them
+    # teaches its style of thinking, which a user should choose deliberately.
+    train_on_reasoning: bool = Field(
+        False, description="instruct: also train assistant `reasoning_content`/`thinking` (rendered always)"
     )
     on_error: Literal["raise", "skip"] = Field("raise", description="bad records: stop (raise) or skip them")
     max_skipped: int = Field(100, ge=0, description="with on_error: skip, stop after this many bad records")
@@ -177,6 +188,13 @@ class EvalConfig(Section):
         True, description="perplexity on general text before and after (forgetting probe)"
     )
     max_general_tokens: int = Field(16384, ge=256, description="tokens of general text used by the probe")
+    # Each scored call is one greedy generation: 50 keeps before/after under minutes on a CPU.
+    max_tool_call_turns: int = Field(
+        50,
+        ge=0,
+        description="instruct: held-out tool-call turns scored (well-formed, name, arguments); 0 = off",
+    )
+    tool_call_max_new_tokens: int = Field(96, ge=8, description="generation length for a scored tool call")
 
 
 class LoggingConfig(Section):
