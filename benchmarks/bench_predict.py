@@ -38,11 +38,10 @@ def cases(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, Pat
     datasets, stories = SHARED / "datasets", SHARED / "models" / "stories260k"
     gsm8k = _head(datasets / "gsm8k" / "train-00000-of-00002.jsonl", args.rows, work / "gsm8k.jsonl")
     sst2 = _head(datasets / "sst2" / "train_2k.jsonl", args.rows, work / "sst2.jsonl")
-    shakespeare = datasets / "tinyshakespeare" / "train.txt"
-    if args.rows < 2000:  # a smoke run: a slice of the text
-        text = shakespeare.read_text(encoding="utf-8")[: args.rows * 200]
-        shakespeare = work / "shakespeare.txt"
-        shakespeare.write_text(text, encoding="utf-8")
+    # One document per speech: select holds some out to measure the fit (train.txt is one document).
+    shakespeare = datasets / "tinyshakespeare" / "speeches.jsonl"
+    if args.rows < 2000:  # a smoke run: the first speeches
+        shakespeare = _head(shakespeare, args.rows, work / "speeches.jsonl")
     found = [
         ("stories260k sst2 (classify)", "classify", str(sst2), stories),
         ("stories260k tiny-shakespeare (pretrain)", "pretrain", str(shakespeare), stories),
@@ -70,6 +69,7 @@ def main() -> int:
     )
     parser.add_argument("--tolerance", type=float, default=0.30)
     parser.add_argument("--gpu-memory", default=None, help="select for a GPU of this size (else --cpu)")
+    parser.add_argument("--only", default=None, help="run the cases whose name holds this text")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -78,6 +78,8 @@ def main() -> int:
         work = args.out or Path(temp)
         work.mkdir(parents=True, exist_ok=True)
         for index, (name, task, data, model) in enumerate(cases(args, work)):
+            if args.only and args.only not in name:
+                continue
             out = work / f"select-{index}"
             device = ["--gpu-memory", args.gpu_memory] if args.gpu_memory else ["--cpu"]
             chosen = tunesmith(

@@ -506,6 +506,9 @@ def select_command(
     min_context: int = typer.Option(None, "--min-context", help="catalogue filter: context length"),
     max_seq_len: int = typer.Option(None, "--max-seq-len", help="cap on the recommended sequence length"),
     sample: int = typer.Option(64, "--sample", help="held-out examples scored per candidate"),
+    probe_seconds: float = typer.Option(
+        20.0, "--probe-seconds", help="at most this long timing steady-state training steps per candidate"
+    ),
     out: str = typer.Option(None, "--out", help="folder for select.json and a ready config.yaml"),
     json_output: bool = typer.Option(False, "--json", help="print the result as JSON instead of a table"),
     more_candidates: list[str] = typer.Argument(
@@ -533,6 +536,7 @@ def select_command(
             min_context=min_context,
             max_seq_len=max_seq_len,
             sample=sample,
+            probe_seconds=probe_seconds,
             out_dir=out,
             progress=_progress(console),
         )

@@ -117,16 +117,17 @@ def test_data_curve_end_to_end(tiny_llama: Path, instruct_rows: list[dict], tmp_
 
 @pytest.mark.slow
 def test_select_probes_classify_through_the_contract_and_writes_its_prediction(
-    tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_llama: Path, tmp_path: Path
 ) -> None:
     import tunesmith.select as select_module
 
-    monkeypatch.setattr(select_module, "PROBE_SECONDS", 2.0)  # the stopping rule has its own unit tests
     words = ["good", "bad", "great", "awful", "fine", "poor"]
     rows = [{"text": f"this is {words[i % 6]} number {i}", "label": i % 2} for i in range(48)]
     data = write_jsonl(tmp_path / "labeled.jsonl", rows)
     out = tmp_path / "select"
-    result = select_module.select("classify", str(data), [str(tiny_llama)], cpu=True, sample=8, out_dir=out)
+    result = select_module.select(
+        "classify", str(data), [str(tiny_llama)], cpu=True, sample=8, out_dir=out, probe_seconds=2.0
+    )
     best = result["ranked"][0]
     assert best["tokens_per_second"] > 0 and best["seconds_per_step"] > 0
     probe = best["info"]["probe"]

@@ -129,6 +129,7 @@ def measure_candidate(
     max_seq_len: int | None,
     progress: Progress | None,
     target_device: str | None = None,
+    probe_seconds: float = PROBE_SECONDS,
 ) -> Candidate:
     """Fill in fit, memory and throughput; on a load failure mark it skipped with the reason."""
     from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve_model_path
@@ -215,7 +216,7 @@ def measure_candidate(
         probe_config = build_config(probe_values, source="tunesmith select (throughput probe)")
         probe_prepared = task_contract.prepare_data(probe_config, tokenizer)
         probe = measure_throughput(
-            task_contract, candidate.path, probe_config, probe_prepared, device, time_budget=PROBE_SECONDS
+            task_contract, candidate.path, probe_config, probe_prepared, device, time_budget=probe_seconds
         )
         candidate.info["probe"] = probe.as_dict()
         seconds, tokens_per_second = probe.seconds_per_step, probe.tokens_per_second
@@ -331,6 +332,7 @@ def select(
     sample: int = DEFAULT_SAMPLE,
     out_dir: str | Path | None = None,
     progress: Progress | None = None,
+    probe_seconds: float = PROBE_SECONDS,
 ) -> dict[str, Any]:
     """Measure the candidates on the user's data and recommend one; see the module docstring."""
     from tunesmith.models.catalog import filter_catalog, find, parse_count
@@ -386,7 +388,16 @@ def select(
             progress.message(f"measuring {name} ...")
         results.append(
             measure_candidate(
-                candidate, task, data, measure_device, budget, sample, max_seq_len, progress, device
+                candidate,
+                task,
+                data,
+                measure_device,
+                budget,
+                sample,
+                max_seq_len,
+                progress,
+                device,
+                probe_seconds,
             )
         )
     hub_skipped = [c.name for c in results if c.status == "skipped" and "not reachable" in c.reason]
