@@ -3,6 +3,7 @@
     run(config)
       start            threads, seed, device, processes; where the run goes
       prepare_data     tokenizer, the task's data, the data doctor (nothing is written yet)
+      predict_cost     what the run should cost (train/prediction.py), checked in summary.json
       build_model      base model + adapter/head, its loss, the fast path chosen once
       open_run         the run directory, the metrics log
       evaluate_before  the base model's metrics (eval/before.json)
