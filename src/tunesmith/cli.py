@@ -255,7 +255,9 @@ def eval_command(
     data: list[str] = typer.Option(
         ..., "--data", "-d", help="evaluation data (file or folder; repeat for several)"
     ),
-    task: str = typer.Option(None, "--task", help="pretrain | classify | instruct (default: the run's task)"),
+    task: str = typer.Option(
+        None, "--task", help="pretrain | classify | instruct | preference (default: the run's task)"
+    ),
     baseline: str = typer.Option(
         None, "--baseline", help="model to compare with (default: the run's base model)"
     ),
@@ -294,17 +296,55 @@ def report(run: str = typer.Argument(..., help="run directory")) -> None:
 def export(
     run: str = typer.Argument(..., help="run directory or adapter directory"),
     out: str = typer.Option(..., "--out", help="where to write the merged model"),
+    output_format: str = typer.Option(
+        "hf", "--format", help="hf (merged HF directory) or gguf (llama.cpp/Ollama)"
+    ),
+    quant: str = typer.Option("f16", "--quant", help="GGUF only: f16 or q8_0"),
+    llama_cpp: str = typer.Option(None, "--llama-cpp", help="GGUF only: folder with llama.cpp's converter"),
 ) -> None:
     """Merge a LoRA adapter into its base model, check parity, write it with a model card.
 
     The result loads with plain transformers (and vLLM/TGI); the export stops if the merged
-    model's logits differ from base + adapter."""
+    model's logits differ from base + adapter. With --format gguf: DIR/model.gguf (llama.cpp's
+    converter) and an Ollama Modelfile, checked against the merged model before it is kept."""
 
     def action() -> None:
         from tunesmith import api
 
+        if output_format == "gguf":
+            result = api.export_gguf(
+                run, out, quant=quant, llama_cpp=llama_cpp, progress=_progress(_console())
+            )
+            typer.echo(f"GGUF model: {result.gguf_file} ({result.size_bytes / 1e6:.1f} MB, {result.quant})")
+            return
+        if output_format != "hf":
+            from tunesmith.errors import UserError
+
+            raise UserError(f"--format {output_format}: choose hf or gguf")
         path = api.merge_adapter(run, out, progress=_progress(_console()))
         typer.echo(f"merged model: {path}")
+
+    _run(action)
+
+
+@app.command()
+def serve(
+    run: str = typer.Argument(..., help="run directory, adapter directory or model directory"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind (localhost by default)"),
+    port: int = typer.Option(8000, "--port", help="TCP port"),
+    api_key: str = typer.Option(
+        None, "--api-key", envvar="TUNESMITH_API_KEY", help="require `Authorization: Bearer KEY`"
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    name: str = typer.Option(None, "--name", help="model id clients ask for (default: the folder name)"),
+) -> None:
+    """Serve a trained model behind an OpenAI-compatible API (/v1/chat/completions, /v1/completions)."""
+
+    def action() -> None:
+        from tunesmith import api
+
+        progress = _progress(_console(stderr=True))
+        api.serve(run, host=host, port=port, api_key=api_key, device=device, name=name, progress=progress)
 
     _run(action)
 
@@ -378,7 +418,7 @@ def data_check(
     data: str = typer.Argument(..., help="training data: file, folder or glob"),
     eval: str = typer.Option(None, "--eval", help="held-out data, checked for leakage and coverage"),
     task: str = typer.Option(
-        None, "--task", help="instruct | classify | pretrain (default: from the fields)"
+        None, "--task", help="instruct | classify | pretrain | preference (default: from the fields)"
     ),
     model: str = typer.Option(
         "embedded", "--model", help="whose tokenizer counts tokens (weights never load)"
@@ -491,7 +531,7 @@ def data_curve(
 
 @app.command("select")
 def select_command(
-    task: str = typer.Option(..., "--task", help="instruct | pretrain | classify"),
+    task: str = typer.Option(..., "--task", help="instruct | pretrain | classify | preference"),
     data: list[str] = typer.Option(..., "--data", "-d", help="your training data (repeat for several)"),
     candidates: list[str] = typer.Option(
         None, "--candidates", help="model dirs, 'embedded' or hub ids (default: the catalogue, filtered)"

@@ -16,8 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tunesmith.errors import UserError
 
-Task = Literal["instruct", "pretrain", "classify"]
-DataFormat = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "labeled"]
+Task = Literal["instruct", "pretrain", "classify", "preference"]
+DataFormat = Literal[
+    "auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "labeled", "trl", "openai"
+]  # trl, openai (and sharegpt): preference pairs (data/preference.py)
 
 # Keys whose values must never be printed or saved (tokens, API keys).
 SECRET_KEY_PATTERN = re.compile(r"(^|_)(token|api_key|password|secret|hf_token)$", re.IGNORECASE)
@@ -232,8 +234,27 @@ class PredictionConfig(Section):
     method: str | None = Field(None, description="adapter.method the prediction was made for")
 
 
+class PreferenceConfig(Section):
+    loss: Literal["dpo", "ipo", "simpo"] = Field(
+        "dpo", description="dpo (sigmoid), ipo, or simpo (reference-free, length-normalised)"
+    )
+    beta: float = Field(0.1, gt=0.0, description="strength of the pull towards the reference (simpo: ~2.0)")
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=0.5,
+        description="dpo: assumed share of flipped pairs (conservative DPO); 0 = plain DPO",
+    )
+    simpo_gamma: float = Field(0.5, ge=0.0, description="simpo: target reward margin")
+    reference: Literal["auto", "adapter_disabled", "precomputed", "frozen_copy"] = Field(
+        "auto",
+        description="reference log-probs: auto = base with the adapter disabled (LoRA), else computed once "
+        "before training (full); frozen_copy keeps a second copy of the weights",
+    )
+
+
 class Config(Section):
-    task: Task = Field("instruct", description="pretrain | classify | instruct")
+    task: Task = Field("instruct", description="pretrain | classify | instruct | preference")
     model: ModelConfig = Field(default_factory=ModelConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -244,6 +265,7 @@ class Config(Section):
     prediction: PredictionConfig | None = Field(
         None, description="select's prediction for this config (written by `tunesmith select --out`)"
     )
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     output_dir: str = Field("runs", description="folder that holds run directories")
     run_name: str | None = Field(None, description="run directory name; default: <task>-<date>-<time>")
 

@@ -36,6 +36,7 @@ def test_only_the_language_model_tasks_have_the_forgetting_probe() -> None:
         "instruct": True,
         "pretrain": True,
         "classify": False,
+        "preference": True,
     }
 
 
@@ -46,6 +47,7 @@ def test_the_headline_metric_data_curve_predicts() -> None:
         "instruct": ("loss", False),
         "pretrain": ("loss", False),
         "classify": ("accuracy", True),
+        "preference": ("reward_accuracy", True),
     }
 
 

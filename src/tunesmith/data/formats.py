@@ -1,6 +1,7 @@
 """Record formats: detect them, and convert every row into one canonical record.
 
-Canonical records (DESIGN.md): `TextRecord`, `Conversation`, `LabeledText`. Each keeps its
+Canonical records (DESIGN.md): `TextRecord`, `Conversation`, `LabeledText`, `PreferencePair`
+(its formats are read in data/preference.py). Each keeps its
 `source` (file:line) so any later problem can be reported where the user can fix it.
 """
 
@@ -36,12 +37,16 @@ FORMAT_FIELDS = {
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
     "labeled": ("text", "label"),
+    "trl": ("prompt", "chosen", "rejected"),
+    "openai": ("input", "preferred_output", "non_preferred_output"),
 }
 # The formats of each kind of canonical record (a task's Task.record_kind names one).
 KIND_FORMATS = {
     "conversation": ("messages", "sharegpt", "alpaca", "prompt_completion"),
     "text": ("text",),
     "labeled": ("labeled",),
+    # Pairs are read by data/preference.py (its PAIR_FORMATS; sharegpt there: conversations + chosen/rejected).
+    "preference": ("trl", "sharegpt", "openai"),
 }
 
 
@@ -71,8 +76,21 @@ class LabeledText:
     source: Source = field(default_factory=lambda: Source("<memory>"))
 
 
-Record = TextRecord | Conversation | LabeledText
-RECORD_KINDS: dict[type, str] = {Conversation: "conversation", TextRecord: "text", LabeledText: "labeled"}
+@dataclass
+class PreferencePair:
+    prompt: list[dict[str, str]]  # the turns before the reply (system/user/assistant)
+    chosen: list[dict[str, str]]  # the better reply: one (or more) assistant turns
+    rejected: list[dict[str, str]]  # the worse reply
+    source: Source = field(default_factory=lambda: Source("<memory>"))
+
+
+Record = TextRecord | Conversation | LabeledText | PreferencePair
+RECORD_KINDS: dict[type, str] = {
+    Conversation: "conversation",
+    TextRecord: "text",
+    LabeledText: "labeled",
+    PreferencePair: "preference",
+}
 
 
 def message_text(message: dict[str, Any]) -> str:

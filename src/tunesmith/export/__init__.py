@@ -1,7 +1,10 @@
 """Exporting a trained model: the merged HF directory, its model card, and a parity check.
 
-The merged model must predict what base + adapter predicted: `parity_probe` runs the same probe
-batch through both and the export refuses to finish when they differ.
+The merged model must predict what base + adapter predicted: `probe_logits` runs the same probe
+batch through both and the export refuses to finish when they differ. The GGUF export for
+llama.cpp and Ollama builds on this merge: `gguf.py` (convert, check the file against the merged
+model, write it), `converter.py` (llama.cpp's own converter, fetched from PyPI and run in a
+subprocess) and `modelfile.py` (the Ollama Modelfile from the trained chat template).
 """
 
 from __future__ import annotations
