@@ -42,6 +42,8 @@ def _progress(console: Any, show_bar: bool = True) -> Any:
 def _run(action: Callable[[], Any]) -> Any:
     """Run a command; turn user errors into one red line and exit code 2. Whatever reaches the
     terminal (messages and tracebacks) has secrets (tokens, API keys) redacted."""
+    from rich.markup import escape
+
     from tunesmith.config import redact
     from tunesmith.errors import NonFiniteError, TrainingInterrupted, UserError
 
@@ -51,10 +53,13 @@ def _run(action: Callable[[], Any]) -> Any:
         if _state["debug"]:
             _print_traceback()
         else:
-            _console(stderr=True).print(f"[bold red]error:[/bold red] {redact(str(exc))}", soft_wrap=True)
+            # escape: a message's own brackets (`pip install "tunesmith[gpu]"`) are text, not markup.
+            _console(stderr=True).print(
+                f"[bold red]error:[/bold red] {escape(redact(str(exc)))}", soft_wrap=True
+            )
         raise typer.Exit(exc.exit_code) from None
     except TrainingInterrupted as exc:
-        _console(stderr=True).print(f"[yellow]{redact(str(exc))}[/yellow]")
+        _console(stderr=True).print(f"[yellow]{escape(redact(str(exc)))}[/yellow]")
         raise typer.Exit(TrainingInterrupted.exit_code) from None
     except KeyboardInterrupt:
         _console(stderr=True).print("[yellow]interrupted[/yellow]")

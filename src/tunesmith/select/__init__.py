@@ -211,6 +211,8 @@ def measure_candidate(
     try:
         probe_values = recommended_values(candidate, task, data, "auto")
         probe_values["model"] = {"name": candidate.path, "device": device}
+        if probe_values["adapter"]["method"] == "qlora" and device == "cpu":
+            probe_values["adapter"]["method"] = "lora"  # 4-bit kernels need the GPU; the closest on CPU
         probe_values["data"]["check"] = False
         probe_values["logging"] = {"progress": False}
         probe_config = build_config(probe_values, source="tunesmith select (throughput probe)")

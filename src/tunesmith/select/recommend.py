@@ -3,10 +3,11 @@ hyperparameters from the data size (each with its reason), the ready config and 
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.config import Config, build_config
+from tunesmith.config import GPU_EXTRA_HINT, Config, build_config
 from tunesmith.models.memory import ModelShape, Setting, estimate_memory
 from tunesmith.tasks import get_task
 
@@ -111,8 +112,8 @@ def recommended_values(best: Candidate, task: str, data: Any, device: str) -> di
     """The recommended config as plain values (what select probes and writes)."""
     hyper = best.info["hyperparameters"]
     method = best.method or "lora"
-    if method == "qlora":
-        method = "lora"  # tunesmith trains LoRA; QLoRA needs bitsandbytes on a GPU (noted in the reasons)
+    if method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+        method = "lora"  # a config that validates; the first reason says it will not fit as written
     batch_size = best.info["batch_size"]
     return {
         "task": task,
@@ -158,15 +159,15 @@ def build_recommendation(best: Candidate, task: str, data: Any, device: str) -> 
     values["prediction"] = prediction_of(best, values)
     config = build_config(values, source="tunesmith select recommendation")
     why = list(best.info["reasoning"])
-    why.insert(
-        0,
-        f"method {best.method}: "
-        + (
-            "every weight trains (a tiny model, or enough data to use it)"
-            if method == "full"
-            else "a LoRA adapter: a fraction of the memory of full finetuning, and little forgetting"
-        ),
-    )
+    because = {
+        "full": "every weight trains (a tiny model, or enough data to use it)",
+        "qlora": "LoRA on 4-bit NF4 base weights (bitsandbytes): only QLoRA fits the memory",
+    }.get(method, "a LoRA adapter: a fraction of the memory of full finetuning, and little forgetting")
+    why.insert(0, f"method {best.method}: {because}")
+    if best.method == "qlora" and method != "qlora":
+        why.insert(
+            0, f"only QLoRA fits, but bitsandbytes is missing: `{GPU_EXTRA_HINT}`, then adapter.method: qlora"
+        )
     if best.gradient_checkpointing:
         why.append("gradient checkpointing on: without it the activations do not fit the memory")
     return config, why
