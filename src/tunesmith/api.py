@@ -168,3 +168,10 @@ def select(task: str, data: Any, candidates: list[str] | None = None, **options:
     from tunesmith.select import select as run_select
 
     return run_select(task, data, candidates, **options)
+
+
+def data_curve(config: Config, **options: Any) -> dict[str, Any]:
+    """Is the data enough? A learning curve from short nested-subset runs; see tunesmith.select.curve."""
+    from tunesmith.select.curve import data_curve as run_curve
+
+    return run_curve(config, **options)

@@ -120,7 +120,7 @@ def train(
         _exec_torchrun(nproc, sys.argv[1:])
 
     def action() -> None:
-        from tunesmith import api
+        from tunesmith import api, ui
         from tunesmith.config import config_to_yaml
         from tunesmith.train.distributed import is_main_process
 
@@ -135,6 +135,7 @@ def train(
             f"[bold green]done[/bold green]: {result.steps} steps in {result.seconds:.0f}s; "
             f"model in {result.final_dir}"
         )
+        ui.print_prediction(console, result.run_dir)
 
     _run(action)
 
@@ -494,6 +495,45 @@ def data_check(
         raise typer.Exit(code)
 
 
+@data_app.command("curve")
+def data_curve(
+    config: str = typer.Argument(..., help="YAML config (its data, model and training settings)"),
+    overrides: list[str] = typer.Argument(None, help="dotted overrides"),
+    fractions: str = typer.Option("0.125,0.25,0.5", "--fractions", help="subset sizes, e.g. 1/8,1/4,1/2"),
+    max_minutes: float = typer.Option(30.0, "--max-minutes", help="bound on the whole curve's time"),
+    out: str = typer.Option(
+        None, "--out", help="folder for curve.json/png/html (default: output_dir/curve-<time>)"
+    ),
+    verify: bool = typer.Option(
+        False, "--verify", help="also train on all the data and check the prediction"
+    ),
+    json_output: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Is my data enough? Short runs on nested subsets, a power-law fit, the metric at 1x/2x/4x the data."""
+
+    def action() -> None:
+        import json as json_module
+
+        from tunesmith import api, ui
+        from tunesmith.select.curve import parse_fractions
+
+        console = _console(stderr=json_output)
+        result = api.data_curve(
+            _load(config, overrides),
+            fractions=parse_fractions(fractions),
+            max_minutes=max_minutes,
+            out_dir=out,
+            verify=verify,
+            progress=_progress(console, show_bar=False),
+        )
+        if json_output:
+            typer.echo(json_module.dumps(result, indent=2, default=str))
+            return
+        ui.print_curve(console, result)
+
+    _run(action)
+
+
 @app.command("select")
 def select_command(
     task: str = typer.Option(..., "--task", help="instruct | pretrain | classify | preference"),
@@ -511,6 +551,9 @@ def select_command(
     min_context: int = typer.Option(None, "--min-context", help="catalogue filter: context length"),
     max_seq_len: int = typer.Option(None, "--max-seq-len", help="cap on the recommended sequence length"),
     sample: int = typer.Option(64, "--sample", help="held-out examples scored per candidate"),
+    probe_seconds: float = typer.Option(
+        20.0, "--probe-seconds", help="at most this long timing steady-state training steps per candidate"
+    ),
     out: str = typer.Option(None, "--out", help="folder for select.json and a ready config.yaml"),
     json_output: bool = typer.Option(False, "--json", help="print the result as JSON instead of a table"),
     more_candidates: list[str] = typer.Argument(
@@ -538,6 +581,7 @@ def select_command(
             min_context=min_context,
             max_seq_len=max_seq_len,
             sample=sample,
+            probe_seconds=probe_seconds,
             out_dir=out,
             progress=_progress(console),
         )

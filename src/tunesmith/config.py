@@ -192,6 +192,11 @@ class TrainConfig(Section):
     )
     num_threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores")
     compile: bool = Field(False, description="torch.compile the model (GPU fast path)")
+    predict: bool = Field(
+        False,
+        description="before training, time a short steady-state probe to predict tokens/s and wall time "
+        "(summary.json's prediction; memory is always estimated)",
+    )
 
 
 class EvalConfig(Section):
@@ -237,6 +242,21 @@ class DistributedConfig(Section):
     )
 
 
+class PredictionConfig(Section):
+    """What `tunesmith select` predicted for the config it wrote; `train` checks it against the run."""
+
+    source: str = Field("select", description="who predicted: select")
+    tokens_per_second: float | None = Field(None, ge=0.0, description="predicted steady-state tokens/s")
+    seconds_per_step: float | None = Field(None, ge=0.0, description="predicted seconds per optimizer step")
+    peak_memory_bytes: int | None = Field(None, ge=0, description="predicted peak training memory")
+    wall_seconds: float | None = Field(None, ge=0.0, description="predicted training time")
+    device: str | None = Field(None, description="the device the throughput was measured on")
+    batch_size: int | None = Field(None, ge=1, description="train.batch_size the prediction was made for")
+    gradient_accumulation_steps: int | None = Field(None, ge=1, description="the same for accumulation")
+    max_seq_len: int | None = Field(None, ge=1, description="data.max_seq_len the prediction was made for")
+    method: str | None = Field(None, description="adapter.method the prediction was made for")
+
+
 class PreferenceConfig(Section):
     loss: Literal["dpo", "ipo", "simpo"] = Field(
         "dpo", description="dpo (sigmoid), ipo, or simpo (reference-free, length-normalised)"
@@ -265,6 +285,9 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    prediction: PredictionConfig | None = Field(
+        None, description="select's prediction for this config (written by `tunesmith select --out`)"
+    )
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     output_dir: str = Field("runs", description="folder that holds run directories")
     run_name: str | None = Field(None, description="run directory name; default: <task>-<date>-<time>")

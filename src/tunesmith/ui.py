@@ -213,3 +213,51 @@ def print_selection(console: Any, result: dict[str, Any]) -> None:
         else:
             console.print("[bold]config.yaml[/bold]")
             console.print(recommendation["config_yaml"], markup=False)
+
+
+def print_curve(console: Any, result: dict[str, Any]) -> None:
+    """`tunesmith data curve`: the measured points, the predictions with their bands, the verdict."""
+    from rich.table import Table
+
+    metric = result["metric"]
+    table = Table(title=f"learning curve ({metric}, {result['rows']:,} training rows)")
+    for column in ("data", "rows", metric, "band (90%)"):
+        table.add_column(column)
+    for p in result["points"]:
+        table.add_row(f"{p['fraction']:g} (measured)", f"{p['rows']:,}", f"{p['value']:.4f}", "")
+    for name, v in result["predictions"].items():
+        table.add_row(
+            f"{name} (predicted)",
+            f"{v['n']:,.0f}",
+            f"{v['predicted']:.4f}",
+            f"{v['low']:.4f} – {v['high']:.4f}",
+        )
+    console.print(table)
+    if "verification" in result:
+        v = result["verification"]
+        inside = "[green]within[/green]" if v["within_band"] else "[red]outside[/red]"
+        console.print(f"check: all the data measured {v['measured']:.4f}, {inside} the predicted band")
+    console.print(f"[bold]{result['verdict']}[/bold]", soft_wrap=True)
+    console.print(f"[dim]{result['cost']['line']}; files in {result['out_dir']}[/dim]", soft_wrap=True)
+
+
+def print_prediction(console: Any, run_dir: Any) -> None:
+    """After `tunesmith train`: what was predicted next to what was used (summary.json's prediction)."""
+    import json
+    from pathlib import Path
+
+    from tunesmith.report.sections import prediction_lines
+
+    summary_file = Path(run_dir) / "summary.json"
+    if not summary_file.is_file():
+        return
+    prediction = json.loads(summary_file.read_text(encoding="utf-8")).get("prediction")
+    if not isinstance(prediction, dict):
+        return
+    shown = [
+        f"{name}: predicted {guess}, used {used}" for name, guess, used, _ in prediction_lines(prediction)
+    ]
+    if shown:
+        console.print(
+            f"[dim]prediction ({prediction.get('source')}): {'; '.join(shown)}[/dim]", soft_wrap=True
+        )

@@ -21,7 +21,13 @@ def test_every_task_fills_every_field_of_the_contract(name: str) -> None:
     for field in dataclasses.fields(Task):
         value = getattr(task, field.name)
         assert value is not None, field.name
-        if field.name not in ("name", "record_kind", "has_forgetting_probe"):
+        if field.name not in (
+            "name",
+            "record_kind",
+            "has_forgetting_probe",
+            "headline_metric",
+            "higher_is_better",
+        ):
             assert callable(value), field.name
 
 
@@ -31,6 +37,17 @@ def test_only_the_language_model_tasks_have_the_forgetting_probe() -> None:
         "pretrain": True,
         "classify": False,
         "preference": True,
+    }
+
+
+def test_the_headline_metric_data_curve_predicts() -> None:
+    assert {
+        name: (get_task(name).headline_metric, get_task(name).higher_is_better) for name in TASK_NAMES
+    } == {
+        "instruct": ("loss", False),
+        "pretrain": ("loss", False),
+        "classify": ("accuracy", True),
+        "preference": ("reward_accuracy", True),
     }
 
 

@@ -24,6 +24,7 @@ from tunesmith.report.sections import (
     _forgetting_section,
     _generations_section,
     _metrics_section,
+    _prediction_section,
     _speed_section,
     _summary,
     _training_curves,
@@ -102,6 +103,7 @@ def render(run: dict[str, Any]) -> str:
         _examples_section(comparison),
         _data_section(run),
         _speed_section(run),
+        _prediction_section(run),
         _config_section(run),
     ]
     sections = [s for s in sections if s]
@@ -115,6 +117,7 @@ def render(run: dict[str, Any]) -> str:
         "examples": "Fixed/broken",
         "data": "Data",
         "speed": "Speed",
+        "prediction": "Predicted",
         "config": "Config",
     }
     links = "".join(

@@ -478,6 +478,54 @@ def _speed_section(run: dict[str, Any]) -> str:
     return _section("speed", "Throughput and memory", body, note)
 
 
+PREDICTED_FIGURES = (
+    ("tokens_per_second", "tokens per second", fmt),
+    ("peak_memory_bytes", "peak memory", _bytes),
+    ("wall_seconds", "training time", _duration),
+)
+
+
+def prediction_lines(prediction: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(figure, predicted, used, measured/predicted) per figure that has a prediction or a measurement."""
+    lines = []
+    for key, name, show in PREDICTED_FIGURES:
+        value = prediction.get(key)
+        figure: dict[str, Any] = value if isinstance(value, dict) else {}
+        guess, actual, ratio = figure.get("predicted"), figure.get("measured"), figure.get("ratio")
+        if guess is None and actual is None:
+            continue
+        lines.append(
+            (
+                name,
+                show(guess) if guess is not None else "not predicted",
+                show(actual) if actual is not None else "–",
+                f"{_number(ratio):.2f}x" if _number(ratio) is not None else "–",
+            )
+        )
+    return lines
+
+
+def _prediction_section(run: dict[str, Any]) -> str:
+    prediction = run["summary"].get("prediction")
+    if not isinstance(prediction, dict):
+        return ""
+    lines = prediction_lines(prediction)
+    if not lines:
+        return ""
+    rows = [[escape(name), f"predicted {guess}, used {used}", ratio] for name, guess, used, ratio in lines]
+    body = _table(["", "predicted vs used", "used / predicted"], rows, "keyvalues")
+    notes = [escape(str(n)) for n in prediction.get("notes") or []]
+    if notes:
+        body += "<ul>" + "".join(f"<li>{n}</li>" for n in notes) + "</ul>"
+    source = {
+        "select": "what <code>tunesmith select</code> predicted for this config",
+        "preflight": "a steady-state probe before training (train.predict)",
+        "estimate": "the memory estimate (models/memory.py); set train.predict: true to predict speed too",
+    }.get(str(prediction.get("source")), escape(str(prediction.get("source"))))
+    note = f"Predicted from {source}. Training time is the loop's, without evaluation."
+    return _section("prediction", "Predicted vs used", body, note)
+
+
 def _config_section(run: dict[str, Any]) -> str:
     config = run["config"]
     body = f"<pre>{escape(config)}</pre>" if config else _missing("config.yaml is absent.")

@@ -12,6 +12,7 @@ name; adding a task touches this package and config.py only.
     load_for_eval(target, name, config, device, prepared)   a trained (or base) model ready for evaluate
     measure_fit(FitContext) -> dict                         select's probe of a base model's fit
     trained_data_settings(target) -> dict                   data settings a trained model fixes
+    headline_metric, higher_is_better                       the held-out metric `data curve` predicts
 """
 
 from __future__ import annotations
@@ -164,6 +165,10 @@ class Task:
     # What a training example's label shows as in previews (LM examples have none: None).
     preview_label: Callable[[PreparedData, Example], Any]
     has_forgetting_probe: bool  # the general-text perplexity before/after (LM tasks)
+    # The held-out metric (a key of evaluate's result) that `data curve` fits and predicts, and
+    # whether larger is better (accuracy) or smaller (loss).
+    headline_metric: str = "loss"
+    higher_is_better: bool = False
 
 
 def get_task(name: str) -> Task:

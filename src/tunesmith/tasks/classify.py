@@ -387,6 +387,8 @@ TASK = Task(
     recommend_epochs=lm_epochs,
     preview_label=preview_label,
     has_forgetting_probe=False,  # a classifier's head has no next-token perplexity to lose
+    headline_metric="accuracy",
+    higher_is_better=True,
 )
 
 

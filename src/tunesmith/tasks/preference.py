@@ -330,6 +330,8 @@ TASK = Task(
     recommend_epochs=lm_epochs,
     preview_label=preview_label,
     has_forgetting_probe=True,
+    headline_metric="reward_accuracy",  # held-out pairs the implicit reward ranks right
+    higher_is_better=True,
 )
 
 

@@ -3,6 +3,7 @@
     run(config)
       start            threads, seed, device, processes; where the run goes
       prepare_data     tokenizer, the task's data, the data doctor (nothing is written yet)
+      predict_cost     what the run should cost (train/prediction.py), checked in summary.json
       build_model      base model + adapter/head, its loss, the fast path chosen once
       open_run         the run directory, the metrics log
       evaluate_before  the base model's metrics (eval/before.json)
@@ -67,6 +68,8 @@ class Run:
     collate: Any = None  # rows -> batch: the task's collate as the fast path chose to wrap it
     trainable: int = 0
     total: int = 0
+    predicted: dict[str, Any] = field(default_factory=dict)  # train/prediction.py's figures
+    train_seconds: float = 0.0  # the fit phase's wall time
 
 
 def run(
@@ -75,13 +78,16 @@ def run(
     """Finetune as the config says; returns where the run went and the before/after metrics."""
     current = start(config, resume, progress or NoProgress())
     findings = prepare_data(current)
-    build_model(current)
     schedule, total_steps = plan_steps(current)
+    predict_cost(current, total_steps)  # before the model: a probe's memory is gone when the run's peaks
+    build_model(current)
     checkpoint = find_checkpoint(current, resume)
     log = open_run(current, findings)
     try:
         before = evaluate_before(current, checkpoint)
+        fit_started = time.perf_counter()
         state, before = fit(current, schedule, total_steps, checkpoint, log, before)
+        current.train_seconds = time.perf_counter() - fit_started
         if not gather_final(current):
             # Ranks other than 0 are done once they helped gather the weights.
             return RunResult(
@@ -183,6 +189,31 @@ def plan_steps(current: Run) -> tuple[Any, int]:
         len(current.prepared.rows), train.batch_size, train.gradient_accumulation_steps, train.seed
     )
     return schedule, train.max_steps or schedule.steps_for_epochs(train.epochs)
+
+
+def predict_cost(current: Run, total_steps: int) -> None:
+    """What the run should cost (memory always; tokens/s and wall time from select's prediction or,
+    with train.predict, a steady-state probe): checked against the run in summary.json."""
+    from tunesmith.train.prediction import predict
+
+    config = current.config
+    if config.train.predict and current.parallel.world_size > 1:
+        current.progress.message("train.predict: the throughput probe runs in one process only; skipped")
+        config = config.model_copy(update={"train": config.train.model_copy(update={"predict": False})})
+    if config.train.predict:
+        current.progress.message("predicting throughput (a short steady-state probe) ...")
+    current.predicted = predict(
+        config, current.task, current.model_path, current.prepared, current.device, total_steps
+    )
+    if config.train.predict:
+        import gc
+
+        import torch
+
+        gc.collect()
+        if torch.cuda.is_available() and current.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()  # the run's peak is the run's, not the probe's
 
 
 def find_checkpoint(current: Run, resume: bool) -> Path | None:
@@ -370,8 +401,15 @@ def merge_final(current: Run) -> Path:
 def report(current: Run, steps: int, before: dict[str, Any], after: dict[str, Any]) -> None:
     """summary.json (what the report and `tunesmith export` read) and report.html."""
     from tunesmith.report.html import write_report
+    from tunesmith.train.prediction import compare, measured_tokens_per_second
 
     run_dir = current.run_dir
+    peak = peak_memory(current.device)
+    measured = {
+        "tokens_per_second": measured_tokens_per_second(rundir.read_metrics(run_dir.path)),
+        "peak_memory_bytes": peak.get("cuda_max_memory_allocated_bytes", peak["peak_rss_bytes"]),
+        "wall_seconds": current.train_seconds,
+    }
     rundir.write_json(
         run_dir.summary,
         {
@@ -385,7 +423,9 @@ def report(current: Run, steps: int, before: dict[str, Any], after: dict[str, An
             "trainable_parameters": current.trainable,
             "total_parameters": current.total,
             "data": current.prepared.stats.as_dict(),
-            **peak_memory(current.device),
+            "train_seconds": current.train_seconds,
+            "prediction": compare(current.predicted, measured),
+            **peak,
         },
     )
     write_report(run_dir.path)

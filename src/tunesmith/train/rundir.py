@@ -404,6 +404,8 @@ HARMLESS_RESUME_CHANGES = (
     "train.log_every",
     "train.save_every",
     "train.keep_last",
+    "train.predict",
+    "prediction",
     "eval.",
     "logging.",
     "data.check",

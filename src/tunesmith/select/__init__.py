@@ -6,7 +6,10 @@ held-out sample of the user's data through the task's own prepare_data, and meas
     so models with different tokenizers compare on the same text (classify: the zero-shot label
     cross-entropy and accuracy of label likelihoods);
   - tokens per character of the user's text (tokenizer efficiency: cost);
-  - throughput of a few real training steps on this machine, extrapolated to the data x epochs;
+  - throughput of real training steps in steady state on this machine (train/probe.py), at the
+    recommended settings (batch, accumulation, sequence length, method), extrapolated to the data x
+    epochs; the figures go into the recommended config's `prediction:` block, which `tunesmith
+    train` checks against the run (summary.json's `prediction`);
   - memory of full / LoRA / QLoRA training (models/memory.py) against the given budget.
 Ranking: candidates whose recommended method fits the memory (and the time budget) first, by fit;
 then the rest. The winner gets hyperparameters chosen from the data size and a ready config.
@@ -14,33 +17,35 @@ then the rest. The winner gets hyperparameters chosen from the data size and a r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.config import GPU_EXTRA_HINT, Config, build_config, config_to_yaml
+from tunesmith.config import Config, build_config, config_to_yaml
+from tunesmith.data.pack import RowSchedule
 from tunesmith.errors import UserError
 from tunesmith.models.memory import (
-    ModelShape,
-    Setting,
     available_memory,
-    estimate_memory,
     format_size,
     parse_size,
     shape_from_config,
 )
 from tunesmith.progress import Progress
-from tunesmith.tasks import TASK_NAMES, FitContext, PreparedData, Task, get_task
+from tunesmith.select.recommend import (
+    build_recommendation,
+    choose_method,
+    recommend_hyperparameters,
+    recommended_values,
+)
+from tunesmith.tasks import TASK_NAMES, FitContext, PreparedData, get_task
+from tunesmith.train.probe import measure_throughput
 from tunesmith.train.rundir import atomic_write
 
 DEFAULT_SAMPLE = 64  # held-out examples scored per candidate
-THROUGHPUT_STEPS = 2  # timed training steps (after one warm-up step)
-PROBE_BATCH_SIZE = 2
-TINY_MODEL_PARAMS = 50e6  # below this, LoRA saves nothing worth having: train every weight
+PROBE_SECONDS = 20.0  # at most this long timing steady-state steps per candidate (train/probe.py)
+RECOMMENDED_BATCH_SIZE = 8
 
 
 @dataclass
@@ -64,101 +69,6 @@ class Candidate:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
-
-
-# --------------------------------------------------------------------------------------------
-# Hyperparameters from the data size (documented rules, printed with their reasoning)
-
-
-def recommend_hyperparameters(
-    task: str,
-    num_examples: int,
-    num_tokens: int,
-    lengths: list[int],
-    context: int,
-    params: float,
-    method: str,
-    max_seq_len: int | None,
-) -> tuple[dict[str, Any], list[str]]:
-    """(settings, reasoning lines) for the config."""
-    epochs, why_epochs = get_task(task).recommend_epochs(num_examples, num_tokens)
-    why = [why_epochs]
-    if method == "full":
-        learning_rate = 5e-4 if params < TINY_MODEL_PARAMS else 2e-5
-        why.append(
-            f"learning rate {learning_rate:g}: full finetuning "
-            + (
-                "of a tiny model (< 50M parameters) tolerates a high rate"
-                if params < TINY_MODEL_PARAMS
-                else "moves every weight; keep it small"
-            )
-        )
-    else:
-        learning_rate = 2e-4
-        why.append("learning rate 2e-4: the usual rate for LoRA adapters")
-    rank = 8 if num_examples < 1000 else 16 if num_examples < 10_000 else 32 if num_examples < 100_000 else 64
-    if method != "full":
-        why.append(
-            f"LoRA rank {rank} (alpha {2 * rank}): more data can use a larger adapter (<1k: 8, <10k: 16, <100k: 32, else 64)"
-        )
-    if lengths:
-        ordered = sorted(lengths)
-        p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
-        seq_len = max(64, int(math.ceil(p95 / 64) * 64))
-        why_len = f"95% of examples are <= {p95} tokens, rounded up to a multiple of 64"
-    else:
-        seq_len, why_len = 1024, "packed domain text: 1024-token blocks"
-    caps = [(context, "the model's context"), (max_seq_len, "--max-seq-len")]
-    for cap, name in caps:
-        if cap and seq_len > cap:
-            seq_len, why_len = cap, f"{why_len}, capped at {name} ({cap})"
-    why.append(f"max_seq_len {seq_len}: {why_len}")
-    return {"epochs": epochs, "learning_rate": learning_rate, "lora_rank": rank, "max_seq_len": seq_len}, why
-
-
-def choose_method(
-    shape: ModelShape,
-    params: float,
-    num_examples: int,
-    seq_len: int,
-    batch_size: int,
-    device: str,
-    budget: int,
-) -> tuple[str | None, bool, dict[str, Any]]:
-    """The method to recommend (or None when nothing fits), whether it needs gradient checkpointing,
-    and every estimate. Preference: full for tiny models or large data sets, else LoRA, else QLoRA."""
-    estimates: dict[str, Any] = {}
-    methods = ["full", "lora"] + (["qlora"] if device != "cpu" else [])
-    for method in methods:
-        for checkpointing in (False, True):
-            estimate = estimate_memory(
-                shape,
-                Setting(
-                    method, seq_len, batch_size, checkpointing, 16, device, baseline_bytes=_baseline(device)
-                ),
-            )
-            estimates[method + ("+gc" if checkpointing else "")] = estimate.as_dict()
-    prefer_full = params < TINY_MODEL_PARAMS or num_examples >= 20_000
-    order = ["full", "lora", "qlora"] if prefer_full else ["lora", "qlora", "full"]
-    for method in order:
-        for checkpointing in (False, True):
-            key = method + ("+gc" if checkpointing else "")
-            if key in estimates and estimates[key]["total"] <= budget:
-                return method, checkpointing, estimates
-    return None, False, estimates
-
-
-_BASELINE: dict[str, int] = {}
-
-
-def _baseline(device: str) -> int | None:
-    if device != "cpu":
-        return None
-    if "cpu" not in _BASELINE:
-        from tunesmith.train.memory_probe import measure_cpu_baseline
-
-        _BASELINE["cpu"] = measure_cpu_baseline()
-    return _BASELINE["cpu"]
 
 
 def parse_duration(text: str) -> float:
@@ -191,44 +101,11 @@ def _candidate_config(
                 "max_eval_examples": sample,
                 "check": False,
             },
-            "train": {"batch_size": PROBE_BATCH_SIZE, "learning_rate": 1e-4, "seed": 0},
+            "train": {"batch_size": 2, "learning_rate": 1e-4, "seed": 0},
             "logging": {"progress": False},
         },
         source="tunesmith select",
     )
-
-
-def measure_throughput(
-    task: Task, model_path: str, config: Config, prepared: PreparedData, device: str
-) -> tuple[float, float]:
-    """(seconds per optimizer step, tokens per second) over a few real training steps."""
-    import torch
-
-    from tunesmith.train.loss import batch_to_device
-    from tunesmith.train.optim import build_optimizer
-
-    model = task.build_model(model_path, config, device, prepared)
-    loss_module = task.make_loss(model, config)
-    optimizer = build_optimizer(loss_module, config.train, device)
-    loss_module.train()
-    num_rows = len(prepared.rows)
-    batch_size = config.train.batch_size
-    elapsed, tokens = 0.0, 0
-    for step in range(THROUGHPUT_STEPS + 1):
-        rows = [prepared.rows[(step * batch_size + i) % num_rows] for i in range(batch_size)]
-        batch = batch_to_device(prepared.collate(rows), device)
-        started = time.perf_counter()
-        out = loss_module(**{k: v for k, v in batch.items() if k != "num_targets"})
-        (out["loss_sum"] / max(float(batch["num_targets"]), 1.0)).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if step:  # the first step pays for allocation and kernel selection
-            elapsed += time.perf_counter() - started
-            tokens += int(batch["input_ids"].numel())
-    del model, loss_module, optimizer
-    return elapsed / THROUGHPUT_STEPS, tokens / max(elapsed, 1e-9)
 
 
 def _lengths(prepared: PreparedData) -> list[int]:
@@ -252,6 +129,7 @@ def measure_candidate(
     max_seq_len: int | None,
     progress: Progress | None,
     target_device: str | None = None,
+    probe_seconds: float = PROBE_SECONDS,
 ) -> Candidate:
     """Fill in fit, memory and throughput; on a load failure mark it skipped with the reason."""
     from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve_model_path
@@ -302,7 +180,7 @@ def measure_candidate(
         "lora",
         max_seq_len,
     )
-    batch_size = 8
+    batch_size = RECOMMENDED_BATCH_SIZE
     method, checkpointing, estimates = choose_method(
         shape,
         candidate.params,
@@ -329,22 +207,33 @@ def measure_candidate(
     candidate.info["num_examples"] = num_examples
     candidate.info["batch_size"] = batch_size
 
-    # Throughput with the method it would train with (full when nothing fits: still a cost figure).
+    # Throughput at the recommended settings, on the data as the recommended config prepares it.
     try:
-        probe_method = "full" if method in (None, "full") else "lora"
-        probe_config = _candidate_config(
-            task, data, candidate.path, hyper["max_seq_len"], sample, probe_method, device
+        probe_values = recommended_values(candidate, task, data, "auto")
+        probe_values["model"] = {"name": candidate.path, "device": device}
+        if probe_values["adapter"]["method"] == "qlora" and device == "cpu":
+            probe_values["adapter"]["method"] = "lora"  # 4-bit kernels need the GPU; the closest on CPU
+        probe_values["data"]["check"] = False
+        probe_values["logging"] = {"progress": False}
+        probe_config = build_config(probe_values, source="tunesmith select (throughput probe)")
+        probe_prepared = task_contract.prepare_data(probe_config, tokenizer)
+        probe = measure_throughput(
+            task_contract, candidate.path, probe_config, probe_prepared, device, time_budget=probe_seconds
         )
-        seconds, tokens_per_second = measure_throughput(
-            task_contract, candidate.path, probe_config, prepared, device
+        candidate.info["probe"] = probe.as_dict()
+        seconds, tokens_per_second = probe.seconds_per_step, probe.tokens_per_second
+        train = probe_config.train
+        schedule = RowSchedule(
+            len(probe_prepared.rows), train.batch_size, train.gradient_accumulation_steps, train.seed
         )
+        candidate.info["steps"] = train.max_steps or schedule.steps_for_epochs(train.epochs)
     except Exception as exc:  # timing is advisory; a failure here must not hide the fit figures
         seconds, tokens_per_second = 0.0, 0.0
-        candidate.reasons.append(f"throughput not measured ({type(exc).__name__})")
+        candidate.info["steps"] = 0
+        candidate.reasons.append(f"throughput not measured ({type(exc).__name__}: {str(exc)[:120]})")
     candidate.seconds_per_step, candidate.tokens_per_second = seconds, tokens_per_second
-    # Each timed step had PROBE_BATCH_SIZE rows; the run has len(rows) rows per epoch.
-    steps = math.ceil(len(prepared.rows) / PROBE_BATCH_SIZE) * hyper["epochs"]
-    candidate.estimated_seconds = steps * seconds
+    candidate.estimated_seconds = candidate.info["steps"] * seconds
+    candidate.info["measured_on"] = device
     return candidate
 
 
@@ -431,47 +320,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def build_recommendation(best: Candidate, task: str, data: Any, device: str) -> tuple[Config, list[str]]:
-    hyper = best.info["hyperparameters"]
-    method = best.method or "lora"
-    missing_bitsandbytes = method == "qlora" and importlib.util.find_spec("bitsandbytes") is None
-    if missing_bitsandbytes:
-        method = "lora"  # a config that validates; the first reason says it will not fit as written
-    batch_size = best.info["batch_size"]
-    values = {
-        "task": task,
-        "model": {"name": best.name if best.name == "embedded" else best.path, "device": "auto"},
-        "adapter": {
-            "method": method,
-            "r": hyper["lora_rank"],
-            "alpha": 2 * hyper["lora_rank"],
-            "dropout": 0.05,
-        },
-        "data": {"train": data, "max_seq_len": hyper["max_seq_len"]},
-        "train": {
-            "epochs": hyper["epochs"],
-            "learning_rate": hyper["learning_rate"],
-            "batch_size": batch_size,
-            "gradient_accumulation_steps": max(1, 16 // batch_size),
-            "gradient_checkpointing": best.gradient_checkpointing,
-        },
-    }
-    config = build_config(values, source="tunesmith select recommendation")
-    why = list(best.info["reasoning"])
-    because = {
-        "full": "every weight trains (a tiny model, or enough data to use it)",
-        "qlora": "LoRA on 4-bit NF4 base weights (bitsandbytes): only QLoRA fits the memory",
-    }.get(method, "a LoRA adapter: a fraction of the memory of full finetuning, and little forgetting")
-    why.insert(0, f"method {best.method}: {because}")
-    if missing_bitsandbytes:
-        why.insert(
-            0, f"only QLoRA fits, but bitsandbytes is missing: `{GPU_EXTRA_HINT}`, then adapter.method: qlora"
-        )
-    if best.gradient_checkpointing:
-        why.append("gradient checkpointing on: without it the activations do not fit the memory")
-    return config, why
-
-
 def select(
     task: str,
     data: Any,
@@ -486,6 +334,7 @@ def select(
     sample: int = DEFAULT_SAMPLE,
     out_dir: str | Path | None = None,
     progress: Progress | None = None,
+    probe_seconds: float = PROBE_SECONDS,
 ) -> dict[str, Any]:
     """Measure the candidates on the user's data and recommend one; see the module docstring."""
     from tunesmith.models.catalog import filter_catalog, find, parse_count
@@ -541,7 +390,16 @@ def select(
             progress.message(f"measuring {name} ...")
         results.append(
             measure_candidate(
-                candidate, task, data, measure_device, budget, sample, max_seq_len, progress, device
+                candidate,
+                task,
+                data,
+                measure_device,
+                budget,
+                sample,
+                max_seq_len,
+                progress,
+                device,
+                probe_seconds,
             )
         )
     hub_skipped = [c.name for c in results if c.status == "skipped" and "not reachable" in c.reason]

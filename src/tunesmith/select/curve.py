@@ -1,0 +1,257 @@
+"""`tunesmith data curve`: is my data enough? A learning curve from short runs on nested subsets.
+
+    data_curve(config, fractions=(1/8, 1/4, 1/2), max_minutes=30, out_dir=None, verify=False)
+
+The config's data is prepared once (the same held-out split for every size). Each fraction trains
+on the first share of one seeded permutation of the training rows (so the subsets are nested),
+for the config's epochs (steps proportional to the subset; with train.max_steps, that many steps
+scaled by the fraction), through the recipe's own phases (train/run.py), and is scored on the
+held-out data with the task's headline metric (eval loss for instruct/pretrain, accuracy for
+classify). A saturating power law with a 90% band (select/powerlaw.py) predicts the metric with
+all the data, 2x and 4x, and the verdict says whether more data of this kind would help.
+
+Cost: a steady-state probe (train/probe.py) times a step first; the whole curve's estimate is
+stated before any run, and budgets shrink (steps scaled down alike) to fit --max-minutes, or the
+curve is refused when even one step per size would not fit. With `verify`, a run on all the data
+checks the prediction at 1x against the band. Results: curve.json (atomic), curve.png, curve.html.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import Config, build_config
+from tunesmith.errors import UserError
+from tunesmith.progress import NoProgress, Progress
+from tunesmith.select.powerlaw import fit_power_law, verdict
+from tunesmith.tasks import EvalContext, PreparedData, Task
+from tunesmith.train.rundir import atomic_write_json
+
+DEFAULT_FRACTIONS = (0.125, 0.25, 0.5)
+PROBE_SECONDS = 10.0
+EVAL_STEP_SHARE = 1 / 3  # a forward pass over a row costs about a third of a training step's
+
+
+def parse_fractions(text: str) -> list[float]:
+    """'0.125,0.25,0.5' or '1/8,1/4,1/2' -> sorted distinct fractions in (0, 1)."""
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "/" in part:
+                top, bottom = part.split("/", 1)
+                value = float(top) / float(bottom)
+            else:
+                value = float(part)
+        except (ValueError, ZeroDivisionError):
+            raise UserError(
+                f"--fractions {text!r}: write fractions like 0.125,0.25,0.5 or 1/8,1/4,1/2"
+            ) from None
+        if not 0 < value < 1:
+            raise UserError(f"--fractions: {part} is not between 0 and 1 (all the data is always the target)")
+        values.append(value)
+    values = sorted(set(values))
+    if len(values) < 3:
+        raise UserError("--fractions: give at least three sizes (the curve has three parameters)")
+    return values
+
+
+def nested_subsets(num_rows: int, fractions: Sequence[float], seed: int) -> dict[float, list[int]]:
+    """For each fraction, the row indices of its subset: prefixes of one seeded permutation."""
+    order = list(range(num_rows))
+    random.Random(seed).shuffle(order)
+    return {f: sorted(order[: max(1, math.ceil(f * num_rows))]) for f in fractions}
+
+
+def steps_for(config: Config, num_rows: int, all_rows: int) -> int:
+    """The run's steps on `num_rows` rows: the same epochs, or max_steps scaled by the share."""
+    from tunesmith.data.pack import RowSchedule
+
+    train = config.train
+    if train.max_steps:
+        return max(1, round(train.max_steps * num_rows / all_rows))
+    schedule = RowSchedule(num_rows, train.batch_size, train.gradient_accumulation_steps, train.seed)
+    return schedule.steps_for_epochs(train.epochs)
+
+
+def plan_budget(
+    steps: dict[float, int], seconds_per_step: float, eval_seconds: float, max_seconds: float | None
+) -> tuple[dict[float, int], float, float]:
+    """(steps per size, estimated seconds, scale applied): shrink every size's steps alike to fit
+    `max_seconds`; refuse when one step per size would not fit."""
+    estimate = sum(s * seconds_per_step + eval_seconds for s in steps.values())
+    if max_seconds is None or estimate <= max_seconds:
+        return dict(steps), estimate, 1.0
+    minimum = len(steps) * (seconds_per_step + eval_seconds)
+    if minimum > max_seconds:
+        raise UserError(
+            f"--max-minutes {max_seconds / 60:g}: the curve needs at least ~{minimum / 60:.1f} min "
+            f"(one step and one evaluation per size, {seconds_per_step:.2f}s a step); raise --max-minutes "
+            "or give fewer --fractions"
+        )
+    scale = (max_seconds - len(steps) * eval_seconds) / (estimate - len(steps) * eval_seconds)
+    shrunk = {f: max(1, int(s * scale)) for f, s in steps.items()}
+    return shrunk, sum(s * seconds_per_step + eval_seconds for s in shrunk.values()), scale
+
+
+def _fraction_config(config: Config, out: Path, name: str, steps: int) -> Config:
+    values = config.model_dump(mode="python")
+    values["train"].update({"max_steps": steps, "eval_every": 0, "save_every": 0, "predict": False})
+    values["eval"].update({"before": False, "after": False, "forgetting": False})
+    values["logging"] = {**values["logging"], "progress": False, "tensorboard": False, "wandb": False}
+    values["logging"]["mlflow"] = False
+    values.update({"output_dir": str(out / "runs"), "run_name": name, "prediction": None})
+    return build_config(values, source="tunesmith data curve")
+
+
+def _standard_error(task: Task, value: float, num_eval: int) -> float | None:
+    """A proportion's binomial error (accuracy); None when the metric is not one (the fit decides)."""
+    if task.higher_is_better and 0.0 <= value <= 1.0 and num_eval > 0:
+        p = min(max(value, 1.0 / num_eval), 1.0 - 1.0 / num_eval) if num_eval > 1 else 0.5
+        return math.sqrt(p * (1 - p) / num_eval)
+    return None
+
+
+def train_subset(config: Config, tokenizer: Any, prepared: PreparedData) -> dict[str, Any]:
+    """One short run through the recipe's phases on `prepared`; the held-out metrics after it."""
+    from tunesmith.train import run as recipe
+
+    started = time.perf_counter()
+    current = recipe.start(config, False, NoProgress())
+    current.tokenizer, current.prepared = tokenizer, prepared
+    recipe.build_model(current)
+    schedule, total_steps = recipe.plan_steps(current)
+    log = recipe.open_run(current, {"skipped": True})
+    try:
+        state, _ = recipe.fit(current, schedule, total_steps, None, log, {})
+        context = EvalContext(current.model, current.loss_module, prepared, tokenizer, config, current.device)
+        metrics = current.task.evaluate(context, "during")
+    finally:
+        log.close()
+        current.parallel.close()
+    shutil.rmtree(current.run_dir.checkpoints, ignore_errors=True)  # the curve keeps metrics, not weights
+    return {
+        "steps": state.step,
+        "seconds": time.perf_counter() - started,
+        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        "run_dir": str(current.run_dir.path),
+    }
+
+
+def data_curve(
+    config: Config,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    max_minutes: float | None = 30.0,
+    out_dir: str | Path | None = None,
+    verify: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Fit the learning curve of `config`'s data; see the module docstring. Returns curve.json's content."""
+    from tunesmith.models.load import load_tokenizer, resolve_model_path
+    from tunesmith.report.curve import write_curve_report
+    from tunesmith.tasks import get_task
+    from tunesmith.train.probe import measure_throughput
+    from tunesmith.train.setup import setup_torch
+
+    progress = progress or NoProgress()
+    fractions = sorted(set(fractions))
+    task = get_task(config.task)
+    out = Path(out_dir) if out_dir else Path(config.output_dir) / f"curve-{datetime.now():%Y%m%d-%H%M%S}"
+    if (out / "runs").exists() and any((out / "runs").iterdir()):
+        raise UserError(f"--out {out}: already holds a curve's runs; choose another folder")
+    out.mkdir(parents=True, exist_ok=True)
+    device = setup_torch(config)
+    model_path = resolve_model_path(config.model.name)
+    tokenizer = load_tokenizer(model_path, config.model)
+    prepared = task.prepare_data(config, tokenizer, progress)
+    if not prepared.eval:
+        raise UserError("data curve needs held-out data: set data.eval_fraction > 0 or give data.eval")
+    all_rows = len(prepared.rows)
+    sizes = [*fractions, 1.0] if verify else list(fractions)
+    subsets = nested_subsets(all_rows, sizes, config.train.seed)
+    if len({len(rows) for rows in subsets.values()}) < len(subsets):
+        raise UserError(
+            f"data curve: {all_rows} training rows are too few for fractions {fractions} (sizes coincide)"
+        )
+
+    progress.message("timing a few training steps (steady state) to state the cost ...")
+    probe = measure_throughput(task, model_path, config, prepared, device, time_budget=PROBE_SECONDS)
+    rows_per_step = config.train.batch_size * config.train.gradient_accumulation_steps
+    eval_seconds = len(prepared.eval) / rows_per_step * probe.seconds_per_step * EVAL_STEP_SHARE
+    planned = {f: steps_for(config, len(subsets[f]), all_rows) for f in sizes}
+    max_seconds = max_minutes * 60 if max_minutes else None
+    steps, estimate, scale = plan_budget(planned, probe.seconds_per_step, eval_seconds, max_seconds)
+    cost_line = (
+        f"cost: ~{estimate / 60:.1f} min for {len(sizes)} runs ({sum(steps.values())} steps at "
+        f"{probe.seconds_per_step:.3f}s a step)"
+    )
+    if scale < 1:
+        cost_line += f"; every size's steps scaled by {scale:.2f} to fit --max-minutes {max_minutes:g}"
+    progress.message(cost_line)
+
+    points = []
+    for f in sizes:
+        rows = [prepared.rows[i] for i in subsets[f]]
+        subset = dataclasses.replace(prepared, rows=rows)
+        name = f"fraction-{f:g}"
+        progress.message(f"training on {f:g} of the data ({len(rows)} rows, {steps[f]} steps) ...")
+        trained = train_subset(_fraction_config(config, out, name, steps[f]), tokenizer, subset)
+        value = trained["metrics"].get(task.headline_metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserError(f"data curve: the run on {f:g} of the data gave no finite {task.headline_metric}")
+        points.append({"fraction": f, "rows": len(rows), "value": float(value), **trained})
+        progress.message(f"  {task.headline_metric} {value:.4f}")
+
+    fitted = [p for p in points if p["fraction"] < 1.0]
+    errors = [_standard_error(task, p["value"], len(prepared.eval)) for p in fitted]
+    fit = fit_power_law(
+        [p["rows"] for p in fitted],
+        [p["value"] for p in fitted],
+        errors=None if any(e is None for e in errors) else [float(e) for e in errors if e is not None],
+        higher_is_better=task.higher_is_better,
+    )
+    words = verdict(fit, all_rows, task.headline_metric)
+    result: dict[str, Any] = {
+        "task": config.task,
+        "metric": task.headline_metric,
+        "higher_is_better": task.higher_is_better,
+        "model": model_path,
+        "device": device,
+        "rows": all_rows,
+        "eval_examples": len(prepared.eval),
+        "cost": {
+            "estimated_seconds": estimate,
+            "seconds_per_step": probe.seconds_per_step,
+            "probe": probe.as_dict(),
+            "steps_scale": scale,
+            "max_minutes": max_minutes,
+            "line": cost_line,
+        },
+        "points": points,
+        "fit": fit.as_dict(),
+        **words,
+    }
+    if verify:
+        full = next(p for p in points if p["fraction"] == 1.0)
+        band = words["predictions"]["1x"]
+        result["verification"] = {
+            "measured": full["value"],
+            "predicted": band["predicted"],
+            "low": band["low"],
+            "high": band["high"],
+            "within_band": band["low"] <= full["value"] <= band["high"],
+        }
+    result["seconds"] = sum(p["seconds"] for p in points)
+    atomic_write_json(out / "curve.json", result)
+    result["files"] = {k: str(v) for k, v in write_curve_report(out, result, fit).items()}
+    result["out_dir"] = str(out)
+    atomic_write_json(out / "curve.json", result)
+    return result

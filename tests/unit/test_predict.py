@@ -1,0 +1,151 @@
+"""Predictions before training: the steady-state probe's stopping rule, the learning curve's
+power-law fit and band, the verdicts, the prediction block and its report section."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from tunesmith.errors import UserError
+from tunesmith.report.sections import _prediction_section, prediction_lines
+from tunesmith.select.curve import nested_subsets, parse_fractions, plan_budget
+from tunesmith.select.powerlaw import fit_power_law, verdict
+from tunesmith.train.prediction import compare, measured_tokens_per_second, within
+from tunesmith.train.probe import relative_standard_error, steady_state
+
+
+class FakeClock:
+    """A clock that each step advances by the next programmed duration."""
+
+    def __init__(self, durations):
+        self.now = 0.0
+        self.durations = iter(durations)
+        self.calls = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self) -> int:
+        self.now += next(self.durations)
+        self.calls += 1
+        return 100  # tokens
+
+
+def test_probe_skips_warmup_and_stops_when_steady() -> None:
+    # Two slow warm-up steps (start-up), then steady steps of 0.1s with 2% jitter.
+    rng = np.random.default_rng(0)
+    clock = FakeClock([5.0, 3.0, *(0.1 * (1 + 0.02 * rng.standard_normal(1000)))])
+    result = steady_state(clock.step, clock=clock)
+    assert result.stopped_by == "steady"
+    assert result.timed_steps == 5  # the minimum: 2% jitter is far below the 10% target
+    assert result.seconds_per_step == pytest.approx(0.1, rel=0.05)  # the warm-up is not in it
+    assert result.tokens_per_second == pytest.approx(1000, rel=0.05)
+    assert result.relative_error <= 0.10
+
+
+def test_probe_times_more_steps_when_noisy_and_stops_at_the_budget() -> None:
+    # Alternating 0.1s / 1.0s: never within 1% -> it runs until the time budget.
+    clock = FakeClock(itertools.cycle([0.1, 1.0]))
+    result = steady_state(clock.step, warmup_steps=1, target=0.01, time_budget=20.0, clock=clock)
+    assert result.stopped_by == "time budget"
+    assert 20.0 <= result.seconds_per_step * result.timed_steps < 21.1
+    assert result.seconds_per_step == pytest.approx(0.55, rel=0.1)
+    noisy = FakeClock(itertools.cycle([0.1, 0.3]))
+    capped = steady_state(noisy.step, target=0.0, max_steps=7, time_budget=1e9, clock=noisy)
+    assert capped.stopped_by == "step cap" and capped.timed_steps == 7
+
+
+def test_relative_standard_error() -> None:
+    assert relative_standard_error([1.0]) == math.inf
+    assert relative_standard_error([2.0, 2.0, 2.0]) == 0.0
+    times = [1.0, 2.0, 3.0]
+    assert relative_standard_error(times) == pytest.approx(math.sqrt(1.0 / 3) / 2.0)
+
+
+@pytest.mark.parametrize(("a", "b", "c"), [(1.5, 20.0, 0.5), (0.8, 3.0, 0.25), (2.2, 100.0, 0.9)])
+def test_power_law_recovers_known_parameters(a: float, b: float, c: float) -> None:
+    sizes = [125, 250, 500, 1000, 2000]
+    values = [a + b * n ** (-c) for n in sizes]
+    fit = fit_power_law(sizes, values)
+    assert fit.a == pytest.approx(a, rel=0.03)
+    assert fit.c == pytest.approx(c, rel=0.05)
+    assert fit.value(8000) == pytest.approx(a + b * 8000 ** (-c), rel=0.01)
+
+
+def test_band_covers_the_truth_on_noisy_points() -> None:
+    # 40 noisy learning curves of 3 points each: the 90% band at 2x covers the true value ~90%.
+    a, b, c, sigma = 1.2, 6.0, 0.4, 0.01
+    sizes = [250, 500, 1000]
+    rng = np.random.default_rng(3)
+    truth = a + b * 2000 ** (-c)
+    covered = 0
+    for trial in range(40):
+        values = [a + b * n ** (-c) + rng.normal(0, sigma) for n in sizes]
+        fit = fit_power_law(sizes, values, errors=[sigma] * 3, samples=200, seed=trial)
+        low, high = fit.band(2000)
+        covered += low <= truth + rng.normal(0, sigma) <= high
+    assert covered >= 30  # 75%: the band is neither a point nor missing the truth
+
+
+def test_higher_is_better_fits_a_rising_curve() -> None:
+    sizes = [100, 200, 400, 800]
+    values = [0.9 - 0.8 * n ** (-0.5) for n in sizes]
+    fit = fit_power_law(sizes, values, higher_is_better=True)
+    assert fit.value(3200) > fit.value(800) > fit.value(100)
+    assert fit.value(1e9) == pytest.approx(0.9, abs=0.01)
+
+
+def test_verdicts() -> None:
+    steep = fit_power_law([250, 500, 1000], [3.0 + 40 * n**-0.5 for n in (250, 500, 1000)])
+    result = verdict(steep, 2000, "loss")
+    assert result["more_data_helps"] and "will likely help" in result["verdict"]
+    assert result["predictions"]["2x"]["predicted"] < result["predictions"]["1x"]["predicted"]
+    assert result["gain_at_4x"] > result["gain_at_2x"] > 0
+    flat = fit_power_law([250, 500, 1000], [0.80, 0.805, 0.806], errors=[0.02] * 3, higher_is_better=True)
+    result = verdict(flat, 2000, "accuracy")
+    assert not result["more_data_helps"] and result["verdict"].startswith("saturating")
+
+
+def test_curve_helpers() -> None:
+    assert parse_fractions("1/8, 0.25,1/2") == [0.125, 0.25, 0.5]
+    for bad in ("0.5,1.0,0.25", "a,b,c", "0.1,0.2"):
+        with pytest.raises(UserError):
+            parse_fractions(bad)
+    subsets = nested_subsets(100, [0.125, 0.25, 0.5], seed=1)
+    assert [len(s) for s in subsets.values()] == [13, 25, 50]
+    assert set(subsets[0.125]) <= set(subsets[0.25]) <= set(subsets[0.5])
+    steps, estimate, scale = plan_budget({0.25: 100, 0.5: 200}, 0.5, 10.0, None)
+    assert steps == {0.25: 100, 0.5: 200} and estimate == 170.0 and scale == 1.0
+    steps, estimate, scale = plan_budget({0.25: 100, 0.5: 200}, 0.5, 10.0, 95.0)
+    assert estimate <= 95.0 and steps[0.5] == 2 * steps[0.25] and scale < 1
+    with pytest.raises(UserError, match="at least"):
+        plan_budget({0.25: 100, 0.5: 200}, 0.5, 10.0, 15.0)
+
+
+def test_prediction_block_and_report_section() -> None:
+    metrics = [
+        {"step": 1, "tokens_per_second": 10.0},
+        *({"step": s, "tokens_per_second": 100.0 + s} for s in range(2, 7)),
+    ]
+    assert measured_tokens_per_second(metrics) == 104.0  # the start-up window is left out
+    predicted = {
+        "source": "preflight",
+        "tokens_per_second": 100.0,
+        "peak_memory_bytes": 2 * 1024**3,
+        "wall_seconds": None,
+    }
+    block = compare(
+        predicted, {"tokens_per_second": 104.0, "peak_memory_bytes": 1024**3, "wall_seconds": 12.0}
+    )
+    assert block["tokens_per_second"]["ratio"] == pytest.approx(1.04)
+    assert block["peak_memory_bytes"]["ratio"] == pytest.approx(0.5)
+    assert block["wall_seconds"] == {"predicted": None, "measured": 12.0, "ratio": None}
+    assert within(block, 0.3) == {"tokens_per_second": True, "peak_memory_bytes": False, "wall_seconds": None}
+    lines = prediction_lines(block)
+    assert ("peak memory", "2.0 GiB", "1.0 GiB", "0.50x") in lines
+    html = _prediction_section({"summary": {"prediction": block}})
+    assert "predicted 2.0 GiB, used 1.0 GiB" in html and "not predicted" in html
+    assert _prediction_section({"summary": {}}) == ""
