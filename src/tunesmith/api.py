@@ -21,12 +21,17 @@ from tunesmith.train.rundir import RunDir, base_model_of, resolve_trained  # noq
 
 
 def train(
-    config: Config, resume: bool = False, merge: bool = False, progress: Progress | None = None
+    config: Config,
+    resume: bool = False,
+    merge: bool = False,
+    progress: Progress | None = None,
+    resume_from: str | Path | None = None,
 ) -> RunResult:
-    """Finetune as the config says; returns where the run went and the before/after metrics."""
+    """Finetune as the config says; returns where the run went and the before/after metrics.
+    `resume_from`: resume from this checkpoint of the run (a step-N folder) instead of the newest."""
     from tunesmith.train.run import run
 
-    return run(config, resume=resume, merge=merge, progress=progress)
+    return run(config, resume=resume, merge=merge, progress=progress, resume_from=resume_from)
 
 
 def demo(

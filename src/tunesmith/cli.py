@@ -104,6 +104,9 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="continue the run from its newest complete checkpoint"
     ),
+    resume_from: str = typer.Option(
+        None, "--resume-from", help="continue the run from this checkpoint (a step-N folder of the run)"
+    ),
     merge: bool = typer.Option(
         False, "--merge", help="also write a merged model (adapter folded into the base)"
     ),
@@ -124,7 +127,7 @@ def train(
         console.print("[bold]resolved config[/bold]")
         console.print(config_to_yaml(cfg), markup=False)
         progress = _progress(console, cfg.logging.progress)
-        result = api.train(cfg, resume=resume, merge=merge, progress=progress)
+        result = api.train(cfg, resume=resume, merge=merge, progress=progress, resume_from=resume_from)
         console.print(
             f"[bold green]done[/bold green]: {result.steps} steps in {result.seconds:.0f}s; "
             f"model in {result.final_dir}"

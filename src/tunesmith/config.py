@@ -25,7 +25,8 @@ SECRET_VALUE_PATTERN = re.compile(r"(hf_[A-Za-z0-9]{8,}|sk-[A-Za-z0-9_\-]{16,}|[
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: learning_rate=inf, epochs=nan ... are refused, not trained on.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -46,6 +47,9 @@ class ModelConfig(Section):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
     token: str | None = Field(None, description="hub token for private models (never logged or saved)")
+    allow_longer_context: bool = Field(
+        False, description="allow data.max_seq_len over the model's positions (a model with RoPE scaling)"
+    )
 
 
 class AdapterConfig(Section):
@@ -81,7 +85,9 @@ class DataConfig(Section):
         default_factory=dict,
         description="map canonical field -> your column, e.g. {instruction: question, output: answer}",
     )
-    max_seq_len: int = Field(512, ge=8, description="tokens per sequence; longer samples are truncated")
+    max_seq_len: int = Field(
+        512, ge=8, le=1_048_576, description="tokens per sequence; longer samples are truncated"
+    )
     packing: bool = Field(True, description="pack several samples per row (documents never see each other)")
     system_prompt: str | None = Field(
         None, description="system message prepended to conversations without one"
@@ -156,6 +162,9 @@ class TrainConfig(Section):
     )
     num_threads: int | None = Field(None, ge=1, description="CPU threads; default: all cores")
     compile: bool = Field(False, description="torch.compile the model (GPU fast path)")
+    check_memory: bool = Field(
+        True, description="refuse a run whose estimated memory is over what is free (false: start anyway)"
+    )
 
 
 class EvalConfig(Section):
