@@ -392,7 +392,8 @@ def data_check(
 ) -> None:
     """Check data before training: format, duplicates, leakage, lengths, labels, size, coverage, secrets.
 
-    Exit code 0: ready (or ready with warnings); 1: not ready (blocking errors); 2: usage error.
+    Exit code 0: ready (or ready with warnings); 1: not ready (blocking errors); 2: usage error
+    or a data file that does not parse (.jsonl or .json alike).
     """
 
     def action() -> int:
@@ -439,6 +440,8 @@ def data_check(
             console.print(
                 f"cleaned copy in {fix}: {fixed['removed']} rows removed (see {fixed['removed_list']})"
             )
+        if any(item.get("id") == "malformed_rows" for item in report.get("findings", [])):
+            return 2  # a file that does not parse is a usage error, as for a malformed .json
         return 1 if report["verdict"] == "not ready" else 0
 
     code = _run(action)

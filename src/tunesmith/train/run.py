@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.config import Config
+from tunesmith.config import Config, config_warnings
 from tunesmith.errors import UserError
 from tunesmith.progress import NoProgress, Progress
 from tunesmith.tasks import EvalContext, Phase
@@ -144,6 +144,8 @@ def start(config: Config, resume: bool, progress: Progress) -> Run:
     rundir.check_logging_available(config.logging)
     limits.check_memory(model_config, config, device)
     current = Run(config, task, device, parallel, model_path, run_dir, progress, started)
+    for warning in config_warnings(config):
+        progress.message(f"warning: {warning}", "warning")
     if parallel.is_main:
         # One process per run directory: a second train or --resume on it stops here.
         current.lock = run_dir.lock()

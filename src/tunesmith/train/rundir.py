@@ -117,8 +117,13 @@ class RunLock:
 
     def __init__(self, run_path: Path):
         self.path = Path(run_path) / LOCK_FILE
-        created = not Path(run_path).exists()
-        self.created_dir = Path(run_path) if created else None
+        # The folders the lock itself creates (the run directory, maybe output_dir): removed again
+        # by release() when the run wrote nothing into them.
+        self.created: list[Path] = []
+        probe = Path(run_path)
+        while not probe.exists() and probe != probe.parent:
+            self.created.append(probe)
+            probe = probe.parent
         self.handle: Any = None
         try:
             import fcntl
@@ -176,10 +181,11 @@ class RunLock:
         if self.handle is None:
             return
         run_path = self.path.parent
-        if self.created_dir is not None and not RunDir(run_path).holds_anything():
+        if self.created and not RunDir(run_path).holds_anything():
             self.path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):
-                run_path.rmdir()
+                for folder in self.created:
+                    folder.rmdir()
         self.handle.close()  # closing drops the flock
         self.handle = None
 
