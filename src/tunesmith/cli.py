@@ -6,6 +6,7 @@ answers at once. A user mistake prints one line and exits with code 2 (traceback
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -256,7 +257,9 @@ def eval_command(
     data: list[str] = typer.Option(
         ..., "--data", "-d", help="evaluation data (file or folder; repeat for several)"
     ),
-    task: str = typer.Option(None, "--task", help="pretrain | classify | instruct (default: the run's task)"),
+    task: str = typer.Option(
+        None, "--task", help="pretrain | classify | instruct | preference (default: the run's task)"
+    ),
     baseline: str = typer.Option(
         None, "--baseline", help="model to compare with (default: the run's base model)"
     ),
@@ -346,6 +349,7 @@ def data_preview(
     config: str = typer.Argument(..., help="YAML config"),
     overrides: list[str] = typer.Argument(None, help="dotted overrides"),
     num: int = typer.Option(2, "--num", "-n", help="samples to show"),
+    as_json: bool = typer.Option(False, "--json", help="print [{source, text, trained: [spans]}] as JSON"),
 ) -> None:
     """Show tokenized samples: trained tokens highlighted, untrained tokens dimmed."""
 
@@ -356,7 +360,11 @@ def data_preview(
 
         console = _console()
         cfg = _load(config, overrides)
-        for sample in api.preview(cfg, num):
+        samples = api.preview(cfg, num)
+        if as_json:
+            typer.echo(json.dumps([s["json"] for s in samples], ensure_ascii=False, indent=1))
+            return
+        for sample in samples:
             console.rule(
                 f"{sample['source']}" + (f"  label={sample['label']}" if sample["label"] is not None else "")
             )
@@ -374,7 +382,7 @@ def data_check(
     data: str = typer.Argument(..., help="training data: file, folder or glob"),
     eval: str = typer.Option(None, "--eval", help="held-out data, checked for leakage and coverage"),
     task: str = typer.Option(
-        None, "--task", help="instruct | classify | pretrain (default: from the fields)"
+        None, "--task", help="instruct | classify | pretrain | preference (default: from the fields)"
     ),
     model: str = typer.Option(
         "embedded", "--model", help="whose tokenizer counts tokens (weights never load)"
@@ -451,7 +459,7 @@ def data_check(
 
 @app.command("select")
 def select_command(
-    task: str = typer.Option(..., "--task", help="instruct | pretrain | classify"),
+    task: str = typer.Option(..., "--task", help="instruct | pretrain | classify | preference"),
     data: list[str] = typer.Option(..., "--data", "-d", help="your training data (repeat for several)"),
     candidates: list[str] = typer.Option(
         None, "--candidates", help="model dirs, 'embedded' or hub ids (default: the catalogue, filtered)"

@@ -16,8 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tunesmith.errors import UserError
 
-Task = Literal["instruct", "pretrain", "classify"]
-DataFormat = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "labeled"]
+Task = Literal["instruct", "pretrain", "classify", "preference"]
+DataFormat = Literal[
+    "auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "labeled", "trl", "openai"
+]  # trl, openai (and sharegpt): preference pairs (data/preference.py)
 
 # Keys whose values must never be printed or saved (tokens, API keys).
 SECRET_KEY_PATTERN = re.compile(r"(^|_)(token|api_key|password|secret|hf_token)$", re.IGNORECASE)
@@ -52,6 +54,11 @@ class ModelConfig(Section):
     token: str | None = Field(None, description="hub token for private models (never logged or saved)")
     allow_longer_context: bool = Field(
         False, description="allow data.max_seq_len over the model's positions (a model with RoPE scaling)"
+    )
+    # A folder can hold several quantisations of one model: name the one to load.
+    gguf_file: str | None = Field(
+        None,
+        description="GGUF file inside the `name` folder to load (dequantised); a .gguf `name` needs none",
     )
 
 
@@ -96,7 +103,13 @@ class DataConfig(Section):
         None, description="system message prepended to conversations without one"
     )
     chat_template: str | None = Field(
-        None, description="Jinja chat template; default: the tokenizer's own, else tunesmith's ChatML"
+        None,
+        description="Jinja chat template, or the path of a .jinja file; default: the tokenizer's own, else ChatML",
+    )
+    # Off by default: reasoning traces are often distilled from another model; training on them
+    # teaches its style of thinking, which a user should choose deliberately.
+    train_on_reasoning: bool = Field(
+        False, description="instruct: also train assistant `reasoning_content`/`thinking` (rendered always)"
     )
     on_error: Literal["raise", "skip"] = Field("raise", description="bad records: stop (raise) or skip them")
     max_skipped: int = Field(100, ge=0, description="with on_error: skip, stop after this many bad records")
@@ -184,6 +197,13 @@ class EvalConfig(Section):
         True, description="perplexity on general text before and after (forgetting probe)"
     )
     max_general_tokens: int = Field(16384, ge=256, description="tokens of general text used by the probe")
+    # Each scored call is one greedy generation: 50 keeps before/after under minutes on a CPU.
+    max_tool_call_turns: int = Field(
+        50,
+        ge=0,
+        description="instruct: held-out tool-call turns scored (well-formed, name, arguments); 0 = off",
+    )
+    tool_call_max_new_tokens: int = Field(96, ge=8, description="generation length for a scored tool call")
 
 
 class LoggingConfig(Section):
@@ -206,8 +226,27 @@ class DistributedConfig(Section):
     )
 
 
+class PreferenceConfig(Section):
+    loss: Literal["dpo", "ipo", "simpo"] = Field(
+        "dpo", description="dpo (sigmoid), ipo, or simpo (reference-free, length-normalised)"
+    )
+    beta: float = Field(0.1, gt=0.0, description="strength of the pull towards the reference (simpo: ~2.0)")
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=0.5,
+        description="dpo: assumed share of flipped pairs (conservative DPO); 0 = plain DPO",
+    )
+    simpo_gamma: float = Field(0.5, ge=0.0, description="simpo: target reward margin")
+    reference: Literal["auto", "adapter_disabled", "precomputed", "frozen_copy"] = Field(
+        "auto",
+        description="reference log-probs: auto = base with the adapter disabled (LoRA), else computed once "
+        "before training (full); frozen_copy keeps a second copy of the weights",
+    )
+
+
 class Config(Section):
-    task: Task = Field("instruct", description="pretrain | classify | instruct")
+    task: Task = Field("instruct", description="pretrain | classify | instruct | preference")
     model: ModelConfig = Field(default_factory=ModelConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -215,6 +254,7 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     output_dir: str = Field("runs", description="folder that holds run directories")
     run_name: str | None = Field(None, description="run directory name; default: <task>-<date>-<time>")
 

@@ -182,3 +182,27 @@ def test_wandb_and_mlflow_receive_the_same_scalars(tmp_path, monkeypatch):
     assert ("mlflow", 3, {"loss": 1.5, "lr": 0.001}) in calls
     assert ("wandb", "finish") in calls and ("mlflow", "end") in calls
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_report_of_a_preference_run_plots_pair_metrics_and_shows_both_replies(tmp_path):
+    metrics = [
+        {"step": s, "loss": 0.7 - 0.05 * s, "token_accuracy": 0.5 + 0.05 * s, "lr": 1e-3} for s in range(1, 5)
+    ]
+    metrics += [{"step": 2, "eval_accuracy": 0.6, "eval_margin": 0.4, "eval_num_pairs": 8}]
+    pair = {"prompt": "Name a colour.", "chosen": "Blue.", "reference": "Blue.", "rejected": "I refuse."}
+    run = make_run(
+        tmp_path / "r",
+        before={"accuracy": 0.5, "margin": 0.0, "num_pairs": 8, "generations": [{**pair, "output": "Um"}]},
+        after={"accuracy": 0.75, "margin": 1.2, "num_pairs": 8, "generations": [{**pair, "output": "Red."}]},
+        metrics=metrics,
+    )
+    html = write_report(run).read_text()
+    assert "train pair accuracy" in html and "train token accuracy" not in html
+    assert 'id="plot-margin"' in html and 'id="plot-accuracy"' in html
+    assert "<th>rejected</th>" in html and "I refuse." in html and "Red." in html and "Um" in html
+
+
+def test_report_of_an_instruct_run_keeps_token_accuracy(tmp_path):
+    metrics = [{"step": s, "loss": 2.0 / s, "token_accuracy": 0.1 * s} for s in range(1, 4)]
+    html = write_report(make_run(tmp_path / "r", metrics=metrics)).read_text()
+    assert "train token accuracy" in html and "pair accuracy" not in html and 'id="plot-margin"' not in html

@@ -30,6 +30,7 @@ def test_only_the_language_model_tasks_have_the_forgetting_probe() -> None:
         "instruct": True,
         "pretrain": True,
         "classify": False,
+        "preference": True,
     }
 
 

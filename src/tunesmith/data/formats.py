@@ -1,11 +1,13 @@
 """Record formats: detect them, and convert every row into one canonical record.
 
-Canonical records (DESIGN.md): `TextRecord`, `Conversation`, `LabeledText`. Each keeps its
+Canonical records (DESIGN.md): `TextRecord`, `Conversation`, `LabeledText`, `PreferencePair`
+(its formats are read in data/preference.py). Each keeps its
 `source` (file:line) so any later problem can be reported where the user can fix it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,8 +15,11 @@ from typing import Any
 from tunesmith.data.load import ErrorPolicy, Source
 from tunesmith.errors import UserError
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {
+    "function_call": "assistant",  # LLaMA-Factory / glaive: an assistant turn that calls a tool
+    "observation": "tool",  # ... and the tool's result
+    "tool": "tool",
     "system": "system",
     "human": "user",
     "user": "user",
@@ -32,12 +37,16 @@ FORMAT_FIELDS = {
     "prompt_completion": ("prompt", "completion"),
     "text": ("text",),
     "labeled": ("text", "label"),
+    "trl": ("prompt", "chosen", "rejected"),
+    "openai": ("input", "preferred_output", "non_preferred_output"),
 }
 # The formats of each kind of canonical record (a task's Task.record_kind names one).
 KIND_FORMATS = {
     "conversation": ("messages", "sharegpt", "alpaca", "prompt_completion"),
     "text": ("text",),
     "labeled": ("labeled",),
+    # Pairs are read by data/preference.py (its PAIR_FORMATS; sharegpt there: conversations + chosen/rejected).
+    "preference": ("trl", "sharegpt", "openai"),
 }
 
 
@@ -49,8 +58,14 @@ class TextRecord:
 
 @dataclass
 class Conversation:
-    messages: list[dict[str, str]]
+    """Messages as chat templates take them: `role`, `content` (a string, empty for a bare tool call),
+    and where given `reasoning_content` (also as `thinking`), `tool_calls`
+    ([{type, id, function: {name, arguments: dict}}]), `tool_call_id`/`name` (tool results) and
+    `weight` (0 keeps an assistant turn out of the loss)."""
+
+    messages: list[dict[str, Any]]
     source: Source = field(default_factory=lambda: Source("<memory>"))
+    tools: list[dict[str, Any]] | None = None  # function schemas, OpenAI form {type, function}
 
 
 @dataclass
@@ -61,8 +76,27 @@ class LabeledText:
     source: Source = field(default_factory=lambda: Source("<memory>"))
 
 
-Record = TextRecord | Conversation | LabeledText
-RECORD_KINDS: dict[type, str] = {Conversation: "conversation", TextRecord: "text", LabeledText: "labeled"}
+@dataclass
+class PreferencePair:
+    prompt: list[dict[str, str]]  # the turns before the reply (system/user/assistant)
+    chosen: list[dict[str, str]]  # the better reply: one (or more) assistant turns
+    rejected: list[dict[str, str]]  # the worse reply
+    source: Source = field(default_factory=lambda: Source("<memory>"))
+
+
+Record = TextRecord | Conversation | LabeledText | PreferencePair
+RECORD_KINDS: dict[type, str] = {
+    Conversation: "conversation",
+    TextRecord: "text",
+    LabeledText: "labeled",
+    PreferencePair: "preference",
+}
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """A message's words for scanning and counting: its content, then its tool calls as JSON."""
+    calls = [json.dumps(call["function"], ensure_ascii=False) for call in message.get("tool_calls") or []]
+    return "\n".join(part for part in (message["content"], *calls) if part)
 
 
 def apply_field_mapping(row: dict[str, Any], fields: dict[str, str]) -> dict[str, Any]:
@@ -109,30 +143,108 @@ def _require_str(value: Any, name: str, source: Source, allow_empty: bool = Fals
     return value
 
 
+def _json_value(value: Any, what: str, source: Source) -> Any:
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{source}: {what} is not valid JSON ({exc.msg}); write it as a JSON object"
+            ) from None
+    return value
+
+
+def normalize_tools(raw: Any, source: Source) -> list[dict[str, Any]] | None:
+    """`tools` as a list of OpenAI-form schemas {type: function, function: {...}} (a JSON string is fine)."""
+    if raw in (None, "", []):
+        return None
+    tools = _json_value(raw, "`tools`", source)
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise ValueError(f"{source}: `tools` must be a list of function schemas")
+    normalized = []
+    for tool in tools:
+        schema = tool.get("function", tool) if tool.get("type", "function") == "function" else tool
+        if not isinstance(schema, dict) or not isinstance(schema.get("name"), str):
+            raise ValueError(f"{source}: every tool in `tools` needs a `name` (got {sorted(tool)})")
+        normalized.append({"type": "function", "function": schema})
+    return normalized
+
+
+def _tool_call(raw: Any, index: int, source: Source) -> dict[str, Any]:
+    call = _json_value(raw, f"message {index}'s tool call", source)
+    function = call.get("function", call) if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise ValueError(f"{source}: message {index}: a tool call needs a function `name` and `arguments`")
+    arguments = _json_value(function.get("arguments", {}), f"message {index}'s tool-call arguments", source)
+    if not isinstance(arguments, dict):
+        raise ValueError(f"{source}: message {index}: tool-call arguments must be a JSON object")
+    return {
+        "type": "function",
+        "id": call.get("id") or f"call_{index}",
+        "function": {"name": function["name"], "arguments": arguments},
+    }
+
+
 def _normalize_messages(
     raw: Any, source: Source, role_key: str, content_key: str, sharegpt: bool
-) -> list[dict[str, str]]:
+) -> list[dict[str, Any]]:
     if not isinstance(raw, list) or not raw:
         raise ValueError(f"{source}: `messages` must be a non-empty list of {{role, content}} objects")
-    messages = []
+    messages: list[dict[str, Any]] = []
+    last_call: dict[str, Any] | None = None
     for index, message in enumerate(raw):
-        if not isinstance(message, dict) or role_key not in message or content_key not in message:
+        has_calls = isinstance(message, dict) and bool(message.get("tool_calls"))
+        if (
+            not isinstance(message, dict)
+            or role_key not in message
+            or (content_key not in message and not has_calls)
+        ):
             raise ValueError(
                 f"{source}: message {index} must be an object with `{role_key}` and `{content_key}`"
             )
-        role = message[role_key]
-        role = SHAREGPT_ROLES.get(str(role).lower()) if sharegpt else role
+        original_role = str(message[role_key])
+        role = SHAREGPT_ROLES.get(original_role.lower()) if sharegpt else original_role
         if role not in ROLES:
             valid = ", ".join(SHAREGPT_ROLES if sharegpt else ROLES)
             raise ValueError(
                 f"{source}: message {index} has unknown role {message[role_key]!r}; use one of {valid}"
             )
-        content = _require_str(
-            message[content_key], f"messages[{index}].{content_key}", source, allow_empty=True
-        )
-        messages.append({"role": role, "content": content})
+        content = message.get(content_key)
+        content = "" if content is None and has_calls else content
+        content = _require_str(content, f"messages[{index}].{content_key}", source, allow_empty=True)
+        normalized: dict[str, Any] = {"role": role, "content": content}
+        if sharegpt and original_role.lower() == "function_call":
+            # The turn's value is the call itself: {"name": ..., "arguments": ...}.
+            normalized["content"] = ""
+            normalized["tool_calls"] = [_tool_call(content, index, source)]
+        elif has_calls:
+            if role != "assistant":
+                raise ValueError(f"{source}: message {index}: only assistant messages make tool calls")
+            normalized["tool_calls"] = [_tool_call(call, index, source) for call in message["tool_calls"]]
+        if normalized.get("tool_calls"):
+            last_call = normalized["tool_calls"][-1]
+        if role == "tool":
+            call_id = message.get("tool_call_id") or (last_call["id"] if last_call else None)
+            name = message.get("name") or (last_call["function"]["name"] if last_call else None)
+            normalized.update({k: v for k, v in (("tool_call_id", call_id), ("name", name)) if v})
+        reasoning = message.get("reasoning_content", message.get("thinking"))
+        if reasoning not in (None, "") and role == "assistant":
+            reasoning = _require_str(reasoning, f"messages[{index}].reasoning_content", source)
+            # Templates read one or the other (Qwen/DeepSeek `reasoning_content`, gpt-oss `thinking`).
+            normalized["reasoning_content"] = normalized["thinking"] = reasoning
+        if "weight" in message:
+            if message["weight"] not in (0, 1) or isinstance(message["weight"], bool):
+                raise ValueError(
+                    f"{source}: message {index}: `weight` must be 0 or 1, got {message['weight']!r}"
+                )
+            if role != "assistant":
+                raise ValueError(f"{source}: message {index}: `weight` applies to assistant messages only")
+            normalized["weight"] = message["weight"]
+        messages.append(normalized)
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError(f"{source}: conversation has no assistant turn, so nothing to train on")
+    if not any(m["role"] == "assistant" and m.get("weight", 1) for m in messages):
+        raise ValueError(f"{source}: every assistant turn has weight 0, so nothing to train on")
     return messages
 
 
@@ -190,7 +302,8 @@ def to_record(row: dict[str, Any], fmt: str, source: Source, system_prompt: str 
         raise UserError(f"unknown data format {fmt!r}")
     if system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system_prompt})
-    return Conversation(messages, source)
+    tools = normalize_tools(row.get("tools"), source) if fmt in ("messages", "sharegpt") else None
+    return Conversation(messages, source, tools)
 
 
 def normalize(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.data.formats import Conversation
-from tunesmith.data.templates import IGNORE_INDEX, ChatTemplate, encode_conversation
+from tunesmith.data.templates import IGNORE_INDEX, ChatTemplate, encode_conversations
 from tunesmith.errors import UserError
 
 
@@ -76,26 +76,32 @@ def tokenize_conversations(
     template: ChatTemplate,
     max_seq_len: int,
     what: str = "data.train",
+    train_on_reasoning: bool = False,
 ) -> tuple[list[Example], TokenizeStats]:
+    """Examples of every record: one per conversation, or one per assistant turn for templates that
+    rewrite history (see templates.conversation_samples); all keep the record's file:line."""
     stats = TokenizeStats(num_records=len(records))
     examples = []
     for record in records:
         check_record_size(
             record.source, sum(len(str(m.get("content") or "")) for m in record.messages), max_seq_len
         )
-        input_ids, labels = encode_conversation(tokenizer, template, record.messages)
-        if len(input_ids) > max_seq_len:
-            stats.num_truncated += 1
-            input_ids, labels = input_ids[:max_seq_len], labels[:max_seq_len]
-        example = Example(input_ids, labels, source=str(record.source))
-        if example.num_supervised == 0:
-            stats.num_dropped_no_supervised += 1
-            if len(stats.dropped_sources) < 5:
-                stats.dropped_sources.append(example.source)
-            continue
-        examples.append(example)
-        stats.num_tokens += len(input_ids)
-        stats.num_supervised_tokens += example.num_supervised
+        samples = encode_conversations(
+            tokenizer, template, record.messages, getattr(record, "tools", None), train_on_reasoning
+        )
+        for input_ids, labels in samples:
+            if len(input_ids) > max_seq_len:
+                stats.num_truncated += 1
+                input_ids, labels = input_ids[:max_seq_len], labels[:max_seq_len]
+            example = Example(input_ids, labels, source=str(record.source))
+            if example.num_supervised == 0:
+                stats.num_dropped_no_supervised += 1
+                if len(stats.dropped_sources) < 5:
+                    stats.dropped_sources.append(example.source)
+                continue
+            examples.append(example)
+            stats.num_tokens += len(input_ids)
+            stats.num_supervised_tokens += example.num_supervised
     stats.num_examples = len(examples)
     if not examples:
         raise UserError(

@@ -161,6 +161,8 @@ def paired_generations(before: dict[str, Any], after: dict[str, Any]) -> list[di
                 "after": new.get("output"),
                 "rouge_l_before": old.get("rouge_l"),
                 "rouge_l_after": new.get("rouge_l"),
+                # Preference pairs: the worse reply, shown beside the reference (the chosen one).
+                **({"rejected": new["rejected"]} if "rejected" in new else {}),
             }
         )
     if not new_items:  # only the base side exists (eval.after off, or a failed run)
@@ -172,6 +174,7 @@ def paired_generations(before: dict[str, Any], after: dict[str, Any]) -> list[di
                 "after": None,
                 "rouge_l_before": g.get("rouge_l"),
                 "rouge_l_after": None,
+                **({"rejected": g["rejected"]} if "rejected" in g else {}),
             }
             for g in old_items
         ]

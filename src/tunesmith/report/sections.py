@@ -115,9 +115,13 @@ def _training_curves(run: dict[str, Any]) -> str:
     lr_records = [r for r in train if _number(r.get("lr")) is not None]
     lr = ([r["step"] for r in lr_records], [r["lr"] for r in lr_records]) if lr_records else None
     body = _curves(series, lr, "loss (nats per target token)", "loss")
+    # The loop's accuracy is the share of its targets it got right: pairs ranked right when the
+    # targets are preference pairs (the held-out metrics count them).
+    pairs = _counts_pairs(run)
+    train_accuracy = "train pair accuracy" if pairs else "train token accuracy"
     accuracy = [
         (k, label)
-        for k, label in (("token_accuracy", "train token accuracy"), ("accuracy", "train accuracy"))
+        for k, label in (("token_accuracy", train_accuracy), ("accuracy", "train accuracy"))
         if any(k in r for r in train)
     ]
     accuracy_series = [
@@ -146,10 +150,27 @@ def _training_curves(run: dict[str, Any]) -> str:
             )
     if accuracy_series:
         body += _curves(accuracy_series, None, "accuracy", "accuracy")
+    margins = [r for r in records if _number(r.get("eval_margin")) is not None]
+    if margins:
+        margin_series = [
+            (
+                "held-out margin",
+                [r["step"] for r in margins],
+                [r["eval_margin"] for r in margins],
+                {"color": "#dc2626", "linewidth": 2, "marker": "o", "markersize": 4},
+            )
+        ]
+        body += _curves(margin_series, None, "margin (chosen - rejected)", "margin")
     note = (
         "Train loss is the mean over each optimizer step's target tokens; held-out loss is measured "
         "on the evaluation set (step 0 = the base model). The dotted line is the learning rate."
     )
+    if pairs:
+        note = (
+            "Train loss is the mean over each optimizer step's preference pairs; pair accuracy is the share "
+            "of them whose chosen reply the model ranks above the rejected one. Held-out accuracy and margin "
+            "are measured on the held-out pairs. The dotted line is the learning rate."
+        )
     return _section("curves", "Training curves", body, note)
 
 
@@ -226,10 +247,18 @@ def _forgetting_section(run: dict[str, Any]) -> str:
     )
 
 
+def _counts_pairs(run: dict[str, Any]) -> bool:
+    """Whether the run's targets are preference pairs: its held-out metrics count pairs."""
+    measured = [run["before"] or {}, run["after"] or {}, *run["metrics"]]
+    return any("num_pairs" in m or "eval_num_pairs" in m for m in measured)
+
+
 def _generations_section(comparison: dict[str, Any]) -> str:
     generations = comparison["generations"]
     if not generations:
         return ""
+    if any("rejected" in item for item in generations):
+        return _pair_generations_section(generations)
     rows = []
     for item in generations:
         before = _text(item["before"]) + _score(item.get("rouge_l_before"))
@@ -243,6 +272,29 @@ def _generations_section(comparison: dict[str, Any]) -> str:
         "generations",
         "Generations side by side",
         _table(["prompt", "reference", "base model", "tuned model"], rows, "texts"),
+        note,
+    )
+
+
+def _pair_generations_section(generations: list[dict[str, Any]]) -> str:
+    rows = [
+        [
+            _text(item["prompt"]),
+            _text(item.get("reference")),
+            _text(item.get("rejected")),
+            _text(item["before"]),
+            _text(item["after"]),
+        ]
+        for item in generations
+    ]
+    note = (
+        "Held-out pairs: the preferred (chosen) and the worse (rejected) reply, and greedy generations for "
+        "the same prompt by the base model and by the tuned model."
+    )
+    return _section(
+        "generations",
+        "Generations side by side",
+        _table(["prompt", "chosen", "rejected", "base model", "tuned model"], rows, "texts"),
         note,
     )
 

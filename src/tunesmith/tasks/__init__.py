@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from tunesmith.data.blocks import Blocks, CorpusStats
     from tunesmith.data.formats import Record
     from tunesmith.data.labels import ClassifyStats, LabelSet
+    from tunesmith.data.preference import PairData, PairStats
     from tunesmith.data.templates import ChatTemplate
     from tunesmith.data.tokenize import Example, TokenizeStats
     from tunesmith.progress import Progress
@@ -43,6 +44,7 @@ TASK_MODULES = {
     "instruct": "tunesmith.tasks.instruct",
     "pretrain": "tunesmith.tasks.pretrain",
     "classify": "tunesmith.tasks.classify",
+    "preference": "tunesmith.tasks.preference",
 }
 TASK_NAMES = tuple(TASK_MODULES)
 
@@ -54,8 +56,8 @@ Collate = Callable[[Sequence[Sequence[int]]], dict[str, Any]]  # rows of example
 class DataStats:
     """What the run trains and evaluates on: the data line, summary.json's `data` and the report."""
 
-    train: TokenizeStats | ClassifyStats | CorpusStats
-    eval: TokenizeStats | ClassifyStats | CorpusStats | None = None
+    train: TokenizeStats | ClassifyStats | CorpusStats | PairStats
+    eval: TokenizeStats | ClassifyStats | CorpusStats | PairStats | None = None
     skipped_records: list[str] = field(default_factory=list)  # bad records skipped (data.on_error)
     warnings: list[str] = field(default_factory=list)
     chat_template: str | None = None  # where the chat template came from (conversation tasks)
@@ -96,12 +98,13 @@ class PreparedData:
     collate: Collate  # rows -> batch tensors, from train examples
     stats: DataStats
     pad_id: int  # the padding token of batches
-    eval_records: Sequence[Record] = ()  # canonical records behind `eval` (instruct, classify)
+    eval_records: Sequence[Record] = ()  # canonical records behind `eval` (instruct, classify, preference)
     template: ChatTemplate | None = None  # the chat template (conversation tasks)
     label_set: LabelSet | None = None  # classification: label names and order
     class_weights: list[float] | None = None
     vocab_size: int | None = None  # classification: len(tokenizer), the embeddings' size
     eval_blocks: Blocks | None = None  # pretrain: the held-out documents as blocks
+    pairs: PairData | None = None  # preference: the tokenized pairs (train/eval hold their chosen sides)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from tunesmith.data.tokenize import tokenize_conversations
 from tunesmith.errors import UserError
 from tunesmith.evaluate.generation import generate_reply
 from tunesmith.evaluate.metrics import generation_metrics, lm_metrics, per_example_losses
+from tunesmith.evaluate.toolcalls import evaluate_tool_calls
 from tunesmith.models.adapters import apply_adapter, unwrap_causal_lm
 from tunesmith.models.load import load_causal_lm
 from tunesmith.progress import Progress
@@ -68,9 +69,12 @@ def prepare_data(
             records, data.eval_fraction, data.max_eval_examples, config.train.seed
         )
     template = resolve_chat_template(tokenizer, data.chat_template)
-    train, train_stats = tokenize_conversations(records, tokenizer, template, data.max_seq_len)
+    reasoning = data.train_on_reasoning
+    train, train_stats = tokenize_conversations(
+        records, tokenizer, template, data.max_seq_len, train_on_reasoning=reasoning
+    )
     evaluation, eval_stats = (
-        tokenize_conversations(eval_records, tokenizer, template, data.max_seq_len, what="data.eval")
+        tokenize_conversations(eval_records, tokenizer, template, data.max_seq_len, "data.eval", reasoning)
         if eval_records
         else ([], None)
     )
@@ -150,6 +154,18 @@ def evaluate(ctx: EvalContext, phase: Phase = "after") -> dict[str, Any]:
             generations.append(item)
         metrics.update(generation_metrics(generations))
         metrics["generations"] = generations
+        # Held-out tool calls (when the data has them): well-formed, right name, exact arguments.
+        if config.eval.max_tool_call_turns:
+            metrics.update(
+                evaluate_tool_calls(
+                    ctx.model,
+                    tokenizer,
+                    _template(prepared),
+                    _conversations(prepared.eval_records),
+                    config.eval.max_tool_call_turns,
+                    config.eval.tool_call_max_new_tokens,
+                )
+            )
     return metrics
 
 

@@ -7,7 +7,8 @@ writes a cleaned copy. Nothing here prints: the CLI and the run report show the 
     result = check_data("train.jsonl", "eval.jsonl", options=CheckOptions(records=Conversation), tokenizer=tok)
     result.report  # CheckReport: verdict, task, findings (severity, title, count, examples, detail), stats
 
-`run_check` is `tunesmith data check`; `preflight` runs before every training run.
+`run_check` is `tunesmith data check`; `preflight` runs before every training run. Preference
+pairs (the "preference" record kind) have their own checks, in `pairs.py`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tunesmith.data.doctor.findings import (
 )
 from tunesmith.data.doctor.fix import write_fixed
 from tunesmith.data.doctor.scan import CheckOptions, SplitScan, TokenCounter, read_target_inputs, scan_source
-from tunesmith.data.formats import RECORD_KINDS, Conversation, LabeledText, TextRecord
+from tunesmith.data.formats import RECORD_KINDS, Conversation, LabeledText, PreferencePair, TextRecord
 from tunesmith.data.load import ROW_SUFFIXES, TEXT_SUFFIXES, ErrorPolicy, expand_paths, iter_rows
 from tunesmith.errors import UserError
 
@@ -49,6 +50,8 @@ __all__ = [
 ]
 
 RECORD_TYPES: dict[str, type] = {kind: record for record, kind in RECORD_KINDS.items()}
+PAIRS = RECORD_KINDS[PreferencePair]  # checked by pairs.py, not by the scan
+PAIR_FIELDS = ({"chosen", "rejected"}, {"preferred_output"})  # any of these field sets: preference pairs
 
 
 def options_for(kind: str, task: str, **settings: Any) -> CheckOptions:
@@ -106,13 +109,16 @@ def check_data(
 
 
 def detect_kind(spec: Any) -> str:
-    """The record kind the data looks like: labeled rows, plain text, or (anything else) conversations."""
+    """The record kind the data looks like: preference pairs, labeled rows, plain text, or (anything
+    else) conversations."""
     specs = [spec] if isinstance(spec, str) else list(spec)
     files = expand_paths(specs[0], ROW_SUFFIXES | TEXT_SUFFIXES)
     if files[0].suffix.lower() in TEXT_SUFFIXES:
         return RECORD_KINDS[TextRecord]
     for row, _ in iter_rows(str(files[0]), ErrorPolicy(on_error="skip", max_skipped=10**12)):
         keys = set(row)
+        if any(needed <= keys for needed in PAIR_FIELDS):
+            return PAIRS
         if "label" in keys or "labels" in keys:
             return RECORD_KINDS[LabeledText]
         if keys & {"messages", "conversations", "instruction", "prompt"}:
@@ -139,6 +145,15 @@ def run_check(
     counts with `tokenizer`; with `fix`, write a cleaned copy there."""
     if not 0 < near_duplicate_threshold < 1:
         raise UserError(f"--near-dup-threshold must be between 0 and 1 (got {near_duplicate_threshold})")
+    if kind == PAIRS:
+        from tunesmith.data.doctor import pairs
+
+        if fix:
+            raise UserError("--fix does not clean preference pairs yet; drop the listed pairs by hand")
+        if target is not None:
+            raise UserError("--target is not compared for preference pairs yet; leave it out")
+        report = pairs.check_pairs(data, eval, tokenizer, max_seq_len, task=task)
+        return CheckResult(report, {}, {"train": data, "eval": eval}), None
     options = options_for(
         kind, task, max_seq_len=max_seq_len, near_duplicate_threshold=near_duplicate_threshold
     )
@@ -153,6 +168,10 @@ def preflight(data: DataConfig, prepared: Any, kind: str, task: str) -> CheckRep
     `data` is the config's data section, `prepared` the task's tokenized data (exact token
     counts), `kind` the record kind the data becomes (the task's `record_kind`).
     """
+    if kind == PAIRS:
+        from tunesmith.data.doctor import pairs
+
+        return _stop_on_errors(pairs.preflight(data, prepared, task))
     held_out = set()
     if data.eval is None:  # the held-out records came out of train: check them as the eval split
         held_out = {str(r.source) for r in prepared.eval_records if getattr(r, "source", None) is not None}
@@ -171,7 +190,10 @@ def preflight(data: DataConfig, prepared: Any, kind: str, task: str) -> CheckRep
     result = check_data(
         data.train, data.eval, None, options, tokenizer=None, held_out=held_out, prepared=prepared
     )
-    report = result.report
+    return _stop_on_errors(result.report)
+
+
+def _stop_on_errors(report: CheckReport) -> CheckReport:
     if report.errors:
         listed = "; ".join(
             f"{f.title} ({f.count}{', e.g. ' + ', '.join(f.examples[:3]) if f.examples else ''})"

@@ -23,6 +23,7 @@ from tunesmith.data.formats import (
     LabeledText,
     apply_field_mapping,
     detect_format,
+    message_text,
     to_record,
 )
 from tunesmith.data.load import ROW_SUFFIXES, TEXT_SUFFIXES, ErrorPolicy, Source, expand_paths, iter_rows
@@ -159,9 +160,9 @@ def _format_problem_id(message: str) -> str:
 def record_texts(record: Any) -> tuple[str, str, list[tuple[str, str]]]:
     """(whole text for duplicates and scanning, the input side, [(role, content)] for token counts)."""
     if isinstance(record, Conversation):
-        whole = "\n".join(f"{m['role']}: {m['content']}" for m in record.messages)
+        whole = "\n".join(f"{m['role']}: {message_text(m)}" for m in record.messages)
         inputs = "\n".join(m["content"] for m in record.messages if m["role"] == "user")
-        return whole, inputs, [(m["role"], m["content"]) for m in record.messages]
+        return whole, inputs, [(m["role"], message_text(m)) for m in record.messages]
     if isinstance(record, LabeledText):
         whole = record.text if record.text_pair is None else f"{record.text}\n{record.text_pair}"
         return whole, whole, []
