@@ -281,18 +281,25 @@ TASK_ONLY_KEYS: dict[str, tuple[str, ...]] = {
 LORA_ONLY_KEYS = ("adapter.r", "adapter.alpha", "adapter.dropout", "adapter.target_modules")
 
 
+def _set_to_non_default(section: BaseModel, name: str) -> bool:
+    """Given (not defaulted) and unlike the default: a dumped-and-reloaded config warns about nothing."""
+    field = type(section).model_fields[name]
+    default = field.get_default(call_default_factory=True)
+    return name in section.model_fields_set and getattr(section, name) != default
+
+
 def config_warnings(config: Config) -> list[str]:
     """Keys the user set that do not apply to this task or adapter method (they are ignored)."""
     warnings = []
     for key, tasks in TASK_ONLY_KEYS.items():
         section, name = key.split(".")
-        if name in getattr(config, section).model_fields_set and config.task not in tasks:
+        if _set_to_non_default(getattr(config, section), name) and config.task not in tasks:
             warnings.append(
                 f"{key} applies to task {' or '.join(tasks)} only; ignored for task {config.task}"
             )
     if config.adapter.method == "full":
         for key in LORA_ONLY_KEYS:
-            if key.split(".")[1] in config.adapter.model_fields_set:
+            if _set_to_non_default(config.adapter, key.split(".")[1]):
                 warnings.append(f"{key} applies to adapter.method: lora only; ignored with full")
     return warnings
 
