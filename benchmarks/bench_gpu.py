@@ -95,6 +95,7 @@ else:  # the same shapes and data as peers_gpu.py, replicated
 def build_model(arch: str, device: str, dtype: torch.dtype, attn: str) -> torch.nn.Module:
     import transformers
 
+    attn = "sdpa" if attn == "auto" else attn  # auto: loaded with SDPA, the fast path may switch
     class_name, kwargs = ARCHS[arch]
     config = getattr(transformers, class_name)(**kwargs)
     torch.manual_seed(0)
@@ -139,7 +140,7 @@ def run_ours(arch: str, lora: bool, args: argparse.Namespace) -> dict:
     from tunesmith.data.tokenize import Example
     from tunesmith.models.adapters import apply_adapter
     from tunesmith.train.checkpoint import TrainerState
-    from tunesmith.train.fastpath import choose_fast_path, compile_blocks
+    from tunesmith.train.fastpath import choose_fast_path, compile_blocks, use_attention
     from tunesmith.train.loop import LoopSettings, train_loop
     from tunesmith.train.loss import CausalLMLoss
     from tunesmith.train.optim import build_optimizer, build_scheduler
@@ -158,6 +159,7 @@ def run_ours(arch: str, lora: bool, args: argparse.Namespace) -> dict:
         {
             "adapter": {"method": "lora" if lora else "full", "r": 16, "alpha": 32, "dropout": 0.0,
                         "target_modules": LORA_TARGETS},
+            "model": {"attn_implementation": args.attn},
             "data": {"max_seq_len": args.max_len},
             "train": {"batch_size": rows_per_step, "learning_rate": 1e-5, "warmup_ratio": 0.0,
                       "lr_scheduler": "constant", "compile": args.compile},
@@ -175,6 +177,9 @@ def run_ours(arch: str, lora: bool, args: argparse.Namespace) -> dict:
     first_batch = collate(step_rows[0])
     reference_loss = _hf_loss(model, first_batch, device)
     fast = choose_fast_path(config, device, model, pad_id=0)
+    # auto: flex attention with the document BlockMask on CUDA (the reference stays on SDPA).
+    use_attention(model, fast.attention)
+    attention_used = model.config._attn_implementation
     loss_module = CausalLMLoss(model, cross_entropy=fast.cross_entropy)
     if fast.compile:
         compile_blocks(loss_module)
@@ -237,7 +242,8 @@ def run_ours(arch: str, lora: bool, args: argparse.Namespace) -> dict:
         "name": "tunesmith" + (" compiled" if args.compile else ""),
         "arch": arch,
         "lora": lora,
-        "attn": args.attn,
+        "attn": attention_used,
+        "cross_entropy": getattr(fast.cross_entropy, "__name__", str(fast.cross_entropy)),
         "tokens_per_step": round(real_tokens / args.steps),
         "pad_fraction": round(1 - real_tokens / (args.steps * rows_per_step * args.max_len), 3),
         "steps_timed": args.steps,
@@ -333,8 +339,12 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=None, help="default 2048 (512 on CPU)")
     parser.add_argument("--gate-steps", type=int, default=None, help="steps of the loss gate, default 50")
     parser.add_argument(
-        "--attn", default="sdpa", choices=["sdpa", "flex_attention", "flash_attention_2", "eager"]
+        "--attn",
+        default="auto",
+        choices=["auto", "sdpa", "flex_attention", "flash_attention_2", "eager"],
+        help="auto: the fast path's choice (flex attention on CUDA, SDPA on the CPU)",
     )
+    parser.add_argument("--results", type=Path, default=None, help="append each RESULT as a JSON line here")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the decoder blocks (default: on CUDA)")  # fmt: skip
     parser.add_argument("--peers", action="store_true", help="also run peers_gpu.py in this invocation")
@@ -359,6 +369,9 @@ def main() -> None:
             continue
         print("RESULT " + json.dumps(result), flush=True)
         ours.append(result)
+        if args.results is not None:
+            with args.results.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"side": "ours", **result}) + "\n")
 
     print(f"\n| run | mode | tok/s | peak GiB | TFLOP/s | MFU | gates | arch {args.arch} |")
     print("|---|---|---|---|---|---|---|---|")

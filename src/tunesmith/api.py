@@ -10,7 +10,7 @@ Progress and messages go to the `Progress` given (tunesmith.progress; the CLI's 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import Config, config_to_yaml, load_config  # noqa: F401  (re-exported)
 from tunesmith.errors import UserError
@@ -18,6 +18,9 @@ from tunesmith.models.inference import quiet_libraries  # noqa: F401  (re-export
 from tunesmith.progress import NoProgress, Progress
 from tunesmith.train.run import RunResult  # noqa: F401  (re-exported)
 from tunesmith.train.rundir import RunDir, base_model_of, resolve_trained  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from tunesmith.export.gguf import GgufExport
 
 
 def train(
@@ -75,6 +78,20 @@ def merge_adapter(adapter_or_run: str | Path, out_dir: str | Path, progress: Pro
     from tunesmith import export
 
     return export.merge_adapter(adapter_or_run, out_dir, progress)
+
+
+def export_gguf(model_or_run: str | Path, out_dir: str | Path, **options: Any) -> GgufExport:
+    """out_dir/model.gguf + Ollama Modelfile + card, parity-checked (quant, llama_cpp, progress: export/gguf.py)."""
+    from tunesmith.export.gguf import export_gguf as export
+
+    return export(model_or_run, out_dir, **options)
+
+
+def serve(model_or_run: str, **options: Any) -> None:
+    """Serve a trained model behind an OpenAI-compatible API until interrupted (options: serve.py)."""
+    from tunesmith.serve import serve as run_server
+
+    run_server(model_or_run, **options)
 
 
 def predict(

@@ -42,6 +42,8 @@ def _progress(console: Any, show_bar: bool = True) -> Any:
 def _run(action: Callable[[], Any]) -> Any:
     """Run a command; turn user errors into one red line and exit code 2. Whatever reaches the
     terminal (messages and tracebacks) has secrets (tokens, API keys) redacted."""
+    from rich.markup import escape
+
     from tunesmith.config import redact
     from tunesmith.errors import NonFiniteError, TrainingInterrupted, UserError
 
@@ -51,10 +53,13 @@ def _run(action: Callable[[], Any]) -> Any:
         if _state["debug"]:
             _print_traceback()
         else:
-            _console(stderr=True).print(f"[bold red]error:[/bold red] {redact(str(exc))}", soft_wrap=True)
+            # escape: a message's own brackets (`pip install "tunesmith[gpu]"`) are text, not markup.
+            _console(stderr=True).print(
+                f"[bold red]error:[/bold red] {escape(redact(str(exc)))}", soft_wrap=True
+            )
         raise typer.Exit(exc.exit_code) from None
     except TrainingInterrupted as exc:
-        _console(stderr=True).print(f"[yellow]{redact(str(exc))}[/yellow]")
+        _console(stderr=True).print(f"[yellow]{escape(redact(str(exc)))}[/yellow]")
         raise typer.Exit(TrainingInterrupted.exit_code) from None
     except KeyboardInterrupt:
         _console(stderr=True).print("[yellow]interrupted[/yellow]")
@@ -298,17 +303,55 @@ def report(run: str = typer.Argument(..., help="run directory")) -> None:
 def export(
     run: str = typer.Argument(..., help="run directory or adapter directory"),
     out: str = typer.Option(..., "--out", help="where to write the merged model"),
+    output_format: str = typer.Option(
+        "hf", "--format", help="hf (merged HF directory) or gguf (llama.cpp/Ollama)"
+    ),
+    quant: str = typer.Option("f16", "--quant", help="GGUF only: f16 or q8_0"),
+    llama_cpp: str = typer.Option(None, "--llama-cpp", help="GGUF only: folder with llama.cpp's converter"),
 ) -> None:
     """Merge a LoRA adapter into its base model, check parity, write it with a model card.
 
     The result loads with plain transformers (and vLLM/TGI); the export stops if the merged
-    model's logits differ from base + adapter."""
+    model's logits differ from base + adapter. With --format gguf: DIR/model.gguf (llama.cpp's
+    converter) and an Ollama Modelfile, checked against the merged model before it is kept."""
 
     def action() -> None:
         from tunesmith import api
 
+        if output_format == "gguf":
+            result = api.export_gguf(
+                run, out, quant=quant, llama_cpp=llama_cpp, progress=_progress(_console())
+            )
+            typer.echo(f"GGUF model: {result.gguf_file} ({result.size_bytes / 1e6:.1f} MB, {result.quant})")
+            return
+        if output_format != "hf":
+            from tunesmith.errors import UserError
+
+            raise UserError(f"--format {output_format}: choose hf or gguf")
         path = api.merge_adapter(run, out, progress=_progress(_console()))
         typer.echo(f"merged model: {path}")
+
+    _run(action)
+
+
+@app.command()
+def serve(
+    run: str = typer.Argument(..., help="run directory, adapter directory or model directory"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind (localhost by default)"),
+    port: int = typer.Option(8000, "--port", help="TCP port"),
+    api_key: str = typer.Option(
+        None, "--api-key", envvar="TUNESMITH_API_KEY", help="require `Authorization: Bearer KEY`"
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    name: str = typer.Option(None, "--name", help="model id clients ask for (default: the folder name)"),
+) -> None:
+    """Serve a trained model behind an OpenAI-compatible API (/v1/chat/completions, /v1/completions)."""
+
+    def action() -> None:
+        from tunesmith import api
+
+        progress = _progress(_console(stderr=True))
+        api.serve(run, host=host, port=port, api_key=api_key, device=device, name=name, progress=progress)
 
     _run(action)
 

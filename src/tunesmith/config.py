@@ -45,7 +45,8 @@ class ModelConfig(Section):
         "auto", description="weights dtype; auto = bf16 on GPUs that have it, fp32 on CPU"
     )
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
-        "auto", description="attention kernel; auto = sdpa (PyTorch's own)"
+        "auto",
+        description="attention kernel; auto = flex attention on CUDA (per-document BlockMask), else sdpa",
     )
     trust_remote_code: bool = Field(
         False, description="run Python code shipped with a model repo (off: only turn on for repos you trust)"
@@ -62,9 +63,17 @@ class ModelConfig(Section):
     )
 
 
+GPU_EXTRA_HINT = 'pip install "tunesmith[gpu]"'
+
+
 class AdapterConfig(Section):
-    method: Literal["lora", "full"] = Field(
-        "lora", description="lora = PEFT LoRA adapter; full = all weights"
+    method: Literal["lora", "full", "qlora"] = Field(
+        "lora",
+        description="lora = PEFT LoRA adapter; qlora = LoRA on 4-bit NF4 base weights (bitsandbytes); "
+        "full = all weights",
+    )
+    use_dora: bool = Field(
+        False, description="lora/qlora: DoRA (weight-decomposed LoRA: a learned magnitude per output)"
     )
     r: int = Field(16, ge=1, description="LoRA rank")
     alpha: int = Field(32, ge=1, description="LoRA alpha; scaling is alpha / r")
@@ -72,6 +81,20 @@ class AdapterConfig(Section):
     target_modules: str | list[str] = Field(
         "all-linear", description="modules that get LoRA: 'all-linear' or a list of module names"
     )
+
+    @model_validator(mode="after")
+    def _check_method(self) -> AdapterConfig:
+        if self.use_dora and self.method == "full":
+            raise ValueError("use_dora applies to a LoRA adapter; set adapter.method: lora (or qlora)")
+        if self.method == "qlora":
+            import importlib.util
+
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ValueError(
+                    f"method qlora needs bitsandbytes (4-bit base weights), which is not installed; "
+                    f"install it with `{GPU_EXTRA_HINT}`, or use adapter.method: lora"
+                )
+        return self
 
 
 class ReplayConfig(Section):
@@ -257,6 +280,14 @@ class Config(Section):
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     output_dir: str = Field("runs", description="folder that holds run directories")
     run_name: str | None = Field(None, description="run directory name; default: <task>-<date>-<time>")
+
+    @model_validator(mode="after")
+    def _check_qlora_task(self) -> Config:
+        if self.adapter.method == "qlora" and self.task not in ("instruct", "pretrain"):
+            raise ValueError(
+                f"adapter.method: qlora trains causal LMs (task instruct or pretrain); use lora for {self.task}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_run_name(self) -> Config:

@@ -14,6 +14,7 @@ then the rest. The winner gets hyperparameters chosen from the data size and a r
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import time
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.config import Config, build_config, config_to_yaml
+from tunesmith.config import GPU_EXTRA_HINT, Config, build_config, config_to_yaml
 from tunesmith.errors import UserError
 from tunesmith.models.memory import (
     ModelShape,
@@ -433,8 +434,9 @@ def _duration(seconds: float) -> str:
 def build_recommendation(best: Candidate, task: str, data: Any, device: str) -> tuple[Config, list[str]]:
     hyper = best.info["hyperparameters"]
     method = best.method or "lora"
-    if method == "qlora":
-        method = "lora"  # tunesmith trains LoRA; QLoRA needs bitsandbytes on a GPU (noted in the reasons)
+    missing_bitsandbytes = method == "qlora" and importlib.util.find_spec("bitsandbytes") is None
+    if missing_bitsandbytes:
+        method = "lora"  # a config that validates; the first reason says it will not fit as written
     batch_size = best.info["batch_size"]
     values = {
         "task": task,
@@ -456,15 +458,15 @@ def build_recommendation(best: Candidate, task: str, data: Any, device: str) -> 
     }
     config = build_config(values, source="tunesmith select recommendation")
     why = list(best.info["reasoning"])
-    why.insert(
-        0,
-        f"method {best.method}: "
-        + (
-            "every weight trains (a tiny model, or enough data to use it)"
-            if method == "full"
-            else "a LoRA adapter: a fraction of the memory of full finetuning, and little forgetting"
-        ),
-    )
+    because = {
+        "full": "every weight trains (a tiny model, or enough data to use it)",
+        "qlora": "LoRA on 4-bit NF4 base weights (bitsandbytes): only QLoRA fits the memory",
+    }.get(method, "a LoRA adapter: a fraction of the memory of full finetuning, and little forgetting")
+    why.insert(0, f"method {best.method}: {because}")
+    if missing_bitsandbytes:
+        why.insert(
+            0, f"only QLoRA fits, but bitsandbytes is missing: `{GPU_EXTRA_HINT}`, then adapter.method: qlora"
+        )
     if best.gradient_checkpointing:
         why.append("gradient checkpointing on: without it the activations do not fit the memory")
     return config, why

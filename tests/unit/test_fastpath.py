@@ -10,7 +10,13 @@ from torch import nn
 
 from tunesmith.data.pack import collate_rows
 from tunesmith.data.tokenize import Example
-from tunesmith.train.fastpath import choose_fast_path, compile_blocks, static_collate
+from tunesmith.train.fastpath import (
+    choose_attention,
+    choose_fast_path,
+    compile_blocks,
+    static_collate,
+    use_attention,
+)
 from tunesmith.train.loss import CausalLMLoss, chunked_cross_entropy, fused_linear_cross_entropy
 
 
@@ -147,3 +153,72 @@ def test_the_fast_path_is_a_choice_the_loss_and_collate_are_built_with() -> None
     # Soft-capped logits keep the chunked path, the only one applying the cap.
     model.config.final_logit_softcapping = 30.0
     assert choose_fast_path(_config(False), "cpu", model, pad_id=0).cross_entropy is chunked_cross_entropy
+
+
+def _config_attention(attention: str):
+    from tunesmith.config import build_config
+
+    return build_config(
+        {"task": "instruct", "model": {"attn_implementation": attention}, "data": {"train": "x.jsonl"}}
+    )
+
+
+def test_attention_is_chosen_once_flex_on_cuda_when_auto() -> None:
+    model = _tiny_llama()
+    # CPU: keep SDPA (flex attention has no backward on the CPU).
+    assert choose_fast_path(_config_attention("auto"), "cpu", model, pad_id=0).attention is None
+    # CUDA + auto: flex attention with the document BlockMask, for models that support it.
+    assert choose_attention("auto", "cuda", model) == "flex_attention"
+    assert choose_attention("auto", "cuda:1", model) == "flex_attention"
+    # An explicit kernel is what the model was loaded with: nothing to switch.
+    assert choose_attention("sdpa", "cuda", model) is None
+    assert choose_attention("eager", "cpu", model) is None
+    model._supports_flex_attn = False
+    assert choose_attention("auto", "cuda", model) is None
+    use_attention(model, "eager")
+    assert model.config._attn_implementation == "eager"
+    use_attention(model, None)
+    assert model.config._attn_implementation == "eager"
+
+
+def _packed_batch():
+    generator = torch.Generator().manual_seed(0)
+    examples = []
+    for length in (20, 35, 11, 40, 17, 9):
+        ids = torch.randint(3, 300, (length,), generator=generator).tolist()
+        examples.append(Example(ids, [-100] + ids[1:]))
+    batch = collate_rows([[0, 1, 2], [3, 4, 5]], examples, pad_id=0)
+    del batch["num_targets"]
+    assert "attention_mask" not in batch  # packed: documents come from the restarting position_ids
+    return batch
+
+
+@pytest.mark.slow  # flex attention compiles its kernel (inductor, C++ on the CPU): ~30 s cold
+def test_flex_attention_gives_the_reference_loss_on_a_packed_batch() -> None:
+    batch = _packed_batch()
+    model = _tiny_llama().eval()
+    with torch.no_grad():  # flex attention has no backward on the CPU; the forward runs there
+        reference = CausalLMLoss(model)(**batch)
+        use_attention(model, "flex_attention")
+        flex = CausalLMLoss(model, cross_entropy=fused_linear_cross_entropy)(**batch)
+    assert model.config._attn_implementation == "flex_attention"
+    torch.testing.assert_close(flex["loss_sum"], reference["loss_sum"], rtol=1e-5, atol=1e-5)
+    assert int(flex["num_correct"]) == int(reference["num_correct"])
+
+
+@pytest.mark.gpu
+def test_flex_attention_trains_like_sdpa_on_cuda() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    batch = {k: v.cuda() for k, v in _packed_batch().items()}
+    sdpa_model = _tiny_llama().cuda()
+    flex_model = copy.deepcopy(sdpa_model)
+    use_attention(flex_model, "flex_attention")
+    results = []
+    for model in (sdpa_model, flex_model):
+        out = CausalLMLoss(model)(**batch)
+        out["loss_sum"].backward()
+        results.append((out["loss_sum"].detach(), [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    for got, want in zip(results[1][1], results[0][1], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -222,9 +222,27 @@ def _first_line(exc: BaseException) -> str:
     return text[0][:300] if text else type(exc).__name__
 
 
-def model_load_kwargs(config: ModelConfig, device: str) -> dict[str, Any]:
+def quantization_4bit() -> Any:
+    """QLoRA's base weights: bitsandbytes 4-bit NF4, double quantisation, bf16 compute."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def model_load_kwargs(config: ModelConfig, device: str, quantize_4bit: bool = False) -> dict[str, Any]:
     attn = None if config.attn_implementation == "auto" else config.attn_implementation
+    extra: dict[str, Any] = {}
+    if quantize_4bit:
+        # Quantised weights are placed as they load (a 4-bit model is not moved with .to()).
+        extra = {"quantization_config": quantization_4bit(), "device_map": {"": device}}
     return {
+        **extra,
         "dtype": select_dtype(config.dtype, device),
         "attn_implementation": attn or "sdpa",
         "trust_remote_code": config.trust_remote_code,
@@ -233,8 +251,9 @@ def model_load_kwargs(config: ModelConfig, device: str) -> dict[str, Any]:
     }
 
 
-def load_causal_lm(path: str, config: ModelConfig, device: str) -> Any:
-    """The base causal LM on `device`, with the KV cache off (packed rows need that)."""
+def load_causal_lm(path: str, config: ModelConfig, device: str, quantize_4bit: bool = False) -> Any:
+    """The base causal LM on `device`, with the KV cache off (packed rows need that); with
+    `quantize_4bit` its linear weights are bitsandbytes 4-bit NF4 (QLoRA's frozen base)."""
     from transformers import AutoModelForCausalLM
 
     check_remote_code(path, config.trust_remote_code)
@@ -243,9 +262,15 @@ def load_causal_lm(path: str, config: ModelConfig, device: str) -> Any:
         check_weight_files(path)
     try:
         if gguf is not None:
+            if quantize_4bit:
+                raise UserError(
+                    "adapter.method: qlora quantises safetensors weights; a GGUF base trains with lora"
+                )
             model = load_gguf_causal_lm(gguf[0], gguf[1], config, device)
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, **model_load_kwargs(config, device))
+            model = AutoModelForCausalLM.from_pretrained(
+                path, **model_load_kwargs(config, device, quantize_4bit)
+            )
     except pickle.UnpicklingError as exc:
         raise unsafe_pickle_error(path, exc) or exc from None
     except Exception as exc:
@@ -259,6 +284,8 @@ def load_causal_lm(path: str, config: ModelConfig, device: str) -> Any:
         raise UserError(f"model.name: could not load {path} ({message})") from None
     # With a cache, transformers stops detecting packed documents and they attend to each other.
     model.config.use_cache = False
+    if quantize_4bit:
+        return model  # already on `device` (device_map)
     return model.to(device)  # type: ignore[arg-type]  # transformers types .to() as a decorated method
 
 

@@ -94,7 +94,7 @@ def prepare_data(
 
 
 def build_model(model_path: str, config: Config, device: str, prepared: PreparedData) -> TrainedModel:
-    model = load_causal_lm(model_path, config.model, device)
+    model = load_causal_lm(model_path, config.model, device, quantize_4bit=config.adapter.method == "qlora")
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

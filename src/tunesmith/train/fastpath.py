@@ -10,6 +10,12 @@ recipe builds with (nothing built elsewhere is patched afterwards):
 - `wrap_collate`, applied by the recipe to the task's collate: with `train.compile: true`
   `static_collate` pads every micro-batch to `data.max_seq_len`, since static shapes need rows of
   one length;
+- `attention`: the attention kernel training runs with, applied by the recipe with
+  `use_attention` before the loss is built. `model.attn_implementation: auto` gives flex
+  attention on CUDA (packed rows get a document `BlockMask` from transformers' masking_utils,
+  built from the restarting `position_ids`: only the blocks inside a document are computed),
+  and SDPA elsewhere (SDPA gets a dense `[rows, 1, S, S]` block-causal mask, which rules out its
+  flash kernel; flex on CPU has no backward). An explicit value is kept as loaded;
 - `compile`: with `train.compile: true` the recipe calls `compile_blocks` on the loss module,
   which torch.compiles every decoder block in place for training (static shapes,
   `dynamic=False`). The block-causal mask (or BlockMask) and the rotary tables are built once per
@@ -48,6 +54,30 @@ class FastPath:
     cross_entropy: CrossEntropy
     wrap_collate: Callable[[Collate], Collate]
     compile: bool = False
+    attention: str | None = None  # None: keep the kernel the model was loaded with
+
+
+def choose_attention(preference: str, device: str, model: nn.Module) -> str | None:
+    """The attention kernel training uses: `preference` unless it is auto; auto = flex attention
+    on CUDA for models that support it (document BlockMask), else what the model was loaded with."""
+    if preference != "auto":
+        return None  # loaded with exactly this kernel (models/load.py)
+    causal_lm = unwrap_causal_lm(model)
+    if not str(device).startswith("cuda") or not getattr(causal_lm, "_supports_flex_attn", False):
+        return None
+    try:
+        import torch.nn.attention.flex_attention  # noqa: F401  (torch >= 2.5)
+    except ImportError:
+        return None
+    return "flex_attention"
+
+
+def use_attention(model: nn.Module, attention: str | None) -> None:
+    """Switch the model's attention kernel in place (the weights and parameter names are unchanged)."""
+    causal_lm = unwrap_causal_lm(model)
+    if attention is None or getattr(causal_lm.config, "_attn_implementation", None) == attention:
+        return
+    causal_lm.set_attn_implementation(attention)
 
 
 def choose_fast_path(config: Config, device: str, model: nn.Module, pad_id: int) -> FastPath:
@@ -57,14 +87,15 @@ def choose_fast_path(config: Config, device: str, model: nn.Module, pad_id: int)
     # Soft-capped logits (Gemma 2) keep the chunked path, which applies the cap.
     if not getattr(getattr(causal_lm, "config", None), "final_logit_softcapping", None):
         cross_entropy = liger_cross_entropy(device) or fused_linear_cross_entropy
+    attention = choose_attention(config.model.attn_implementation, device, model)
     if not config.train.compile:
-        return FastPath(cross_entropy, _same_collate)
+        return FastPath(cross_entropy, _same_collate, attention=attention)
     length = config.data.max_seq_len
 
     def wrap(collate: Collate) -> Collate:
         return static_collate(collate, length, pad_id)
 
-    return FastPath(cross_entropy, wrap, compile=True)
+    return FastPath(cross_entropy, wrap, compile=True, attention=attention)
 
 
 def _same_collate(collate: Collate) -> Collate:

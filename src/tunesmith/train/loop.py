@@ -78,6 +78,23 @@ def _as_float(norm: torch.Tensor) -> float:
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
+def _step_sums(losses: list[torch.Tensor], corrects: list[Any]) -> tuple[float, float]:
+    """The step's loss sum and correct count, read from the device once (one copy each).
+
+    Summed on the host in micro-batch order, as Python floats and ints: exactly the numbers a
+    per-micro-batch `float()` / `int()` gave, so logged losses keep every bit."""
+    loss_values = torch.stack([loss.reshape(()) for loss in losses]).tolist() if losses else []
+    tensors = [c for c in corrects if isinstance(c, torch.Tensor)]
+    counts = iter(torch.stack([c.reshape(()) for c in tensors]).tolist() if tensors else [])
+    step_loss = 0.0
+    for value in loss_values:
+        step_loss += float(value)
+    step_correct: float = 0  # ints; floats once summed over ranks
+    for correct in corrects:
+        step_correct += int(next(counts) if isinstance(correct, torch.Tensor) else correct)
+    return step_loss, step_correct
+
+
 def _rng_devices(device: str) -> list[int]:
     return [torch.cuda.current_device()] if device.startswith("cuda") else []
 
@@ -111,8 +128,10 @@ def train_loop(
         # micro-batch with few supervised tokens must not weigh as much as a full one.
         # With several processes each holds a share of the rows: the normaliser is all ranks' targets.
         (step_targets,) = parallel.sum_over_ranks([sum(float(b["num_targets"]) for b in micro_batches)])
-        step_loss = 0.0
-        step_correct: float = 0  # ints; floats once summed over ranks
+        # The micro-batches' loss sums and correct counts stay on the device (no host sync per
+        # micro-batch); they are read once per step by _step_sums.
+        losses: list[torch.Tensor] = []
+        corrects: list[Any] = []
         step_tokens: float = 0
         for index, batch in enumerate(micro_batches):
             # DDP/FSDP: gradients are synchronised once, after the step's last micro-batch.
@@ -123,10 +142,11 @@ def train_loop(
                 # max(.., 1): a step with zero targets contributes zero gradient, never NaN.
                 # gradient_scale undoes DDP/FSDP's averaging over ranks (1 for one process).
                 (out["loss_sum"] * parallel.gradient_scale / max(step_targets, 1.0)).backward()
-            step_loss += float(out["loss_sum"].detach())
-            step_correct += int(out["num_correct"])
+            losses.append(out["loss_sum"].detach())
+            corrects.append(out["num_correct"])
             step_tokens += int(batch["input_ids"].numel())
             del out  # free the graph's outputs before the next micro-batch
+        step_loss, step_correct = _step_sums(losses, corrects)
         # Every rank logs and decides (non-finite, stop) on the same numbers: the sums over ranks.
         step_loss, step_correct, step_tokens = parallel.sum_over_ranks([step_loss, step_correct, step_tokens])
         window_tokens += int(step_tokens)

@@ -182,12 +182,13 @@ def preflight(config: Config, prepared: Any, kind: str) -> dict[str, Any]:
 def build_model(current: Run) -> None:
     """The model with its adapter or head, and the loss module the loop trains."""
     from tunesmith.models.adapters import count_parameters
-    from tunesmith.train.fastpath import choose_fast_path, compile_blocks
+    from tunesmith.train.fastpath import choose_fast_path, compile_blocks, use_attention
 
     config, prepared = current.config, current.prepared
     current.model = current.task.build_model(current.model_path, config, current.device, prepared)
-    # Chosen once here (fused loss, compiled blocks, static row shapes); the loop is the same.
+    # Chosen once here (fused loss, attention kernel, compiled blocks, static row shapes); the loop is the same.
     fast = choose_fast_path(config, current.device, current.model, current.tokenizer.pad_token_id)
+    use_attention(current.model, fast.attention)
     current.loss_module = current.task.make_loss(current.model, config, fast.cross_entropy)
     if fast.compile:
         compile_blocks(current.loss_module)

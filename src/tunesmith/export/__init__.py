@@ -1,7 +1,10 @@
 """Exporting a trained model: the merged HF directory, its model card, and a parity check.
 
-The merged model must predict what base + adapter predicted: `parity_probe` runs the same probe
-batch through both and the export refuses to finish when they differ.
+The merged model must predict what base + adapter predicted: `probe_logits` runs the same probe
+batch through both and the export refuses to finish when they differ. The GGUF export for
+llama.cpp and Ollama builds on this merge: `gguf.py` (convert, check the file against the merged
+model, write it), `converter.py` (llama.cpp's own converter, fetched from PyPI and run in a
+subprocess) and `modelfile.py` (the Ollama Modelfile from the trained chat template).
 """
 
 from __future__ import annotations
@@ -105,7 +108,11 @@ def write_directory(model: Any, tokenizer: Any, out_dir: Path, card: str, info: 
 
 def merge_adapter(adapter_or_run: str | Path, out_dir: str | Path, progress: Progress | None = None) -> Path:
     """Merge a LoRA adapter into its base weights, check the merged model predicts what base +
-    adapter predicted, and write it with a model card; the result loads with plain transformers."""
+    adapter predicted, and write it with a model card; the result loads with plain transformers.
+
+    The base always loads in full precision (load_for_inference never quantises): a QLoRA
+    adapter, trained on 4-bit weights, is merged into the full-precision base, never into the
+    4-bit weights; DoRA's magnitudes merge the same way."""
     from tunesmith.models.inference import load_for_inference
 
     progress = progress or NoProgress()
