@@ -24,12 +24,17 @@ if TYPE_CHECKING:
 
 
 def train(
-    config: Config, resume: bool = False, merge: bool = False, progress: Progress | None = None
+    config: Config,
+    resume: bool = False,
+    merge: bool = False,
+    progress: Progress | None = None,
+    resume_from: str | Path | None = None,
 ) -> RunResult:
-    """Finetune as the config says; returns where the run went and the before/after metrics."""
+    """Finetune as the config says; returns where the run went and the before/after metrics.
+    `resume_from`: resume from this checkpoint of the run (a step-N folder) instead of the newest."""
     from tunesmith.train.run import run
 
-    return run(config, resume=resume, merge=merge, progress=progress)
+    return run(config, resume=resume, merge=merge, progress=progress, resume_from=resume_from)
 
 
 def demo(

@@ -110,6 +110,9 @@ def train(
     resume: bool = typer.Option(
         False, "--resume", help="continue the run from its newest complete checkpoint"
     ),
+    resume_from: str = typer.Option(
+        None, "--resume-from", help="continue the run from this checkpoint (a step-N folder of the run)"
+    ),
     merge: bool = typer.Option(
         False, "--merge", help="also write a merged model (adapter folded into the base)"
     ),
@@ -130,7 +133,7 @@ def train(
         console.print("[bold]resolved config[/bold]")
         console.print(config_to_yaml(cfg), markup=False)
         progress = _progress(console, cfg.logging.progress)
-        result = api.train(cfg, resume=resume, merge=merge, progress=progress)
+        result = api.train(cfg, resume=resume, merge=merge, progress=progress, resume_from=resume_from)
         console.print(
             f"[bold green]done[/bold green]: {result.steps} steps in {result.seconds:.0f}s; "
             f"model in {result.final_dir}"
@@ -441,7 +444,8 @@ def data_check(
 ) -> None:
     """Check data before training: format, duplicates, leakage, lengths, labels, size, coverage, secrets.
 
-    Exit code 0: ready (or ready with warnings); 1: not ready (blocking errors); 2: usage error.
+    Exit code 0: ready (or ready with warnings); 1: not ready (blocking errors); 2: usage error
+    or a data file that does not parse (.jsonl or .json alike).
     """
 
     def action() -> int:
@@ -488,6 +492,8 @@ def data_check(
             console.print(
                 f"cleaned copy in {fix}: {fixed['removed']} rows removed (see {fixed['removed_list']})"
             )
+        if any(item.get("id") == "malformed_rows" for item in report.get("findings", [])):
+            return 2  # a file that does not parse is a usage error, as for a malformed .json
         return 1 if report["verdict"] == "not ready" else 0
 
     code = _run(action)

@@ -23,11 +23,15 @@ DataFormat = Literal[
 
 # Keys whose values must never be printed or saved (tokens, API keys).
 SECRET_KEY_PATTERN = re.compile(r"(^|_)(token|api_key|password|secret|hf_token)$", re.IGNORECASE)
-SECRET_VALUE_PATTERN = re.compile(r"(hf_[A-Za-z0-9]{8,}|sk-[A-Za-z0-9_\-]{16,}|[0-9a-f]{40})")
+SECRET_VALUE_PATTERN = re.compile(
+    r"(hf_[A-Za-z0-9]{8,}|sk-[A-Za-z0-9_\-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
+    r"|[0-9a-f]{40})"
+)
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: learning_rate=inf, epochs=nan ... are refused, not trained on.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -49,6 +53,9 @@ class ModelConfig(Section):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto = cuda when available, else cpu")
     token: str | None = Field(None, description="hub token for private models (never logged or saved)")
+    allow_longer_context: bool = Field(
+        False, description="allow data.max_seq_len over the model's positions (a model with RoPE scaling)"
+    )
     # A folder can hold several quantisations of one model: name the one to load.
     gguf_file: str | None = Field(
         None,
@@ -111,7 +118,9 @@ class DataConfig(Section):
         default_factory=dict,
         description="map canonical field -> your column, e.g. {instruction: question, output: answer}",
     )
-    max_seq_len: int = Field(512, ge=8, description="tokens per sequence; longer samples are truncated")
+    max_seq_len: int = Field(
+        512, ge=8, le=1_048_576, description="tokens per sequence; longer samples are truncated"
+    )
     packing: bool = Field(True, description="pack several samples per row (documents never see each other)")
     system_prompt: str | None = Field(
         None, description="system message prepended to conversations without one"
@@ -196,6 +205,9 @@ class TrainConfig(Section):
         False,
         description="before training, time a short steady-state probe to predict tokens/s and wall time "
         "(summary.json's prediction; memory is always estimated)",
+    )
+    check_memory: bool = Field(
+        True, description="refuse a run whose estimated memory is over what is free (false: start anyway)"
     )
 
 
@@ -309,6 +321,43 @@ class Config(Section):
         return self
 
 
+# Keys that only mean something for some tasks or adapter methods: set elsewhere, they are ignored
+# (and warned about by config_warnings).
+TASK_ONLY_KEYS: dict[str, tuple[str, ...]] = {
+    "data.labels": ("classify",),
+    "data.multi_label": ("classify",),
+    "data.label_columns": ("classify",),
+    "data.threshold": ("classify",),
+    "data.class_weights": ("classify",),
+    "data.replay": ("pretrain",),
+    "data.cache_dir": ("pretrain",),
+}
+LORA_ONLY_KEYS = ("adapter.r", "adapter.alpha", "adapter.dropout", "adapter.target_modules")
+
+
+def _set_to_non_default(section: BaseModel, name: str) -> bool:
+    """Given (not defaulted) and unlike the default: a dumped-and-reloaded config warns about nothing."""
+    field = type(section).model_fields[name]
+    default = field.get_default(call_default_factory=True)
+    return name in section.model_fields_set and getattr(section, name) != default
+
+
+def config_warnings(config: Config) -> list[str]:
+    """Keys the user set that do not apply to this task or adapter method (they are ignored)."""
+    warnings = []
+    for key, tasks in TASK_ONLY_KEYS.items():
+        section, name = key.split(".")
+        if _set_to_non_default(getattr(config, section), name) and config.task not in tasks:
+            warnings.append(
+                f"{key} applies to task {' or '.join(tasks)} only; ignored for task {config.task}"
+            )
+    if config.adapter.method == "full":
+        for key in LORA_ONLY_KEYS:
+            if _set_to_non_default(config.adapter, key.split(".")[1]):
+                warnings.append(f"{key} applies to adapter.method: lora only; ignored with full")
+    return warnings
+
+
 # --------------------------------------------------------------------------------------------
 # Loading, overrides and errors
 
@@ -381,12 +430,32 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would silently keep the last)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKeyError(f"key `{key}` is given twice, on lines {seen[key]} and {line}")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} not found; check the path (examples are in examples/)")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+    except DuplicateKeyError as exc:
+        raise UserError(f"{path}: {exc}; keep one of them") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

@@ -357,7 +357,8 @@ def test_cli_exit_codes_and_json(tmp_path: Path, planted: tuple) -> None:
             str(html_out),
         ],
     )
-    assert result.exit_code == 1, result.output
+    # The planted file has malformed JSON lines: exit 2, as for a malformed .json (issue 18).
+    assert result.exit_code == 2, result.output
     assert "not ready" in result.output and "sk" + "-abcdefghijkl" not in result.output
     assert "Data check: not ready" in html_out.read_text()
     result = runner.invoke(app, ["data", "check", str(tmp_path / "missing.jsonl")])

@@ -16,7 +16,7 @@ import torch
 
 from tunesmith.data.formats import LabeledText
 from tunesmith.data.load import Source
-from tunesmith.data.tokenize import Example
+from tunesmith.data.tokenize import Example, check_record_size
 from tunesmith.errors import UserError
 
 TRUE_STRINGS = {"1", "true", "yes", "y", "t"}
@@ -212,6 +212,7 @@ def tokenize_labeled(
     examples = []
     counts: Counter[str] = Counter()
     for record in records:
+        check_record_size(record.source, len(record.text) + len(record.text_pair or ""), max_seq_len)
         encoded = encode_text(tokenizer, record.text, record.text_pair, max_seq_len)
         # A text that fills max_seq_len exactly is counted too: cheaper than encoding twice.
         if len(encoded["input_ids"]) >= max_seq_len:

@@ -49,6 +49,27 @@ class TokenizeStats:
         return ", ".join(parts)
 
 
+# A record longer than this many characters per token of data.max_seq_len (and over 1M
+# characters) cannot fit the sequence: it is refused with file:line before the tokenizer builds
+# per-token structures for it (one 50 MB record took GBs there).
+MAX_CHARS_PER_TOKEN = 64
+MIN_RECORD_CHAR_LIMIT = 1_000_000
+
+
+def record_char_limit(max_seq_len: int) -> int:
+    return max(MIN_RECORD_CHAR_LIMIT, MAX_CHARS_PER_TOKEN * max_seq_len)
+
+
+def check_record_size(source: Any, num_chars: int, max_seq_len: int) -> None:
+    """Refuse a record far longer than data.max_seq_len could ever hold, naming it."""
+    limit = record_char_limit(max_seq_len)
+    if num_chars > limit:
+        raise UserError(
+            f"{source}: a record of {num_chars:,} characters, over the limit of {limit:,} for "
+            f"data.max_seq_len={max_seq_len} (it would be cut to {max_seq_len} tokens); split or remove it"
+        )
+
+
 def tokenize_conversations(
     records: list[Conversation],
     tokenizer: Any,
@@ -62,6 +83,9 @@ def tokenize_conversations(
     stats = TokenizeStats(num_records=len(records))
     examples = []
     for record in records:
+        check_record_size(
+            record.source, sum(len(str(m.get("content") or "")) for m in record.messages), max_seq_len
+        )
         samples = encode_conversations(
             tokenizer, template, record.messages, getattr(record, "tools", None), train_on_reasoning
         )

@@ -125,6 +125,8 @@ def evaluate_models(
         out_dir = run.eval_dir / f"eval-{stem}"
     if out_dir is not None:
         out_dir = Path(out_dir)
+        if out_dir.is_relative_to(run.path):
+            _refuse_symlinks_between(run.path, out_dir)
         rundir.write_json(out_dir / "tuned.json", tuned)
         rundir.write_json(out_dir / "baseline.json", base)
         rundir.write_json(
@@ -132,3 +134,12 @@ def evaluate_models(
         )
         result["out_dir"] = str(out_dir)
     return result
+
+
+def _refuse_symlinks_between(root: Path, target: Path) -> None:
+    """eval/ (or a folder below it) that is a symlink would send a run's files outside the run."""
+    probe = target
+    while probe != root and probe != probe.parent:
+        if probe.is_symlink():
+            raise UserError(f"{probe} is a symlink; refusing to write evaluation results through it")
+        probe = probe.parent

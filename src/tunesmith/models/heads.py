@@ -19,7 +19,13 @@ import torch
 from tunesmith.config import ModelConfig
 from tunesmith.errors import UserError
 from tunesmith.models.adapters import unwrap_causal_lm
-from tunesmith.models.load import _first_line, check_remote_code, model_load_kwargs
+from tunesmith.models.load import (
+    _first_line,
+    check_remote_code,
+    check_weight_files,
+    model_load_kwargs,
+    unsafe_pickle_error,
+)
 
 DECODER_HEAD = "score"  # the head attribute of transformers' decoder *ForSequenceClassification models
 
@@ -40,6 +46,7 @@ def load_sequence_classifier(
     from transformers import AutoModelForSequenceClassification
 
     check_remote_code(path, config.trust_remote_code)
+    check_weight_files(path)
     problem_type = "multi_label_classification" if multi_label else "single_label_classification"
     # The head is new, so transformers reports it as newly initialised: that is expected here.
     verbosity = transformers.logging.get_verbosity()
@@ -55,7 +62,12 @@ def load_sequence_classifier(
             output_loading_info=True,
             **model_load_kwargs(config, device),
         )
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
+        refusal = unsafe_pickle_error(path, exc)
+        if refusal is not None:
+            raise refusal from None
+        if not isinstance(exc, (OSError, ValueError)) and type(exc).__name__ != "SafetensorError":
+            raise
         message = _first_line(exc)
         if "trust_remote_code" in message:
             raise UserError(

@@ -28,6 +28,7 @@ def load_for_inference(
     """(model, tokenizer) in eval mode for a model directory or adapter `target`; `name` is what the
     user gave ('embedded', a hub id) when `target` is not a folder."""
     from tunesmith.models.load import (
+        check_weight_files,
         load_causal_lm,
         load_tokenizer,
         resolve_model_path,
@@ -46,6 +47,7 @@ def load_for_inference(
         base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
         base_config = ModelConfig(name=base, trust_remote_code=trust_remote_code)
         model = load_causal_lm(resolve_model_path(base), base_config, device)
+        check_weight_files(target)
         try:
             model = PeftModel.from_pretrained(model, str(target))
         except Exception as exc:

@@ -98,6 +98,37 @@ def check_remote_code(path: str, trust_remote_code: bool) -> None:
             )
 
 
+def safetensors_damage(path: Path) -> str | None:
+    """Why a .safetensors file cannot be read (missing, empty, truncated, not safetensors), or None.
+    Reads the header only: the byte ranges of its tensors must lie inside the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or length <= 0 or 8 + length > size:
+                return f"{path} is empty or truncated"
+            header = json.loads(handle.read(length))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    except FileNotFoundError:
+        return f"{path} is missing"
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return f"{path} is not a valid safetensors file"
+    if 8 + length + end > size:
+        return f"{path} is truncated ({size} of {8 + length + end} bytes)"
+    return None
+
+
+def check_weight_files(path: str | Path) -> None:
+    """A local model or adapter folder whose .safetensors weights are damaged: exit 2 naming the file."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    for weights in sorted(folder.glob("*.safetensors")):
+        damage = safetensors_damage(weights)
+        if damage:
+            raise UserError(f"model weights damaged: {damage}; re-download or re-export the model")
+
+
 def unsafe_pickle_error(path: str | Path, exc: BaseException) -> UserError | None:
     """A clear refusal when torch's weights_only loader met a pickle that wants to run code."""
     if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in str(exc):
@@ -227,6 +258,8 @@ def load_causal_lm(path: str, config: ModelConfig, device: str, quantize_4bit: b
 
     check_remote_code(path, config.trust_remote_code)
     gguf = gguf_source(path, config)
+    if gguf is None:
+        check_weight_files(path)
     try:
         if gguf is not None:
             if quantize_4bit:
@@ -240,7 +273,9 @@ def load_causal_lm(path: str, config: ModelConfig, device: str, quantize_4bit: b
             )
     except pickle.UnpicklingError as exc:
         raise unsafe_pickle_error(path, exc) or exc from None
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, (OSError, ValueError)) and type(exc).__name__ != "SafetensorError":
+            raise
         message = _first_line(exc)
         if "trust_remote_code" in message:
             raise UserError(

@@ -430,8 +430,11 @@ def load_classifier(final_dir: Path, device: str = "cpu") -> tuple[Any, Any, dic
         try:
             model = PeftModel.from_pretrained(model, str(final_dir))
         except Exception as exc:
-            raise UserError(
-                f"{final_dir}: not a loadable PEFT adapter ({type(exc).__name__}: {exc})"
+            from tunesmith.models.load import unsafe_pickle_error
+
+            # Never PyTorch's own advice (re-run with weights_only=False): that would run the pickle.
+            raise unsafe_pickle_error(final_dir, exc) or UserError(
+                f"{final_dir}: not a loadable PEFT adapter ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
             ) from None
     model.eval()
     return model, tokenizer, info

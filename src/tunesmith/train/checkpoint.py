@@ -13,11 +13,11 @@ deleted only after the new one is complete.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
 import shutil
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunesmith.errors import NonFiniteError, UserError
-from tunesmith.train.rundir import fsync_dir, fsync_file
+from tunesmith.models.load import safetensors_damage
+from tunesmith.train.rundir import disk_error, fsync_dir, fsync_file, is_disk_error
 
 FORMAT_VERSION = 1
 TRAINABLE_FILE = "trainable.safetensors"
@@ -92,15 +93,13 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.replace(temp, final)
         fsync_dir(checkpoints_dir)
-    except OSError as exc:
+    except BaseException as exc:
+        # Whatever failed (a full disk raises OSError, torch.save's RuntimeError or safetensors'
+        # SafetensorError), the half-written folder goes; the older checkpoints stay trusted.
         shutil.rmtree(temp, ignore_errors=True)
-        if exc.errno == errno.ENOSPC:
+        if isinstance(exc, Exception) and is_disk_error(exc):
             needed = sum(t.numel() * t.element_size() for t in weights.values()) * 3
-            free = shutil.disk_usage(checkpoints_dir).free
-            raise UserError(
-                f"disk full while writing checkpoint {final}: needs about {needed / 2**20:.1f} MiB, "
-                f"{free / 2**20:.1f} MiB free; free space or point output_dir elsewhere (older checkpoints kept)"
-            ) from None
+            raise disk_error(final, needed, exc, " (older checkpoints kept)") from None
         raise
     rotate_checkpoints(checkpoints_dir, keep_last)
     return final
@@ -128,6 +127,38 @@ def list_checkpoints(checkpoints_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def checkpoint_damage(path: Path) -> str | None:
+    """Why a listed checkpoint cannot be resumed from (an empty or truncated file), or None.
+    Cheap: parses trainer_state.json and the safetensors header, opens the .pt zip directories."""
+    state_file = path / STATE_FILE
+    try:
+        raw = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return f"{state_file} is empty or truncated"
+    if not isinstance(raw, dict) or not isinstance(raw.get("step"), int):
+        return f"{state_file} holds no step"
+    if (path / TRAINABLE_FILE).exists() or not any(path.glob("*.distcp")):
+        damage = safetensors_damage(path / TRAINABLE_FILE)
+        if damage:
+            return damage
+        for name in (OPTIMIZER_FILE, RNG_FILE):
+            if not zipfile.is_zipfile(path / name):
+                return f"{path / name} is missing, empty or truncated"
+    return None
+
+
+def resumable_checkpoint(checkpoints_dir: Path, warnings: list[str] | None = None) -> Path | None:
+    """The newest complete checkpoint that is not damaged; the damaged newer ones are named in
+    `warnings` (and skipped, never deleted)."""
+    for _, path in reversed(list_checkpoints(checkpoints_dir)):
+        damage = checkpoint_damage(path)
+        if damage is None:
+            return path
+        if warnings is not None:
+            warnings.append(f"checkpoint {path.name} is damaged ({damage}); falling back to an older one")
+    return None
+
+
 def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
     found = list_checkpoints(checkpoints_dir)
     return found[-1][1] if found else None
@@ -151,6 +182,9 @@ def load_checkpoint(
     state_file = path / STATE_FILE
     if not state_file.is_file():
         raise UserError(f"{path} is not a complete tunesmith checkpoint (no {STATE_FILE})")
+    damage = checkpoint_damage(path)
+    if damage:
+        raise UserError(f"checkpoint {path} is damaged: {damage}; resume from another one (--resume-from)")
     raw_state = json.loads(state_file.read_text())
     if raw_state.get("format_version") != FORMAT_VERSION:
         raise UserError(

@@ -273,7 +273,10 @@ def _trainer_state(path: Path) -> dict[str, Any]:
     state_file = path / single.STATE_FILE
     if not state_file.is_file():
         raise UserError(f"{path} is not a complete tunesmith checkpoint (no {single.STATE_FILE})")
-    raw = json.loads(state_file.read_text())
+    try:
+        raw = json.loads(state_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError(f"checkpoint {path} is damaged: {state_file} is empty or truncated") from None
     if raw.get("format_version") != single.FORMAT_VERSION:
         raise UserError(
             f"{path}: checkpoint format {raw.get('format_version')} is not {single.FORMAT_VERSION}"

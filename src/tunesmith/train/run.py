@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.config import Config
+from tunesmith.config import Config, config_warnings
 from tunesmith.errors import UserError
 from tunesmith.progress import NoProgress, Progress
 from tunesmith.tasks import EvalContext, Phase
@@ -70,18 +70,34 @@ class Run:
     total: int = 0
     predicted: dict[str, Any] = field(default_factory=dict)  # train/prediction.py's figures
     train_seconds: float = 0.0  # the fit phase's wall time
+    lock: Any = None  # the run directory's RunLock, held by rank 0 for the whole run
+    resume_step: int | None = None  # the step of the checkpoint resumed from
 
 
 def run(
-    config: Config, resume: bool = False, merge: bool = False, progress: Progress | None = None
+    config: Config,
+    resume: bool = False,
+    merge: bool = False,
+    progress: Progress | None = None,
+    resume_from: str | Path | None = None,
 ) -> RunResult:
-    """Finetune as the config says; returns where the run went and the before/after metrics."""
+    """Finetune as the config says; returns where the run went and the before/after metrics.
+    `resume_from`: a checkpoint folder of this run to resume from (implies resume)."""
+    resume = resume or resume_from is not None
     current = start(config, resume, progress or NoProgress())
+    try:
+        return _run_phases(current, resume, merge, resume_from)
+    finally:
+        if current.lock is not None:
+            current.lock.release()
+
+
+def _run_phases(current: Run, resume: bool, merge: bool, resume_from: str | Path | None) -> RunResult:
     findings = prepare_data(current)
     schedule, total_steps = plan_steps(current)
     predict_cost(current, total_steps)  # before the model: a probe's memory is gone when the run's peaks
     build_model(current)
-    checkpoint = find_checkpoint(current, resume)
+    checkpoint = find_checkpoint(current, resume, resume_from)
     log = open_run(current, findings)
     try:
         before = evaluate_before(current, checkpoint)
@@ -113,6 +129,7 @@ def run(
 
 def start(config: Config, resume: bool, progress: Progress) -> Run:
     """Threads, seed and device; joins a torchrun job; plans (does not create) the run directory."""
+    from tunesmith.models import limits
     from tunesmith.models.load import resolve_model_path
     from tunesmith.tasks import get_task
     from tunesmith.train import distributed
@@ -127,9 +144,18 @@ def start(config: Config, resume: bool, progress: Progress) -> Run:
         progress = NoProgress()
     distributed.check_batch_size(parallel, config.train.batch_size)
     model_path = resolve_model_path(config.model.name)
+    model_config = limits.model_config_dict(model_path, config)
+    limits.check_context_length(model_config, config)
     run_dir = RunDir(rundir.plan_run_dir(config, model_path, resume))
     rundir.check_logging_available(config.logging)
-    return Run(config, task, device, parallel, model_path, run_dir, progress, started)
+    limits.check_memory(model_config, config, device)
+    current = Run(config, task, device, parallel, model_path, run_dir, progress, started)
+    for warning in config_warnings(config):
+        progress.message(f"warning: {warning}", "warning")
+    if parallel.is_main:
+        # One process per run directory: a second train or --resume on it stops here.
+        current.lock = run_dir.lock()
+    return current
 
 
 def prepare_data(current: Run) -> dict[str, Any]:
@@ -216,19 +242,59 @@ def predict_cost(current: Run, total_steps: int) -> None:
             torch.cuda.reset_peak_memory_stats()  # the run's peak is the run's, not the probe's
 
 
-def find_checkpoint(current: Run, resume: bool) -> Path | None:
-    """With --resume: the latest complete checkpoint, after checking the config still fits it."""
-    from tunesmith.train.checkpoint import latest_checkpoint
+def find_checkpoint(current: Run, resume: bool, resume_from: str | Path | None = None) -> Path | None:
+    """With --resume: the newest complete, undamaged checkpoint (damaged newer ones are warned
+    about and skipped), or `resume_from`; after checking the config still fits it. A run that
+    never reached a checkpoint starts over."""
+    from tunesmith.train.checkpoint import checkpoint_damage, list_checkpoints, resumable_checkpoint
 
-    run_dir = current.run_dir
-    checkpoint = latest_checkpoint(run_dir.checkpoints) if resume else None
-    if resume and checkpoint is None and run_dir.path.exists() and any(run_dir.path.iterdir()):
+    run_dir, progress = current.run_dir, current.progress
+    if not resume:
+        return None
+    if resume_from is not None:
+        checkpoint: Path | None = _chosen_checkpoint(run_dir, Path(resume_from))
+    else:
+        warnings: list[str] = []
+        checkpoint = resumable_checkpoint(run_dir.checkpoints, warnings)
+        for warning in warnings:
+            progress.message(f"warning: {warning}", "warning")
+        if checkpoint is None and warnings:
+            raise UserError(
+                f"--resume: every checkpoint of {run_dir.path} is damaged ({warnings[-1]}); "
+                "start a new run (another run_name)"
+            )
+    if checkpoint is None and run_dir.holds_anything():
+        if run_dir.marker.is_file() and not list_checkpoints(run_dir.checkpoints):
+            progress.message(
+                f"warning: --resume: {run_dir.path} never reached a checkpoint; starting the run over",
+                "warning",
+            )
+            current.resume_step = 0
+            return None
         raise UserError(f"--resume: {run_dir.path} has no complete checkpoint to resume from")
     if checkpoint is not None:
+        damage = checkpoint_damage(checkpoint)
+        if damage:
+            raise UserError(f"--resume-from: checkpoint {checkpoint} is damaged: {damage}")
+        current.resume_step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
         changed = rundir.check_resume_compatible(run_dir, current.config)
         if changed:
             current.progress.message(f"warning: resuming with changed {', '.join(changed)}", "warning")
     return checkpoint
+
+
+def _chosen_checkpoint(run_dir: RunDir, chosen: Path) -> Path:
+    """--resume-from: a step-N folder of this run's checkpoints/ (a name or a path)."""
+    from tunesmith.train.checkpoint import list_checkpoints
+
+    candidates = {path.name: path for _, path in list_checkpoints(run_dir.checkpoints)}
+    for key in (chosen.name, str(chosen)):
+        if key in candidates and (not chosen.is_absolute() or chosen.resolve() == candidates[key].resolve()):
+            return candidates[key]
+    names = ", ".join(candidates) or "none"
+    raise UserError(
+        f"--resume-from: {chosen} is not a complete checkpoint of {run_dir.path} (its checkpoints: {names})"
+    )
 
 
 def open_run(current: Run, findings: dict[str, Any]) -> Any:
@@ -238,6 +304,9 @@ def open_run(current: Run, findings: dict[str, Any]) -> Any:
         return _NoLog()
     config, run_dir = current.config, current.run_dir
     rundir.create_run_dir(run_dir.path, config)
+    if current.resume_step is not None:
+        # Steps after the checkpoint are trained again: their old records go, so each step is logged once.
+        rundir.trim_metrics(run_dir.path, current.resume_step)
     current.progress.message(f"run: {run_dir.path}")
     rundir.write_json(run_dir.eval_file("data_check"), findings)
     rundir.write_json(run_dir.environment, environment())

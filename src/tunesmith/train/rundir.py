@@ -8,10 +8,12 @@ metrics.jsonl; `read_model_info`/`write_model_info` the one metadata file of a t
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -28,6 +30,7 @@ RUN_MARKER = "tunesmith-run.json"
 MODEL_INFO_FILE = "tunesmith.json"  # in final/: task, base model, method, length, classifier labels
 LEGACY_LABELS_FILE = "labels.json"  # the classifier's labels before they moved into tunesmith.json
 REDACTED = "***"  # what config.redact puts in place of a secret in the saved config.yaml
+LOCK_FILE = ".tunesmith.lock"  # held (flock) by the one process writing the run; not part of the run
 
 
 @dataclass(frozen=True)
@@ -84,14 +87,164 @@ class RunDir:
         """eval/<name>.json: before, after, data_check."""
         return self.eval_dir / f"{name}.json"
 
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_FILE
+
     def is_run(self) -> bool:
         return self.path.is_dir() and (self.marker.is_file() or self.metrics.is_file())
+
+    def holds_anything(self) -> bool:
+        """True when the directory holds files of a run (the lock file alone is not a run)."""
+        return self.path.is_dir() and any(child.name != LOCK_FILE for child in self.path.iterdir())
+
+    def lock(self) -> RunLock:
+        """Take the run directory's exclusive lock (see RunLock); refused while another process holds it."""
+        return RunLock(self.path)
 
     @classmethod
     def of_model(cls, model_dir: Path) -> RunDir | None:
         """The run a final/ model directory belongs to (None for a model outside a run)."""
         model_dir = Path(model_dir)
         return cls(model_dir.parent) if model_dir.name == "final" else None
+
+
+class RunLock:
+    """An exclusive OS lock (flock) on `<run>/.tunesmith.lock`, held for as long as the process runs
+    the run. The file names its holder (pid, host); the OS drops the lock when the holder dies, so a
+    stale file of a dead process is simply taken over. `release()` removes a directory the lock
+    alone created (a run that failed before writing anything leaves nothing behind)."""
+
+    def __init__(self, run_path: Path):
+        self.path = Path(run_path) / LOCK_FILE
+        # The folders the lock itself creates (the run directory, maybe output_dir): removed again
+        # by release() when the run wrote nothing into them.
+        self.created: list[Path] = []
+        probe = Path(run_path)
+        while not probe.exists() and probe != probe.parent:
+            self.created.append(probe)
+            probe = probe.parent
+        self.handle: Any = None
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; runs there are not protected against a second process
+            return
+        with guarded_write(Path(run_path)):
+            Path(run_path).mkdir(parents=True, exist_ok=True)
+        while True:
+            with guarded_write(self.path):
+                handle = open(self.path, "a+", encoding="utf-8")
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                handle.close()
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+                raise UserError(
+                    f"run directory {run_path} is in use by {holder}; wait for it to finish (or stop it), "
+                    "or choose another run_name"
+                ) from None
+            # A releasing holder may have removed the file between our open and our lock.
+            try:
+                same = os.fstat(handle.fileno()).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            handle.close()
+        self.handle = handle
+        with contextlib.suppress(OSError):  # a full disk: the lock holds, its holder goes unnamed
+            os.ftruncate(handle.fileno(), 0)
+            os.pwrite(handle.fileno(), f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+
+    @staticmethod
+    def holder(run_path: Path) -> str | None:
+        """Who holds the lock of `run_path` now ("pid N on host H"), or None when nobody does."""
+        path = Path(run_path) / LOCK_FILE
+        try:
+            import fcntl
+
+            handle = open(path, encoding="utf-8")
+        except (ImportError, OSError):
+            return None
+        with handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return handle.read().strip() or "another process"
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return None
+
+    def release(self) -> None:
+        if self.handle is None:
+            return
+        run_path = self.path.parent
+        if self.created and not RunDir(run_path).holds_anything():
+            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                for folder in self.created:
+                    folder.rmdir()
+        self.handle.close()  # closing drops the flock
+        self.handle = None
+
+
+# Errors that mean the disk (not the program) failed a write: full, over quota, too big, I/O error.
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+DISK_ERROR_WORDS = (
+    "no space left",
+    "storagefull",
+    "quota",
+    "file write failed",
+    "input/output error",
+    "ioerror",
+    "read-only file system",
+)
+
+
+def is_disk_error(exc: BaseException) -> bool:
+    """An out-of-space / I/O failure, whichever library raised it (OSError, torch.save's RuntimeError,
+    safetensors' SafetensorError)."""
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+        return True
+    if isinstance(exc, (OSError, RuntimeError)) or type(exc).__name__ == "SafetensorError":
+        text = str(exc).lower()
+        return any(word in text for word in DISK_ERROR_WORDS)
+    return False
+
+
+def disk_error(what: Path, needed_bytes: int | None, exc: BaseException, note: str = "") -> UserError:
+    """The one-line message of a failed write: what, the space needed and the space free."""
+    probe = Path(what)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = f"{shutil.disk_usage(probe).free / 2**20:.1f} MiB free"
+    except OSError:
+        free = "free space unknown"
+    needed = f"needs about {needed_bytes / 2**20:.1f} MiB, " if needed_bytes else ""
+    kind = (
+        "disk full"
+        if "space" in str(exc).lower() or getattr(exc, "errno", None) == errno.ENOSPC
+        else ("disk write failed")
+    )
+    return UserError(
+        f"{kind} while writing {what}: {needed}{free}; free space or point output_dir elsewhere{note}"
+    )
+
+
+@contextlib.contextmanager
+def guarded_write(what: Path, needed_bytes: int | None = None, note: str = "") -> Iterator[None]:
+    """Every write of a run goes through here: a disk failure becomes the one-line UserError."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        if is_disk_error(exc):
+            raise disk_error(what, needed_bytes, exc, note) from None
+        raise
 
 
 def fsync_file(path: Path) -> None:
@@ -113,18 +266,20 @@ def fsync_dir(path: Path) -> None:
 def atomic_write(path: Path, data: str | bytes) -> Path:
     """Write `data` to `path` through a temporary name, fsync and rename: complete or absent."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temp, "wb") as handle:
-            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with guarded_write(path, len(payload)):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(temp, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
     return path
 
 
@@ -139,17 +294,18 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     path = Path(path)
     temp = path.with_name(path.name + ".tmp")
     shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir(parents=True)
     try:
-        yield temp
-        for child in temp.rglob("*"):
-            if child.is_file():
-                fsync_file(child)
-        fsync_dir(temp)
-        if path.exists():
-            shutil.rmtree(path)
-        temp.rename(path)
-        fsync_dir(path.parent)
+        with guarded_write(path, note=f" (nothing replaced {path.name}/)"):
+            temp.mkdir(parents=True)
+            yield temp
+            for child in temp.rglob("*"):
+                if child.is_file():
+                    fsync_file(child)
+            fsync_dir(temp)
+            if path.exists():
+                shutil.rmtree(path)
+            temp.rename(path)
+            fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -198,7 +354,13 @@ def plan_run_dir(config: Config, model_path: str | None, resume: bool) -> Path:
         )
     if run_dir.is_symlink():
         raise UserError(f"run directory {run_dir} is a symlink; refusing to write through it")
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if RunDir(run_dir).holds_anything():
+        holder = RunLock.holder(run_dir)
+        if holder:
+            raise UserError(
+                f"run directory {run_dir} is in use by {holder}; wait for it to finish (or stop it), "
+                "or choose another run_name"
+            )
         if not resume:
             raise UserError(
                 f"run directory {run_dir} already holds a run; choose another run_name, or pass --resume to continue it"
@@ -269,8 +431,10 @@ class MetricsLogger:
         self.handle = open(self.path, "a", encoding="utf-8")
 
     def __call__(self, record: dict[str, Any]) -> None:
-        self.handle.write(json.dumps(redact(_json_safe(record))) + "\n")
-        self.handle.flush()
+        line = json.dumps(redact(_json_safe(record))) + "\n"
+        with guarded_write(self.path, len(line)):
+            self.handle.write(line)
+            self.handle.flush()
         if "step" not in record:
             return
         scalars = {
@@ -362,6 +526,24 @@ def read_metrics(run_dir: Path, problems: list[str] | None = None) -> list[dict[
     if bad_lines and problems is not None:
         problems.append(f"{METRICS_FILE}: {bad_lines} unreadable line(s) skipped")
     return records
+
+
+def trim_metrics(run_dir: Path, step: int) -> None:
+    """Before a resume from `step`: drop the records of later steps (they are replayed), so
+    metrics.jsonl holds each step once. Records without a step (events) are kept."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step:
+            continue
+        kept.append(line + "\n")
+    atomic_write(path, "".join(kept))
 
 
 def write_json(path: Path, value: Any) -> None:

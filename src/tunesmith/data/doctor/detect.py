@@ -19,8 +19,16 @@ WORD_PATTERN = re.compile(r"\w+", re.UNICODE)
 SHINGLE_WORDS = 3  # word 3-grams: one changed word touches at most 3 shingles of a sentence
 
 
+# Near-duplicates of a record longer than this are judged on its first SHINGLE_CHAR_LIMIT
+# characters: the shingles of a 50 MB record would take GBs (a hash array per shingle).
+SHINGLE_CHAR_LIMIT = 200_000
+_SPACES = re.compile(r"\s+")
+
+
 def normalize_text(text: str) -> str:
     """Case and whitespace do not make two samples different."""
+    if len(text) > SHINGLE_CHAR_LIMIT:  # the same result without a list of every word
+        return _SPACES.sub(" ", text.lower()).strip(" ")
     return " ".join(text.lower().split())
 
 
@@ -32,7 +40,7 @@ def exact_hash(normalized: str) -> int:
 
 
 def shingles(normalized: str) -> list[bytes]:
-    words = normalized.split()
+    words = normalized[:SHINGLE_CHAR_LIMIT].split()
     if len(words) <= SHINGLE_WORDS:
         return [normalized.encode("utf-8")]
     return [

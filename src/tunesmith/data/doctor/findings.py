@@ -169,6 +169,20 @@ def format_findings(train: SplitScan, eval: SplitScan, options: CheckOptions) ->
                 "encoding somewhere upstream; re-export it as UTF-8.",
             )
         )
+    huge = merged([train, eval], "huge_records")
+    if huge.count:
+        findings.append(
+            finding(
+                "huge_records",
+                "warning",
+                "records over the size the checks read in full",
+                huge.count,
+                huge.examples,
+                f"Records over {detect.SHINGLE_CHAR_LIMIT:,} characters are checked for near-duplicates on "
+                "their beginning and their token counts are estimated; training cuts them to "
+                "data.max_seq_len (or refuses those over the record limit). Split them.",
+            )
+        )
     if not len(train):
         findings.append(
             finding(

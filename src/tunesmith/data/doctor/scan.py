@@ -187,6 +187,21 @@ class TokenCounter:
             self._measure_template(chat_template)
 
     def lengths(self, texts: list[Any], special: bool = False) -> list[int]:
+        """Token counts; a text over detect.SHINGLE_CHAR_LIMIT is estimated from its beginning (the
+        tokenizer's per-token structures for a 50 MB text would take GBs)."""
+        limit = detect.SHINGLE_CHAR_LIMIT
+        sizes = [sum(map(len, t)) if isinstance(t, tuple) else len(t) for t in texts]
+        if any(size > limit for size in sizes):
+            heads = [(t[0][:limit], t[1][:limit]) if isinstance(t, tuple) else t[:limit] for t in texts]
+            counted = self._lengths(heads, special)
+            heads_size = [sum(map(len, h)) if isinstance(h, tuple) else len(h) for h in heads]
+            return [
+                round(n * size / max(head, 1)) if size > limit else n
+                for n, size, head in zip(counted, sizes, heads_size, strict=True)
+            ]
+        return self._lengths(texts, special)
+
+    def _lengths(self, texts: list[Any], special: bool = False) -> list[int]:
         if not texts:
             return []
         if self.backend is not None:
@@ -292,6 +307,8 @@ def scan_source(
             target.removed[(source.path, source.line or -1)] = "empty message"
             continue
         index = target.add_record(source)
+        if len(whole) > detect.SHINGLE_CHAR_LIMIT:
+            target.problems["huge_records"].add(location, f"{location}: {len(whole):,} characters")
         if "\ufffd" in whole or "Ã©" in whole or "â€" in whole:
             target.problems["mojibake"].add(location)
         for kind, masked in detect.find_sensitive(whole):
@@ -302,7 +319,7 @@ def scan_source(
             label = record.label
             target.labels.append(tuple(sorted(map(str, label))) if isinstance(label, list) else str(label))
         if target.want_words:
-            input_words = detect.words(inputs)
+            input_words = detect.words(inputs[: detect.SHINGLE_CHAR_LIMIT])
             target.word_counts.update(input_words)
             target.word_lengths.append(len(input_words))
             target.sample_input(index, inputs)

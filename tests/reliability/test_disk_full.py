@@ -1,0 +1,156 @@
+"""A real full filesystem (a 2 MB tmpfs mounted by the test; skipped where mounting is not
+permitted): every write of a run fails with the one-line error naming what, the space needed and
+free, exit code 2, no `.tmp-*` left, and the last complete checkpoint stays trusted."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunesmith import api
+from tunesmith.errors import UserError
+from tunesmith.train.checkpoint import checkpoint_damage, list_checkpoints
+
+from ..conftest import tiny_config
+from .helpers import RecordingProgress, instruct_file, make_config, step_records
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MB filesystem."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    if sys.platform != "linux" or shutil.which("mount") is None:
+        pytest.skip("needs Linux mount")
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here ({result.stderr.strip()})")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the filesystem is full (real ENOSPC); returns it (delete it to free space)."""
+    filler = directory / "filler"
+    chunk = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(chunk)
+    for size in (4096, 512, 1):  # the last pages too
+        with contextlib.suppress(OSError), open(filler, "ab", buffering=0) as handle:
+            while True:
+                handle.write(b"\0" * size)
+    assert shutil.disk_usage(directory).free < 4096
+    return filler
+
+
+def _leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".tmp" in p.name]
+
+
+def test_full_disk_mid_run_keeps_the_last_checkpoint_and_says_so_in_one_line(tiny_llama, tmp_path, small_fs):
+    train_file = instruct_file(tmp_path)
+    filled: list[Path] = []
+
+    def fill_after_step_3(step: int, record: dict) -> None:
+        if step == 3 and not filled:
+            filled.append(fill(small_fs))
+
+    # save_every=2: step-2 is written, the disk fills at step 3, the save of step 4 fails for real
+    # (torch.save / safetensors raise their own errors); log_every keeps metrics.jsonl still.
+    settings = dict(train__max_steps=6, train__save_every=2, train__log_every=1000, train__keep_last=3)
+    config = make_config(tiny_llama, train_file, small_fs / "runs", **settings)
+    with pytest.raises(UserError) as caught:
+        api.train(config, progress=RecordingProgress(on_step=fill_after_step_3))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "step-000004" in message and "MiB free" in message and "needs about" in message
+    run_dir = small_fs / "runs" / "run"
+    assert _leftovers(run_dir) == []
+    (step, newest), *_ = reversed(list_checkpoints(run_dir / "checkpoints"))
+    assert step == 2 and checkpoint_damage(newest) is None
+
+    # Still full: --resume through the CLI is one line and exit code 2, never a traceback.
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config(tiny_llama, train_file, small_fs / "runs", **settings)))
+    command = [sys.executable, "-m", "tunesmith", "train", str(config_file)]
+    result = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "disk full" in result.stderr and "MiB free" in result.stderr and "Traceback" not in result.stderr
+    assert _leftovers(run_dir) == []
+
+    # Space freed: the resume continues from step 2 and finishes.
+    filled[0].unlink()
+    result = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "resuming from" in result.stdout and "step-000002" in result.stdout
+    assert [r["step"] for r in step_records(run_dir)] == [6]  # log_every=1000: the last step only
+
+
+def test_a_new_run_on_a_full_disk_exits_2_and_leaves_no_temporary_files(tiny_llama, tmp_path, small_fs):
+    fill(small_fs)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(
+        yaml.safe_dump(tiny_config(tiny_llama, instruct_file(tmp_path), small_fs / "runs"))
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "train", str(config_file)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert (
+        "disk full" in result.stderr or "disk write failed" in result.stderr
+    ) and "Traceback" not in result.stderr
+    assert _leftovers(small_fs) == []
+
+
+def test_final_and_reports_on_a_full_disk_are_one_line_errors(tiny_llama, tmp_path, small_fs, monkeypatch):
+    """The disk fills after the last checkpoint: final/ (an atomic directory) fails cleanly."""
+    from tunesmith.train import run as run_module
+
+    real_save = run_module.save
+
+    def save_on_a_full_disk(current):
+        fill(small_fs)
+        return real_save(current)
+
+    monkeypatch.setattr(run_module, "save", save_on_a_full_disk)
+    config = make_config(tiny_llama, instruct_file(tmp_path), small_fs / "runs", train__max_steps=2)
+    with pytest.raises(UserError, match="MiB free") as caught:
+        api.train(config)
+    assert "final" in str(caught.value)
+    run_dir = small_fs / "runs" / "run"
+    assert _leftovers(run_dir) == [] and not (run_dir / "final").exists()
+    (step, newest), *_ = reversed(list_checkpoints(run_dir / "checkpoints"))
+    assert step == 2 and checkpoint_damage(newest) is None
+
+
+def test_is_disk_error_knows_what_each_library_raises():
+    from tunesmith.train.rundir import is_disk_error
+
+    assert is_disk_error(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_disk_error(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert is_disk_error(OSError(errno.EIO, "Input/output error"))
+    assert is_disk_error(
+        RuntimeError(
+            "[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0"
+            " PytorchStreamWriter failed writing file data/0: file write failed"
+        )
+    )
+    assert not is_disk_error(RuntimeError("shape mismatch"))
+    assert not is_disk_error(OSError(errno.ENOENT, "No such file"))
