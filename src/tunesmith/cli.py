@@ -398,25 +398,13 @@ def data_preview(
     """Show tokenized samples: trained tokens highlighted, untrained tokens dimmed."""
 
     def action() -> None:
-        from rich.text import Text
+        from tunesmith import api, ui
 
-        from tunesmith import api
-
-        console = _console()
-        cfg = _load(config, overrides)
-        samples = api.preview(cfg, num)
+        samples = api.preview(_load(config, overrides), num)
         if as_json:
             typer.echo(json.dumps([s["json"] for s in samples], ensure_ascii=False, indent=1))
             return
-        for sample in samples:
-            console.rule(
-                f"{sample['source']}" + (f"  label={sample['label']}" if sample["label"] is not None else "")
-            )
-            text = Text()
-            for piece, trained in sample["pieces"]:
-                text.append(piece, style="bold green" if trained else "dim")
-            console.print(text)
-        console.print("[bold green]green[/bold green] = trained (loss), [dim]dim[/dim] = context only")
+        ui.print_preview(_console(), samples)
 
     _run(action)
 

@@ -261,3 +261,17 @@ def print_prediction(console: Any, run_dir: Any) -> None:
         console.print(
             f"[dim]prediction ({prediction.get('source')}): {'; '.join(shown)}[/dim]", soft_wrap=True
         )
+
+
+def print_preview(console: Any, samples: list[dict[str, Any]]) -> None:
+    """`data preview`: each sample with its trained tokens highlighted and the rest dimmed."""
+    from rich.text import Text
+
+    for sample in samples:
+        label = f"  label={sample['label']}" if sample["label"] is not None else ""
+        console.rule(f"{sample['source']}{label}")
+        text = Text()
+        for piece, trained in sample["pieces"]:
+            text.append(piece, style="bold green" if trained else "dim")
+        console.print(text)
+    console.print("[bold green]green[/bold green] = trained (loss), [dim]dim[/dim] = context only")

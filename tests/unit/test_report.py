@@ -15,7 +15,7 @@ from tunesmith.cli import app
 from tunesmith.config import LoggingConfig
 from tunesmith.errors import UserError
 from tunesmith.report.html import fmt, write_report
-from tunesmith.train import rundir
+from tunesmith.train import metrics_log
 
 
 def make_run(path, before=None, after=None, metrics=None, **files):
@@ -143,8 +143,8 @@ def test_fmt():
 def test_missing_logging_extra_is_a_user_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)  # importing it fails as if not installed
     with pytest.raises(UserError, match=r"tunesmith\[mlflow\]"):
-        rundir.check_logging_available(LoggingConfig(mlflow=True))
-    rundir.check_logging_available(LoggingConfig())
+        metrics_log.check_logging_available(LoggingConfig(mlflow=True))
+    metrics_log.check_logging_available(LoggingConfig())
 
 
 def test_wandb_and_mlflow_receive_the_same_scalars(tmp_path, monkeypatch):
@@ -172,8 +172,8 @@ def test_wandb_and_mlflow_receive_the_same_scalars(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", fake_mlflow)
 
     logging = LoggingConfig(wandb=True, wandb_project="p", mlflow=True)
-    rundir.check_logging_available(logging)
-    log = rundir.MetricsLogger(tmp_path, logging=logging, run_name="run-1")
+    metrics_log.check_logging_available(logging)
+    log = metrics_log.MetricsLogger(tmp_path, logging=logging, run_name="run-1")
     log({"step": 3, "loss": 1.5, "lr": 0.001, "event_note": "text is not a scalar"})
     log({"note": "no step: file only"})
     log.close()

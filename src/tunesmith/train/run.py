@@ -29,7 +29,7 @@ from tunesmith.config import Config, config_warnings
 from tunesmith.errors import UserError
 from tunesmith.progress import NoProgress, Progress
 from tunesmith.tasks import EvalContext, Phase
-from tunesmith.train import rundir
+from tunesmith.train import metrics_log, rundir
 from tunesmith.train.rundir import RunDir
 from tunesmith.train.setup import setup_torch
 
@@ -147,7 +147,7 @@ def start(config: Config, resume: bool, progress: Progress) -> Run:
     model_config = limits.model_config_dict(model_path, config)
     limits.check_context_length(model_config, config)
     run_dir = RunDir(rundir.plan_run_dir(config, model_path, resume))
-    rundir.check_logging_available(config.logging)
+    metrics_log.check_logging_available(config.logging)
     limits.check_memory(model_config, config, device)
     current = Run(config, task, device, parallel, model_path, run_dir, progress, started)
     for warning in config_warnings(config):
@@ -310,7 +310,7 @@ def open_run(current: Run, findings: dict[str, Any]) -> Any:
     current.progress.message(f"run: {run_dir.path}")
     rundir.write_json(run_dir.eval_file("data_check"), findings)
     rundir.write_json(run_dir.environment, environment())
-    return rundir.MetricsLogger(
+    return metrics_log.MetricsLogger(
         run_dir.path,
         tensorboard=config.logging.tensorboard,
         logging=config.logging,
