@@ -4,7 +4,7 @@ PYTHON ?= python
 # On a GPU machine install the CUDA build you need first; `pip install -e .` then keeps it.
 TORCH ?= torch==2.13.0
 
-.PHONY: install install-dev real-model test test-fast lint format demo bench-cpu bench-toolcall browser gguf-tools
+.PHONY: install install-dev real-model test test-all test-fast lint format demo bench-cpu bench-toolcall browser gguf-tools
 
 install:
 	$(PYTHON) -m pip install --upgrade pip
@@ -31,7 +31,15 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	fi
 
+# CI's share of the slow tests: one real-model answer, the 50 MB record's bounded memory, DoRA's merge
+# parity, the learning curve end to end. `make test-all` runs every slow test (tens of minutes on 2 cores).
+CI_SLOW ?= paris or 50_mb or dora_run_merges or data_curve_end_to_end
+
 test:
+	$(PYTHON) -m pytest -q -m "not gpu and not slow"
+	$(PYTHON) -m pytest -q -m "slow and not gpu" -k "$(CI_SLOW)"
+
+test-all:
 	$(PYTHON) -m pytest -q
 
 test-fast:
