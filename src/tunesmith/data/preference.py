@@ -17,13 +17,13 @@ tokens (through its end-of-turn token) are targets, so only they count in the lo
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from tunesmith.data.formats import SHAREGPT_ROLES, PreferencePair, apply_field_mapping
 from tunesmith.data.load import ErrorPolicy, Source, iter_rows
 from tunesmith.data.templates import IGNORE_INDEX, ChatTemplate, assistant_spans
-from tunesmith.data.tokenize import Example
+from tunesmith.data.tokenize import Example, TokenizeStats
 from tunesmith.errors import UserError
 
 PAIR_FORMATS = {
@@ -211,25 +211,12 @@ def encode_reply(
 
 
 @dataclass
-class PairStats:
-    num_records: int = 0
-    num_examples: int = 0
-    num_tokens: int = 0
-    num_supervised_tokens: int = 0
-    num_truncated: int = 0
-    num_dropped_no_supervised: int = 0
-    dropped_sources: list[str] = field(default_factory=list)
+class PairStats(TokenizeStats):
+    """The tokenizer's counts, for pairs: an example is a pair, the supervised tokens are the replies'."""
 
-    def summary(self) -> str:
-        parts = [
-            f"{self.num_examples} pairs",
-            f"{self.num_tokens:,} tokens ({self.num_supervised_tokens:,} reply)",
-        ]
-        if self.num_truncated:
-            parts.append(f"{self.num_truncated} truncated")
-        if self.num_dropped_no_supervised:
-            parts.append(f"{self.num_dropped_no_supervised} dropped: a reply lost every token to truncation")
-        return ", ".join(parts)
+    EXAMPLES: ClassVar[str] = "pairs"
+    SUPERVISED: ClassVar[str] = "reply"
+    DROPPED: ClassVar[str] = "a reply lost every token to truncation"
 
 
 def tokenize_pairs(

@@ -7,7 +7,7 @@ truncation is dropped and counted, never trained as all IGNORE_INDEX.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from tunesmith.data.formats import Conversation
 from tunesmith.data.templates import IGNORE_INDEX, ChatTemplate, encode_conversations
@@ -37,15 +37,20 @@ class TokenizeStats:
     num_dropped_no_supervised: int = 0
     dropped_sources: list[str] = field(default_factory=list)
 
+    # How the data line names what was counted (preference pairs reuse these counts with their nouns).
+    EXAMPLES: ClassVar[str] = "examples"
+    SUPERVISED: ClassVar[str] = "trained"
+    DROPPED: ClassVar[str] = "truncation cut every trained token"
+
     def summary(self) -> str:
         parts = [
-            f"{self.num_examples} examples",
-            f"{self.num_tokens:,} tokens ({self.num_supervised_tokens:,} trained)",
+            f"{self.num_examples} {self.EXAMPLES}",
+            f"{self.num_tokens:,} tokens ({self.num_supervised_tokens:,} {self.SUPERVISED})",
         ]
         if self.num_truncated:
             parts.append(f"{self.num_truncated} truncated")
         if self.num_dropped_no_supervised:
-            parts.append(f"{self.num_dropped_no_supervised} dropped: truncation cut every trained token")
+            parts.append(f"{self.num_dropped_no_supervised} dropped: {self.DROPPED}")
         return ", ".join(parts)
 
 
