@@ -235,8 +235,13 @@ def print_curve(console: Any, result: dict[str, Any]) -> None:
     console.print(table)
     if "verification" in result:
         v = result["verification"]
-        inside = "[green]within[/green]" if v["within_band"] else "[red]outside[/red]"
-        console.print(f"check: all the data measured {v['measured']:.4f}, {inside} the predicted band")
+        if not v.get("predictable", True):
+            inside = "[yellow]no prediction to check[/yellow] (the points are at chance)"
+        else:
+            inside = (
+                "[green]within[/green]" if v["within_band"] else "[red]outside[/red]"
+            ) + " the predicted band"
+        console.print(f"check: all the data measured {v['measured']:.4f}, {inside}")
     console.print(f"[bold]{result['verdict']}[/bold]", soft_wrap=True)
     console.print(f"[dim]{result['cost']['line']}; files in {result['out_dir']}[/dim]", soft_wrap=True)
 

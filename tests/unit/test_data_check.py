@@ -494,3 +494,19 @@ def test_findings_html_is_escaped_and_shared_with_the_run_report(tmp_path: Path)
     page = findings_page(check)
     assert page.startswith("<!doctype html>") and "Data check: not ready" in page and fragment in page
     assert "No findings." in render_findings({"verdict": "ready", "findings": []})
+
+
+def test_normalizing_a_huge_record_a_slice_at_a_time_is_exact():
+    import random
+
+    generator = random.Random(0)
+    # whitespace runs and words straddling the slice boundaries; characters whose lowercase is longer
+    pieces = ["word", "B", " ", "\n", "\t", "İ", "   ", "\u3000", "\x1c", "Ünïcode"]
+    for size in (detect.SHINGLE_CHAR_LIMIT - 3, 3 * detect.SHINGLE_CHAR_LIMIT + 7):
+        for _ in range(3):
+            text = "".join(generator.choice(pieces) for _ in range(size // 3))
+            assert detect.normalize_text(text) == " ".join(text.lower().split())
+    boundary = "a" * (detect.SHINGLE_CHAR_LIMIT - 1) + " " + "b" * 10  # the space is the slice's last char
+    assert detect.normalize_text(boundary + "  ") == boundary
+    joined = "a" * detect.SHINGLE_CHAR_LIMIT + "b" * 10  # one word across the boundary stays one word
+    assert detect.normalize_text(joined) == joined

@@ -125,7 +125,7 @@ def test_pre_tokenizer_fallback_recognises_only_what_llama_cpp_implements(tmp_pa
         (tmp_path / "tokenizer.json").write_text(json.dumps({"pre_tokenizer": pre}))
         return converter._pre_tokenizer_by_structure(tmp_path)
 
-    assert write({"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}) == "gpt2"
+    assert write({"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}) == "gpt-2"
     split = {
         "type": "Split",
         "pattern": {"Regex": converter._SPLIT_PATTERNS["qwen2"]},
@@ -136,6 +136,17 @@ def test_pre_tokenizer_fallback_recognises_only_what_llama_cpp_implements(tmp_pa
     split["pattern"]["Regex"] = r"\s+|\w+"
     assert write({"type": "Sequence", "pretokenizers": [split, byte_level]}) is None
     assert write({"type": "Metaspace"}) is None
+
+
+def test_pre_tokenizer_fallback_names_are_llama_cpps_own():
+    # llama.cpp refuses a file whose pre-tokenizer name it does not know ("unknown pre-tokenizer
+    # type: 'gpt2'": its name is "gpt-2"); the names must be ones the converter itself writes.
+    try:
+        directory = converter.find_converter()
+    except UserError:
+        pytest.skip("llama.cpp's converter is not fetched (make gguf-tools)")
+    written = set(re.findall(r'res = "([^"]+)"', (directory / "conversion" / "base.py").read_text()))
+    assert {"gpt-2", *converter._SPLIT_PATTERNS} <= written
 
 
 def test_a_missing_converter_says_how_to_get_it(tmp_path):

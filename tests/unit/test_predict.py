@@ -109,6 +109,23 @@ def test_verdicts() -> None:
     assert not result["more_data_helps"] and result["verdict"].startswith("saturating")
 
 
+def test_points_at_chance_give_no_prediction() -> None:
+    # SST-2 with stories260k at 250-1,000 rows: every point at the majority-class accuracy (0.509 on
+    # 872 held-out sentences); the run on all 2,000 rows then took off to 0.585. A plateau fitted
+    # by a saturating law reads "saturating": the verdict must say there is no prediction instead.
+    sizes, values = [250, 500, 1000], [0.497, 0.515, 0.492]
+    errors = [math.sqrt(v * (1 - v) / 872) for v in values]
+    flat = fit_power_law(sizes, values, errors=errors, higher_is_better=True)
+    result = verdict(flat, 2000, "accuracy", chance=0.509)
+    assert result["predictable"] is False and result["more_data_helps"] is None
+    assert result["verdict"].startswith("not learning yet") and "0.509" in result["verdict"]
+    assert verdict(flat, 2000, "accuracy")["predictable"] is True  # without a chance level: as before
+    # the same curve clearly above chance at its largest point is a curve, whatever its smaller points
+    rising = fit_power_law(sizes, [0.51, 0.60, 0.70], errors=[0.017] * 3, higher_is_better=True)
+    result = verdict(rising, 2000, "accuracy", chance=0.509)
+    assert result["predictable"] is True and result["more_data_helps"] is True
+
+
 def test_curve_helpers() -> None:
     assert parse_fractions("1/8, 0.25,1/2") == [0.125, 0.25, 0.5]
     for bad in ("0.5,1.0,0.25", "a,b,c", "0.1,0.2"):

@@ -148,7 +148,7 @@ def _pre_tokenizer_by_structure(model_dir: Path) -> str | None:
         return None
     pre = json.loads(path.read_text(encoding="utf-8")).get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"  # the name llama.cpp (llama-vocab.cpp) and its converter use
     steps = pre.get("pretokenizers") or []
     if pre.get("type") == "Sequence" and len(steps) == 2 and steps[1].get("type") == "ByteLevel":
         pattern = (steps[0].get("pattern") or {}).get("Regex")

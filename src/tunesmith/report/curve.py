@@ -77,10 +77,14 @@ def curve_page(result: dict[str, Any], image: Path | None) -> str:
     check = ""
     if "verification" in result:
         v = result["verification"]
+        outcome = (
+            ("within" if v["within_band"] else "outside") + " the band"
+            if v.get("predictable", True)
+            else "no prediction to check (the points are at chance)"
+        )
         check = (
             f"<p><b>check:</b> the run on all the data measured {fmt(v['measured'])}; predicted "
-            f"{fmt(v['predicted'])} ({fmt(v['low'])} – {fmt(v['high'])}): "
-            f"{'within' if v['within_band'] else 'outside'} the band</p>"
+            f"{fmt(v['predicted'])} ({fmt(v['low'])} – {fmt(v['high'])}): {outcome}</p>"
         )
     plot = ""
     if image is not None and image.is_file():

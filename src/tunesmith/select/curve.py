@@ -138,9 +138,11 @@ def train_subset(config: Config, tokenizer: Any, prepared: PreparedData) -> dict
         log.close()
         current.parallel.close()
     shutil.rmtree(current.run_dir.checkpoints, ignore_errors=True)  # the curve keeps metrics, not weights
+    baseline = metrics.get("majority_baseline")  # classify: what predicting the majority class scores
     return {
         "steps": state.step,
         "seconds": time.perf_counter() - started,
+        "chance": baseline.get(current.task.headline_metric) if isinstance(baseline, dict) else None,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         "run_dir": str(current.run_dir.path),
     }
@@ -218,7 +220,8 @@ def data_curve(
         errors=None if any(e is None for e in errors) else [float(e) for e in errors if e is not None],
         higher_is_better=task.higher_is_better,
     )
-    words = verdict(fit, all_rows, task.headline_metric)
+    chances = [p["chance"] for p in fitted if isinstance(p.get("chance"), (int, float))]
+    words = verdict(fit, all_rows, task.headline_metric, chance=max(chances) if chances else None)
     result: dict[str, Any] = {
         "task": config.task,
         "metric": task.headline_metric,
@@ -247,7 +250,9 @@ def data_curve(
             "predicted": band["predicted"],
             "low": band["low"],
             "high": band["high"],
-            "within_band": band["low"] <= full["value"] <= band["high"],
+            "predictable": words["predictable"],
+            # no prediction (points at chance) is no pass: the check asks the curve to predict
+            "within_band": words["predictable"] and band["low"] <= full["value"] <= band["high"],
         }
     result["seconds"] = sum(p["seconds"] for p in points)
     atomic_write_json(out / "curve.json", result)

@@ -144,8 +144,29 @@ def fit_power_law(
     return fit
 
 
-def verdict(fit: PowerLawFit, n_all: float, metric: str) -> dict[str, Any]:
-    """What more data of this kind would buy: predictions at 1x, 2x and 4x with bands, and the words."""
+# A point is "at chance" when it is within this many standard errors of the chance level (e.g. the
+# majority-class accuracy): a curve whose largest point is there has shown no learning yet.
+CHANCE_SIGMAS = 2.0
+
+
+def at_chance(fit: PowerLawFit, chance: float | None) -> bool:
+    """Whether the largest fitted point is no better than `chance` within CHANCE_SIGMAS errors.
+
+    A saturating power law fitted to points on a plateau calls the curve saturated, yet a model at
+    chance can still take off with more data or steps: there the curve predicts nothing."""
+    if chance is None:
+        return False
+    largest = int(np.argmax(fit.sizes))
+    above = -fit.sign * (fit.values[largest] - chance)  # > 0: better than chance
+    return above < CHANCE_SIGMAS * fit.errors[largest]
+
+
+def verdict(fit: PowerLawFit, n_all: float, metric: str, chance: float | None = None) -> dict[str, Any]:
+    """What more data of this kind would buy: predictions at 1x, 2x and 4x with bands, and the words.
+
+    With `chance` (the metric of a model that learnt nothing, e.g. the majority class's accuracy) and
+    the curve's largest point no better than it, there is no prediction: `predictable` is False,
+    `more_data_helps` None, and the words say what to change before asking again."""
     at = {}
     for factor in (1, 2, 4):
         low, high = fit.band(factor * n_all)
@@ -159,8 +180,18 @@ def verdict(fit: PowerLawFit, n_all: float, metric: str) -> dict[str, Any]:
     gain4 = fit.sign * (fit.value(n_all) - fit.value(4 * n_all))
     scale = abs(fit.value(n_all)) or 1.0
     noise = fit.new_point_error(n_all)
-    helps = gain >= MIN_RELATIVE_GAIN * scale and gain >= noise
-    if helps:
+    helps: bool | None = gain >= MIN_RELATIVE_GAIN * scale and gain >= noise
+    stuck = at_chance(fit, chance)
+    if stuck:
+        helps = None
+        words = (
+            f"not learning yet: at every size tried the held-out {metric} is at chance level "
+            f"(~{chance:.4g}, within {CHANCE_SIGMAS:g} standard errors), so the curve cannot say what "
+            "more data would buy (a model at chance can still take off past the sizes tried). Train each "
+            "size longer (more epochs or steps), raise the learning rate or use a larger base model, "
+            "check the labels, then ask again"
+        )
+    elif helps:
         words = (
             f"more data of this kind will likely help: {metric} ~{fit.value(n_all):.4g} now, "
             f"~{fit.value(2 * n_all):.4g} with 2x the data (by ~{gain:.3g}), ~{fit.value(4 * n_all):.4g} with 4x"
@@ -174,7 +205,9 @@ def verdict(fit: PowerLawFit, n_all: float, metric: str) -> dict[str, Any]:
         "predictions": at,
         "gain_at_2x": gain,
         "gain_at_4x": gain4,
-        "more_data_helps": bool(helps),
+        "more_data_helps": helps,
+        "predictable": not stuck,
+        "chance": chance,
         "verdict": words,
         "asymptote": fit.sign * fit.a,
     }
