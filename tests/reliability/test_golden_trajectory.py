@@ -1,7 +1,8 @@
 """Golden loss trajectories: the first 20 logged losses of a tiny fp32 CPU run per task.
 
 The numbers in golden_trajectories.json were recorded before the redesign of the rooms around the
-loop; a refactor must leave them bit-identical. A change that moves them on purpose (new numerics)
+loop; a refactor must leave them bit-identical on the machine that recorded them (within 1e-5
+relative on another CPU, whose float32 kernels round differently: measured 1e-7 there). A change that moves them on purpose (new numerics)
 re-records them with TUNESMITH_RECORD_GOLDEN=1 and says why in its commit message and here:
 
 - issue 20 (speed): the warm-up is transformers' (step s of W at s/W of the peak, step 0 at 0;
@@ -22,6 +23,7 @@ from .helpers import step_records
 
 GOLDEN_FILE = Path(__file__).with_name("golden_trajectories.json")
 NUM_STEPS = 20
+RELATIVE_TOLERANCE = 1e-5  # see the last assertion
 
 
 def _config(task: str, model_dir: Path, tmp_path: Path) -> dict:
@@ -52,5 +54,7 @@ def test_first_losses_are_bit_identical_to_the_recorded_ones(task, tiny_llama, t
         golden[task] = losses
         GOLDEN_FILE.write_text(json.dumps(golden, indent=1) + "\n")
     assert task in golden, "no golden trajectory recorded; run once with TUNESMITH_RECORD_GOLDEN=1"
-    # Exact equality: the same data, model, seed and numerics give the same floats.
-    assert losses == golden[task]
+    # The same data, model, seed and numerics give the same floats on the recording machine; another
+    # CPU's kernels (oneDNN/MKL pick per instruction set) round float32 differently, ~1e-7 relative
+    # from step ~10 on. A numerics change (warm-up, optimizer, masking) moves losses by 1e-3 or more.
+    assert losses == pytest.approx(golden[task], rel=RELATIVE_TOLERANCE, abs=0.0)
