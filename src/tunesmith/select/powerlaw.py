@@ -185,8 +185,8 @@ def verdict(fit: PowerLawFit, n_all: float, metric: str, chance: float | None = 
     if stuck:
         helps = None
         words = (
-            f"not learning yet: at every size tried the held-out {metric} is at chance level "
-            f"(~{chance:.4g}, within {CHANCE_SIGMAS:g} standard errors), so the curve cannot say what "
+            f"not learning yet: at the largest size tried ({max(fit.sizes):,.0f} rows) the held-out {metric} "
+            f"is at chance level (~{chance:.4g}, within {CHANCE_SIGMAS:g} standard errors), so the curve cannot say what "
             "more data would buy (a model at chance can still take off past the sizes tried). Train each "
             "size longer (more epochs or steps), raise the learning rate or use a larger base model, "
             "check the labels, then ask again"
