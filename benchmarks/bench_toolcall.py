@@ -58,6 +58,8 @@ def quality(args: argparse.Namespace) -> dict:
         "eval.num_prompts": 0,
         "logging.progress": False,
     }
+    if args.threads:
+        overrides["train.num_threads"] = args.threads
     if args.max_eval_examples:  # a smoke run: fewer held-out conversations
         overrides["data.max_eval_examples"] = args.max_eval_examples
     config = example_config(overrides)
@@ -74,7 +76,9 @@ def quality(args: argparse.Namespace) -> dict:
         "tool_call_turns": result.after.get("tool_call_turns"),
         "before": {k: result.before.get(k) for k in FIGURES},
         "after": {k: result.after.get(k) for k in FIGURES},
-        "command": f"python benchmarks/bench_toolcall.py quality --max-steps {args.max_steps}",
+        "command": "python benchmarks/bench_toolcall.py quality --max-steps "
+        + str(args.max_steps)
+        + (f" --threads {args.threads}" if args.threads else ""),
         "run_dir": str(result.run_dir),
     }
 
@@ -211,6 +215,7 @@ def main() -> None:
     parser.add_argument("--max-steps", type=int, default=80)
     parser.add_argument("--max-tool-call-turns", type=int, default=50)
     parser.add_argument("--max-eval-examples", type=int, default=None, help="smoke runs only")
+    parser.add_argument("--threads", type=int, default=None, help="quality: CPU threads (default: all cores)")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)

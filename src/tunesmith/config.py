@@ -44,9 +44,12 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="weights dtype; auto = bf16 on GPUs that have it, fp32 on CPU"
     )
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "flex_attention"] = Field(
+    attn_implementation: Literal[
+        "auto", "sdpa", "eager", "flash_attention_2", "flex_attention", "cpu_varlen"
+    ] = Field(
         "auto",
-        description="attention kernel; auto = flex attention on CUDA (per-document BlockMask), else sdpa",
+        description="attention kernel; auto = flex attention on CUDA (per-document BlockMask); on CPU in fp32 "
+        "cpu_varlen (per-document C kernel, compiled once) for head dims up to 32, else sdpa",
     )
     trust_remote_code: bool = Field(
         False, description="run Python code shipped with a model repo (off: only turn on for repos you trust)"

@@ -510,3 +510,30 @@ def test_normalizing_a_huge_record_a_slice_at_a_time_is_exact():
     assert detect.normalize_text(boundary + "  ") == boundary
     joined = "a" * detect.SHINGLE_CHAR_LIMIT + "b" * 10  # one word across the boundary stays one word
     assert detect.normalize_text(joined) == joined
+
+
+def test_tfidf_similarities_are_scikit_learns() -> None:
+    # The coverage check computes TF-IDF on scipy.sparse (importing scikit-learn costs the training
+    # process ~100 MB); the similarities must be exactly those of TfidfVectorizer.
+    sklearn_text = pytest.importorskip("sklearn.feature_extraction.text")
+    import random
+
+    import numpy as np
+
+    from tunesmith.data.doctor.detect import tfidf_matrices
+
+    rng = random.Random(0)
+    words = ["the", "cat", "Sat", "on", "mat", "dog", "runs", "fast", "été", "café", "42", "x_y"]
+    fit = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 12))) for _ in range(50)] + ["", "!!"]
+    other = [" ".join(rng.choice([*words, "unseen"]) for _ in range(rng.randint(0, 10))) for _ in range(30)]
+    vectorizer = sklearn_text.TfidfVectorizer(sublinear_tf=True, token_pattern=r"(?u)\b\w+\b")
+    theirs_fit = vectorizer.fit_transform(fit)
+    theirs_other = vectorizer.transform(other)
+    ours_fit, ours_other = tfidf_matrices(fit, other)
+    np.testing.assert_allclose(
+        (ours_other @ ours_fit.T).toarray(), (theirs_other @ theirs_fit.T).toarray(), atol=1e-12
+    )
+    np.testing.assert_allclose(
+        (ours_fit @ ours_fit.T).toarray(), (theirs_fit @ theirs_fit.T).toarray(), atol=1e-12
+    )
+    assert tfidf_matrices(["", "!!"], ["a b"]) is None  # no words to fit on

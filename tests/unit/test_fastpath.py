@@ -7,9 +7,11 @@ import copy
 import pytest
 import torch
 from torch import nn
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from tunesmith.data.pack import collate_rows
 from tunesmith.data.tokenize import Example
+from tunesmith.errors import UserError
 from tunesmith.train.fastpath import (
     choose_attention,
     choose_fast_path,
@@ -165,20 +167,60 @@ def _config_attention(attention: str):
 
 def test_attention_is_chosen_once_flex_on_cuda_when_auto() -> None:
     model = _tiny_llama()
-    # CPU: keep SDPA (flex attention has no backward on the CPU).
-    assert choose_fast_path(_config_attention("auto"), "cpu", model, pad_id=0).attention is None
     # CUDA + auto: flex attention with the document BlockMask, for models that support it.
-    assert choose_attention("auto", "cuda", model) == "flex_attention"
-    assert choose_attention("auto", "cuda:1", model) == "flex_attention"
+    assert choose_attention("auto", "cuda", model)[0] == "flex_attention"
+    assert choose_attention("auto", "cuda:1", model)[0] == "flex_attention"
     # An explicit kernel is what the model was loaded with: nothing to switch.
-    assert choose_attention("sdpa", "cuda", model) is None
-    assert choose_attention("eager", "cpu", model) is None
+    assert choose_attention("sdpa", "cuda", model) == (None, None)
+    assert choose_attention("eager", "cpu", model) == (None, None)
     model._supports_flex_attn = False
-    assert choose_attention("auto", "cuda", model) is None
+    assert choose_attention("auto", "cuda", model) == (None, None)
     use_attention(model, "eager")
     assert model.config._attn_implementation == "eager"
     use_attention(model, None)
     assert model.config._attn_implementation == "eager"
+
+
+def test_auto_on_the_cpu_picks_the_document_kernel_for_small_heads_and_says_why_not_otherwise() -> None:
+    from tunesmith.train import cpu_attention
+
+    small = _tiny_llama()  # head_dim 8 (test helpers): the C kernel, where it beats SDPA
+    chosen = choose_fast_path(_config_attention("auto"), "cpu", small, pad_id=0)
+    if cpu_attention._compiler() is None:
+        assert chosen.attention is None and "no C compiler" in chosen.attention_note
+        return
+    assert chosen.attention == "cpu_varlen" and "cpu_varlen" in chosen.attention_note
+    use_attention(small, chosen.attention)
+    assert small.config._attn_implementation == "cpu_varlen"
+    # Compiled blocks need attention dynamo can trace: auto keeps SDPA there.
+    compiled = choose_fast_path(
+        _config_attention("auto").model_copy(
+            update={"train": _config_attention("auto").train.model_copy(update={"compile": True})}
+        ),
+        "cpu",
+        _tiny_llama(),
+        0,
+    )
+    assert compiled.attention is None
+    # Head dimension 64: SDPA's tiled matmuls are faster there (benchmarks/RESULTS.md): auto keeps SDPA.
+    wide = AutoModelForCausalLM.from_config(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=128,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )  # fmt: skip
+    )
+    attention, note = choose_attention("auto", "cpu", wide)
+    assert attention is None and "head dimension 64 > 32" in note
+    # Asked for explicitly, a model it cannot compute is an error naming the key and the reason.
+    wide.config.sliding_window = 16
+    with pytest.raises(UserError, match="model.attn_implementation: cpu_varlen .*sliding-window"):
+        choose_attention("cpu_varlen", "cpu", wide)
+    with pytest.raises(UserError, match="device is cuda"):
+        choose_attention("cpu_varlen", "cuda", small)
 
 
 def _packed_batch():

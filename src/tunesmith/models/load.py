@@ -236,7 +236,8 @@ def quantization_4bit() -> Any:
 
 
 def model_load_kwargs(config: ModelConfig, device: str, quantize_4bit: bool = False) -> dict[str, Any]:
-    attn = None if config.attn_implementation == "auto" else config.attn_implementation
+    # auto and cpu_varlen load with SDPA; the fast path switches at setup (train/fastpath.py).
+    attn = None if config.attn_implementation in ("auto", "cpu_varlen") else config.attn_implementation
     extra: dict[str, Any] = {}
     if quantize_4bit:
         # Quantised weights are placed as they load (a 4-bit model is not moved with .to()).

@@ -13,9 +13,13 @@ recipe builds with (nothing built elsewhere is patched afterwards):
 - `attention`: the attention kernel training runs with, applied by the recipe with
   `use_attention` before the loss is built. `model.attn_implementation: auto` gives flex
   attention on CUDA (packed rows get a document `BlockMask` from transformers' masking_utils,
-  built from the restarting `position_ids`: only the blocks inside a document are computed),
-  and SDPA elsewhere (SDPA gets a dense `[rows, 1, S, S]` block-causal mask, which rules out its
-  flash kernel; flex on CPU has no backward). An explicit value is kept as loaded;
+  built from the restarting `position_ids`: only the blocks inside a document are computed);
+  on the CPU in fp32, `cpu_varlen` (train/cpu_attention.py: each query attends only to its own
+  document's keys up to itself, a C kernel compiled once) for head dimensions up to
+  `cpu_attention.MAX_HEAD_DIM`, where it is measured faster than SDPA; SDPA otherwise (it gets a
+  dense `[rows, 1, S, S]` block-causal mask and computes every key of the row). An explicit value
+  is kept as loaded (`cpu_varlen` is switched to here, and refused with the reason where it
+  cannot run);
 - `compile`: with `train.compile: true` the recipe calls `compile_blocks` on the loss module,
   which torch.compiles every decoder block in place for training (static shapes,
   `dynamic=False`). The block-causal mask (or BlockMask) and the rotary tables are built once per
@@ -35,7 +39,9 @@ from torch import nn
 
 from tunesmith.config import Config
 from tunesmith.data.templates import IGNORE_INDEX
+from tunesmith.errors import UserError
 from tunesmith.models.adapters import unwrap_causal_lm
+from tunesmith.train import cpu_attention
 from tunesmith.train.loss import (
     CrossEntropy,
     chunked_cross_entropy,
@@ -55,21 +61,53 @@ class FastPath:
     wrap_collate: Callable[[Collate], Collate]
     compile: bool = False
     attention: str | None = None  # None: keep the kernel the model was loaded with
+    attention_note: str | None = None  # why auto chose (or could not choose) a kernel, for the run's log
 
 
-def choose_attention(preference: str, device: str, model: nn.Module) -> str | None:
-    """The attention kernel training uses: `preference` unless it is auto; auto = flex attention
-    on CUDA for models that support it (document BlockMask), else what the model was loaded with."""
-    if preference != "auto":
-        return None  # loaded with exactly this kernel (models/load.py)
+def choose_attention(preference: str, device: str, model: nn.Module) -> tuple[str | None, str | None]:
+    """The attention kernel training uses, and a note for the run's log: `preference` unless it is
+    auto; auto = flex attention on CUDA for models that support it (document BlockMask), the
+    per-document CPU kernel where it is faster than SDPA, else what the model was loaded with."""
     causal_lm = unwrap_causal_lm(model)
-    if not str(device).startswith("cuda") or not getattr(causal_lm, "_supports_flex_attn", False):
-        return None
+    if preference == "cpu_varlen":
+        reason = _cpu_varlen_problem(causal_lm, device, max_head_dim=None)
+        if reason:
+            raise UserError(
+                f"model.attn_implementation: cpu_varlen cannot train this model ({reason}); use sdpa"
+            )
+        return "cpu_varlen", "attention: cpu_varlen (per-document causal attention, C kernel)"
+    if preference != "auto":
+        return None, None  # loaded with exactly this kernel (models/load.py)
+    if not str(device).startswith("cuda"):
+        reason = _cpu_varlen_problem(causal_lm, device, max_head_dim=cpu_attention.MAX_HEAD_DIM)
+        if reason is None:
+            return "cpu_varlen", "attention: cpu_varlen (per-document causal attention, C kernel)"
+        return None, f"attention: sdpa (cpu_varlen not used: {reason})"
+    if not getattr(causal_lm, "_supports_flex_attn", False):
+        return None, None
     try:
         import torch.nn.attention.flex_attention  # noqa: F401  (torch >= 2.5)
     except ImportError:
-        return None
-    return "flex_attention"
+        return None, None
+    return "flex_attention", None
+
+
+def _cpu_varlen_problem(model: nn.Module, device: str, max_head_dim: int | None) -> str | None:
+    """Why the per-document CPU kernel cannot (or, past max_head_dim, should not) train `model`."""
+    if str(device) != "cpu":
+        return f"the device is {device}"
+    reason = cpu_attention.unsupported_reason(model)
+    if reason:
+        return reason
+    head_dim = cpu_attention.head_dimension(model.config)
+    assert head_dim is not None  # unsupported_reason names a config without one
+    if max_head_dim is not None and head_dim > max_head_dim:
+        return f"head dimension {head_dim} > {max_head_dim}, where SDPA is faster"
+    try:
+        cpu_attention.kernel_library(head_dim)  # compiled once per machine (~1 s), then cached
+    except cpu_attention.KernelUnavailable as exc:
+        return str(exc)
+    return None
 
 
 def use_attention(model: nn.Module, attention: str | None) -> None:
@@ -77,6 +115,8 @@ def use_attention(model: nn.Module, attention: str | None) -> None:
     causal_lm = unwrap_causal_lm(model)
     if attention is None or getattr(causal_lm.config, "_attn_implementation", None) == attention:
         return
+    if attention == cpu_attention.NAME:
+        cpu_attention.register()
     causal_lm.set_attn_implementation(attention)
 
 
@@ -87,15 +127,18 @@ def choose_fast_path(config: Config, device: str, model: nn.Module, pad_id: int)
     # Soft-capped logits (Gemma 2) keep the chunked path, which applies the cap.
     if not getattr(getattr(causal_lm, "config", None), "final_logit_softcapping", None):
         cross_entropy = liger_cross_entropy(device) or fused_linear_cross_entropy
-    attention = choose_attention(config.model.attn_implementation, device, model)
+    preference = config.model.attn_implementation
+    if config.train.compile and preference == "auto" and not str(device).startswith("cuda"):
+        preference = "sdpa"  # compiled blocks need traceable attention; the C kernel is opaque to dynamo
+    attention, note = choose_attention(preference, device, model)
     if not config.train.compile:
-        return FastPath(cross_entropy, _same_collate, attention=attention)
+        return FastPath(cross_entropy, _same_collate, attention=attention, attention_note=note)
     length = config.data.max_seq_len
 
     def wrap(collate: Collate) -> Collate:
         return static_collate(collate, length, pad_id)
 
-    return FastPath(cross_entropy, wrap, compile=True, attention=attention)
+    return FastPath(cross_entropy, wrap, compile=True, attention=attention, attention_note=note)
 
 
 def _same_collate(collate: Collate) -> Collate:

@@ -107,7 +107,7 @@ def measure_throughput(
     import torch
 
     from tunesmith.data.pack import RowSchedule
-    from tunesmith.train.fastpath import choose_fast_path
+    from tunesmith.train.fastpath import choose_fast_path, use_attention
     from tunesmith.train.loss import batch_to_device
     from tunesmith.train.optim import build_optimizer
 
@@ -117,6 +117,7 @@ def measure_throughput(
         model = task.build_model(model_path, config, device, prepared)
         tokenizer_pad = prepared.pad_id
         fast = choose_fast_path(config, device, model, tokenizer_pad)
+        use_attention(model, fast.attention)  # the run's kernel, or the probe measures another
         loss_module = task.make_loss(model, config, fast.cross_entropy)
         collate = fast.wrap_collate(prepared.collate)
         optimizer = build_optimizer(loss_module, train, device)

@@ -13,6 +13,7 @@ import re
 import zlib
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -283,18 +284,56 @@ def overrepresented_words(target: Counter, reference: Counter, limit: int = 8) -
     return [word for _, word in sorted(scored, reverse=True)[:limit]]
 
 
+TFIDF_TOKEN = re.compile(r"(?u)\b\w+\b")
+
+
+def tfidf_matrices(fit_texts: Sequence[str], other_texts: Sequence[str]) -> tuple[Any, Any] | None:
+    """TF-IDF rows of `fit_texts` and of `other_texts` over the vocabulary of `fit_texts` (scipy
+    CSR, L2-normalised), as scikit-learn's TfidfVectorizer(sublinear_tf=True, token_pattern
+    r"(?u)\b\w+\b") computes them: lowercase words, tf = 1 + ln(count), smooth
+    idf = ln((1 + n) / (1 + df)) + 1. Written on scipy.sparse because importing scikit-learn adds
+    ~100 MB to the training process that runs this check. None when `fit_texts` have no words."""
+    from scipy import sparse
+
+    vocabulary: dict[str, int] = {}
+
+    def counts(texts: Sequence[str], grow: bool) -> Any:
+        rows, columns, values = [], [], []
+        for row, text in enumerate(texts):
+            words = Counter(TFIDF_TOKEN.findall(text.lower()))
+            for word, count in words.items():
+                column = vocabulary.setdefault(word, len(vocabulary)) if grow else vocabulary.get(word)
+                if column is not None:
+                    rows.append(row)
+                    columns.append(column)
+                    values.append(count)
+        shape = (len(texts), len(vocabulary))
+        return sparse.csr_matrix((np.asarray(values, dtype=np.float64), (rows, columns)), shape=shape)
+
+    fit = counts(fit_texts, grow=True)
+    if not vocabulary:
+        return None
+    other = counts(other_texts, grow=False)
+    document_frequency = np.bincount(fit.indices, minlength=len(vocabulary))
+    idf = np.log((1 + len(fit_texts)) / (1 + document_frequency)) + 1.0
+    result = []
+    for matrix in (fit, other):
+        matrix.data = 1.0 + np.log(matrix.data)
+        matrix = matrix @ sparse.diags(idf)
+        norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1)).ravel())
+        norms[norms == 0] = 1.0
+        result.append(sparse.diags(1.0 / norms) @ matrix)
+    return result[0].tocsr(), result[1].tocsr()
+
+
 def uncovered_inputs(train_inputs: Sequence[str], targets: Sequence[str], min_similarity: float) -> list[int]:
     """Indices of `targets` whose best TF-IDF cosine similarity to any training input is below the bar."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
     if not train_inputs or not targets:
         return []
-    vectorizer = TfidfVectorizer(sublinear_tf=True, token_pattern=r"(?u)\b\w+\b")
-    try:
-        train_matrix = vectorizer.fit_transform(train_inputs)
-    except ValueError:  # empty vocabulary
+    matrices = tfidf_matrices(train_inputs, targets)
+    if matrices is None:  # empty vocabulary
         return []
-    target_matrix = vectorizer.transform(targets)
+    train_matrix, target_matrix = matrices
     uncovered: list[int] = []
     for start in range(0, target_matrix.shape[0], 256):
         similarity = (target_matrix[start : start + 256] @ train_matrix.T).max(axis=1).toarray().ravel()
