@@ -90,6 +90,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--max-steps", type=int, default=None, help="steps of the run on all the data")
     parser.add_argument("--max-minutes", type=float, default=120.0)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per fitted size (seeds)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=None, help="keep the curves here (default: a temp dir)")
     args = parser.parse_args()
@@ -109,6 +110,7 @@ def main() -> int:
                 max_minutes=args.max_minutes,
                 out_dir=work / f"curve-{case}",
                 verify=True,
+                repeats=args.repeats,
             )
             check = result["verification"]
             failed |= not check["within_band"]
@@ -116,8 +118,16 @@ def main() -> int:
                 "case": case,
                 "metric": result["metric"],
                 "points": [
-                    (p["fraction"], p["rows"], p["steps"], round(p["value"], 4)) for p in result["points"]
+                    (
+                        p["fraction"],
+                        p["rows"],
+                        p["steps"],
+                        round(p["value"], 4),
+                        [round(v, 4) for v in p["runs"]],
+                    )
+                    for p in result["points"]
                 ],
+                "seed_spread": result["seed_spread"],
                 **{k: round(v, 4) if isinstance(v, float) else v for k, v in check.items()},
                 "verdict": result["verdict"],
                 "seconds": round(result["seconds"], 1),

@@ -501,6 +501,9 @@ def data_curve(
     verify: bool = typer.Option(
         False, "--verify", help="also train on all the data and check the prediction"
     ),
+    repeats: int = typer.Option(
+        2, "--repeats", help="runs per size with other seeds: their spread is the seed noise in the band"
+    ),
     json_output: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
     """Is my data enough? Short runs on nested subsets, a power-law fit, the metric at 1x/2x/4x the data."""
@@ -518,6 +521,7 @@ def data_curve(
             max_minutes=max_minutes,
             out_dir=out,
             verify=verify,
+            repeats=repeats,
             progress=_progress(console, show_bar=False),
         )
         if json_output:

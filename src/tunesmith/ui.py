@@ -224,7 +224,9 @@ def print_curve(console: Any, result: dict[str, Any]) -> None:
     for column in ("data", "rows", metric, "band (90%)"):
         table.add_column(column)
     for p in result["points"]:
-        table.add_row(f"{p['fraction']:g} (measured)", f"{p['rows']:,}", f"{p['value']:.4f}", "")
+        runs = p.get("runs", [p["value"]])
+        seeds = f" (seeds: {', '.join(f'{v:.4f}' for v in runs)})" if len(runs) > 1 else ""
+        table.add_row(f"{p['fraction']:g} (measured)", f"{p['rows']:,}", f"{p['value']:.4f}{seeds}", "")
     for name, v in result["predictions"].items():
         table.add_row(
             f"{name} (predicted)",

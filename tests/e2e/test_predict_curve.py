@@ -92,6 +92,12 @@ def test_data_curve_end_to_end(tiny_llama: Path, instruct_rows: list[dict], tmp_
     assert curve["metric"] == "loss" and curve["higher_is_better"] is False
     points = curve["points"]
     assert [p["fraction"] for p in points] == [0.25, 0.5, 0.75, 1.0]
+    # Two seeds per fitted size (the default), one run on all the data (the check, as a user runs it).
+    assert [len(p["runs"]) for p in points] == [2, 2, 2, 1] and curve["repeats"] == 2
+    for p in points[:3]:
+        assert p["value"] == pytest.approx(sum(p["runs"]) / 2)
+        assert len(p["run_dirs"]) == 2
+    assert curve["seed_spread"] is not None and curve["fit"]["measurement_error"] > 0
     rows = [p["rows"] for p in points]
     assert rows == sorted(rows) and rows[-1] == curve["rows"]
     assert [p["steps"] for p in points] == [

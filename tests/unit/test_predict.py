@@ -11,7 +11,7 @@ import pytest
 
 from tunesmith.errors import UserError
 from tunesmith.report.sections import _prediction_section, prediction_lines
-from tunesmith.select.curve import nested_subsets, parse_fractions, plan_budget
+from tunesmith.select.curve import nested_subsets, parse_fractions, plan_budget, point_errors
 from tunesmith.select.powerlaw import fit_power_law, verdict
 from tunesmith.train.prediction import compare, measured_tokens_per_second, within
 from tunesmith.train.probe import relative_standard_error, steady_state
@@ -140,6 +140,47 @@ def test_curve_helpers() -> None:
     assert estimate <= 95.0 and steps[0.5] == 2 * steps[0.25] and scale < 1
     with pytest.raises(UserError, match="at least"):
         plan_budget({0.25: 100, 0.5: 200}, 0.5, 10.0, 15.0)
+    # Repeated runs cost per run: two seeds of 0.25 and 0.5, one run on all the data.
+    runs = {0.25: 2, 0.5: 2, 1.0: 1}
+    steps, estimate, _ = plan_budget({0.25: 100, 0.5: 200, 1.0: 400}, 0.5, 10.0, None, runs)
+    assert estimate == 2 * (50 + 10) + 2 * (100 + 10) + (200 + 10)
+    with pytest.raises(UserError, match="5 runs"):
+        plan_budget({0.25: 100, 0.5: 200, 1.0: 400}, 0.5, 10.0, 40.0, runs)
+
+
+def _task(higher_is_better: bool):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(higher_is_better=higher_is_better)
+
+
+def test_the_seed_spread_of_repeated_runs_enters_the_errors_and_the_band() -> None:
+    # SST-2-like: accuracies on 872 held-out sentences, two seeds per size that disagree by ~0.03.
+    points = [
+        {"rows": 250, "value": 0.54, "runs": [0.52, 0.56]},
+        {"rows": 500, "value": 0.575, "runs": [0.56, 0.59]},
+        {"rows": 1000, "value": 0.60, "runs": [0.58, 0.62]},
+    ]
+    errors, one_run, spread = point_errors(_task(True), points, 872)
+    binomial = math.sqrt(0.6 * 0.4 / 872)
+    pooled = math.sqrt((0.02**2 * 2 + 0.015**2 * 2 + 0.02**2 * 2) / 3)  # variances of the pairs
+    assert spread == pytest.approx(pooled)
+    assert errors[2] == pytest.approx(math.sqrt(binomial**2 + pooled**2 / 2))  # a mean of 2 runs
+    assert one_run == pytest.approx(math.sqrt(binomial**2 + pooled**2))  # one new run
+    sizes, values = [p["rows"] for p in points], [p["value"] for p in points]
+    with_seeds = fit_power_law(sizes, values, errors=errors, higher_is_better=True, measurement_error=one_run)
+    eval_only = fit_power_law(sizes, values, errors=[binomial] * 3, higher_is_better=True)
+    low, high = with_seeds.band(2000)
+    narrow_low, narrow_high = eval_only.band(2000)
+    assert high - low > narrow_high - narrow_low  # the seed noise widens the band
+    assert with_seeds.new_point_error(2000) == one_run
+    # One run per size and a metric without a known error (a loss): the fit decides, as before.
+    single = [{"rows": p["rows"], "value": 1.0 + p["value"], "runs": [1.0 + p["value"]]} for p in points]
+    assert point_errors(_task(False), single, 872) == (None, None, None)
+    # Repeated losses: the spread alone, never under 1% of the value.
+    tight = [{"rows": n, "value": v, "runs": [v, v + 1e-6]} for n, v in ((250, 2.5), (500, 2.2), (1000, 1.9))]
+    errors, one_run, _ = point_errors(_task(False), tight, 872)
+    assert errors == pytest.approx([0.025, 0.022, 0.019]) and one_run == pytest.approx(0.019)
 
 
 def test_prediction_block_and_report_section() -> None:

@@ -33,8 +33,17 @@ def plot_curve(result: dict[str, Any], fit: PowerLawFit, path: Path) -> Path | N
     axes.plot(
         grid, [fit.value(float(n)) for n in grid], color="#1d4ed8", linewidth=1.6, label="power-law fit"
     )
+    seeds = [(p["rows"], value) for p in fitted if len(p.get("runs", [])) > 1 for value in p["runs"]]
+    if seeds:
+        axes.scatter(
+            [n for n, _ in seeds], [v for _, v in seeds], color="#6b7280", s=12, zorder=3, label="each seed"
+        )
     axes.scatter(
-        [p["rows"] for p in fitted], [p["value"] for p in fitted], color="#111827", zorder=3, label="measured"
+        [p["rows"] for p in fitted],
+        [p["value"] for p in fitted],
+        color="#111827",
+        zorder=3,
+        label="measured (mean)" if seeds else "measured",
     )
     full = [p for p in result["points"] if p["fraction"] == 1.0]
     if full:
@@ -63,10 +72,17 @@ def plot_curve(result: dict[str, Any], fit: PowerLawFit, path: Path) -> Path | N
 def curve_page(result: dict[str, Any], image: Path | None) -> str:
     metric = escape(str(result["metric"]))
     rows = [
-        [fmt(p["fraction"]), fmt(p["rows"]), fmt(p["steps"]), fmt(p["value"]), fmt(round(p["seconds"], 1))]
+        [
+            fmt(p["fraction"]),
+            fmt(p["rows"]),
+            fmt(p["steps"]),
+            fmt(p["value"]),
+            escape(", ".join(f"{v:.4f}" for v in p.get("runs", [p["value"]]))),
+            fmt(round(p["seconds"], 1)),
+        ]
         for p in result["points"]
     ]
-    measured = _table(["fraction", "rows", "steps", metric, "seconds"], rows)
+    measured = _table(["fraction", "rows", "steps", f"{metric} (mean)", "each seed", "seconds"], rows)
     predicted = _table(
         ["data", "rows", f"predicted {metric}", "90% band"],
         [

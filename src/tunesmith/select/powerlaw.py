@@ -6,9 +6,10 @@ The fit profiles the exponent: for each c on a log grid the best (a, b >= 0) is 
 least-squares problem, and the c with the smallest weighted error wins. That is exact, needs no
 starting point and behaves with as few points as parameters (3), where curve_fit's covariance is
 undefined. The band is a parametric bootstrap: each point is redrawn with its standard error
-(given, e.g. a binomial error for accuracy; else the fit's residual error when there are more
-points than parameters; else a stated floor of 1% of the value), the curve refitted, and the
-prediction at n taken with the noise a new measurement there would have: a 90% prediction band.
+(given, e.g. the binomial error of an accuracy and the spread of repeated runs; else the fit's
+residual error when there are more points than parameters; else a stated floor of 1% of the
+value), the curve refitted, and the prediction at n taken with the noise a new measurement there
+would have (`measurement_error`: one run's noise, when known): a 90% prediction band.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class PowerLawFit:
     errors: list[float]  # the standard error used for each point
     error_source: str  # "given" | "residuals" | "floor"
     samples: list[tuple[float, float, float]] = field(default_factory=list)  # bootstrap (a, b, c)
+    # The standard error of one new measurement (one run, scored once); None: the largest point's.
+    measurement_error: float | None = None
 
     @property
     def sign(self) -> float:
@@ -61,7 +64,10 @@ class PowerLawFit:
         return float(low), float(high)
 
     def new_point_error(self, n: float) -> float:
-        """The standard error of a measurement at n (the errors of the largest point, the nearest)."""
+        """The standard error of a measurement at n: one run's noise when it was measured (repeated
+        runs), else the error of the largest point, the nearest."""
+        if self.measurement_error is not None:
+            return self.measurement_error
         return float(self.errors[int(np.argmax(self.sizes))])
 
     def as_dict(self) -> dict[str, Any]:
@@ -74,6 +80,7 @@ class PowerLawFit:
             "values": self.values,
             "errors": self.errors,
             "error_source": self.error_source,
+            "measurement_error": self.measurement_error,
             "bootstrap_samples": len(self.samples),
         }
 
@@ -102,8 +109,10 @@ def fit_power_law(
     higher_is_better: bool = False,
     samples: int = BOOTSTRAP_SAMPLES,
     seed: int = 0,
+    measurement_error: float | None = None,
 ) -> PowerLawFit:
-    """Fit metric(n) (see the module docstring) to (sizes, values); at least three points."""
+    """Fit metric(n) (see the module docstring) to (sizes, values); at least three points.
+    `measurement_error`: the noise of one new measurement, for the prediction band."""
     if len(sizes) != len(values) or len(sizes) < 3:
         raise ValueError("a learning curve needs at least three (size, value) points")
     n = np.asarray(sizes, dtype=float)
@@ -133,6 +142,7 @@ def fit_power_law(
         [float(v) for v in values],
         list(map(float, sigma)),
         source,
+        measurement_error=measurement_error,
     )
     rng = np.random.default_rng(seed)
     fitted = a + b * n ** (-c)
