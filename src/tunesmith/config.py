@@ -49,7 +49,8 @@ class ModelConfig(Section):
     ] = Field(
         "auto",
         description="attention kernel; auto = flex attention on CUDA (per-document BlockMask); on CPU in fp32 "
-        "cpu_varlen (per-document C kernel, compiled once) for head dims up to 32, else sdpa",
+        "cpu_varlen (per-document C kernel, compiled once) for head dim 8, else sdpa; cpu_varlen also pays "
+        "off at larger head dims on rows packed with short documents",
     )
     trust_remote_code: bool = Field(
         False, description="run Python code shipped with a model repo (off: only turn on for repos you trust)"

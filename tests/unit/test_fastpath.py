@@ -202,11 +202,11 @@ def test_auto_on_the_cpu_picks_the_document_kernel_for_small_heads_and_says_why_
         0,
     )
     assert compiled.attention is None
-    # Head dimension 64: SDPA's tiled matmuls are faster there (benchmarks/RESULTS.md): auto keeps SDPA.
+    # Head dimension 16 and up: SDPA is faster on long documents (benchmarks/RESULTS.md): auto keeps SDPA.
     wide = AutoModelForCausalLM.from_config(
         LlamaConfig(
             vocab_size=64,
-            hidden_size=128,
+            hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=1,
             num_attention_heads=2,
@@ -214,7 +214,8 @@ def test_auto_on_the_cpu_picks_the_document_kernel_for_small_heads_and_says_why_
         )  # fmt: skip
     )
     attention, note = choose_attention("auto", "cpu", wide)
-    assert attention is None and "head dimension 64 > 32" in note
+    assert attention is None and "head dimension 16 > 8" in note
+    assert choose_attention("cpu_varlen", "cpu", wide)[0] == "cpu_varlen"  # asked for: it runs
     # Asked for explicitly, a model it cannot compute is an error naming the key and the reason.
     wide.config.sliding_window = 16
     with pytest.raises(UserError, match="model.attn_implementation: cpu_varlen .*sliding-window"):

@@ -46,9 +46,12 @@ SOURCE = Path(__file__).with_name("cpu_attention.c")
 # which turns on flush-to-zero for the whole process when the library loads.
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math",
          "-fno-signed-zeros", "-fPIC", "-shared")  # fmt: skip
-# Measured on a 2-core AMD EPYC (benchmarks/RESULTS.md, "CPU attention"): faster than SDPA up to
-# this head dimension, slower at 64 where SDPA's tiled matmuls pay off.
-MAX_HEAD_DIM = 32
+# Measured on a 2-core AMD EPYC (benchmarks/bench_cpu_attention.py, RESULTS.md "CPU attention"):
+# at head dim 8 it beats SDPA on every row shape (2-3x on one document a row, 9x on packed rows);
+# from 16 up it wins only on rows packed with short documents and loses on long ones (one query
+# at a time re-reads the document's keys, where SDPA's tiled matmuls reuse them): `auto` stops here,
+# and `model.attn_implementation: cpu_varlen` asks for it explicitly.
+MAX_HEAD_DIM = 8
 
 _libraries: dict[int, ctypes.CDLL] = {}
 _build_lock = threading.Lock()
