@@ -41,3 +41,20 @@ def test_a_gguf_inside_an_installed_package(tmp_path, monkeypatch):
     assert resolve_model_path("fake_model_pkg/w.gguf") == str(package / "w.gguf")
     with pytest.raises(UserError, match="PACKAGE/FILE.gguf"):
         resolve_model_path("fake_model_pkg/other.gguf")
+
+
+def test_a_models_config_is_read_from_config_json_or_the_gguf_metadata(tiny_llama, tmp_path):
+    # select reads the shape of every candidate this way: a GGUF base has no config.json.
+    import json
+
+    from tests.real_model import require_smollm2
+    from tunesmith.models.load import model_config_dict
+
+    assert model_config_dict(str(tiny_llama), ModelConfig()) == json.loads(
+        (tiny_llama / "config.json").read_text()
+    )
+    assert model_config_dict(str(tmp_path), ModelConfig()) is None  # nothing local to read
+    smollm2 = require_smollm2()
+    shape = model_config_dict(str(smollm2), ModelConfig())
+    assert (shape["hidden_size"], shape["num_hidden_layers"], shape["vocab_size"]) == (576, 30, 49152)
+    assert shape["num_attention_heads"] == 9 and shape["num_key_value_heads"] == 3

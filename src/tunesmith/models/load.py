@@ -181,6 +181,22 @@ def gguf_source(path: str, config: ModelConfig) -> tuple[str, str] | None:
     return (path, found[0]) if found else None
 
 
+def model_config_dict(path: str, config: ModelConfig) -> dict[str, Any] | None:
+    """The model's configuration as config.json holds it, from config.json or a GGUF file's
+    metadata; None when `path` is neither (a hub id: nothing local to read)."""
+    gguf = gguf_source(path, config)
+    if gguf is not None:
+        from transformers import AutoConfig
+
+        _require_gguf_package()
+        return AutoConfig.from_pretrained(gguf[0], gguf_file=gguf[1]).to_dict()
+    config_file = os.path.join(path, "config.json")
+    if os.path.isfile(config_file):
+        with open(config_file, encoding="utf-8") as handle:
+            return dict(json.load(handle))
+    return None
+
+
 def _require_gguf_package() -> None:
     import importlib.util
 

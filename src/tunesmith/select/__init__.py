@@ -132,17 +132,18 @@ def measure_candidate(
     probe_seconds: float = PROBE_SECONDS,
 ) -> Candidate:
     """Fill in fit, memory and throughput; on a load failure mark it skipped with the reason."""
-    from tunesmith.models.load import load_causal_lm, load_tokenizer, resolve_model_path
+    from tunesmith.config import ModelConfig
+    from tunesmith.models.load import load_causal_lm, load_tokenizer, model_config_dict, resolve_model_path
 
     task_contract = get_task(task)
     try:
         candidate.path = resolve_model_path(candidate.name)
-        config_file = Path(candidate.path) / "config.json"
-        if not config_file.is_file():
+        model_config = model_config_dict(candidate.path, ModelConfig(name=candidate.path))
+        if model_config is None:
             raise UserError(
-                f"{candidate.name}: not reachable here (no local directory; the model hub is not used by select)"
+                f"{candidate.name}: not reachable here (no local directory or .gguf file; the model hub is not "
+                "used by select)"
             )
-        model_config = json.loads(config_file.read_text(encoding="utf-8"))
         shape = shape_from_config(model_config)
         candidate.context = int(
             model_config.get("max_position_embeddings") or model_config.get("n_positions") or 0
