@@ -424,8 +424,8 @@ QUALITY = {
 def table(results: list[dict]) -> str:
     lines = [
         "| case | side | quality (median; per seed) | train wall s | train CPU s | peak RSS MB | "
-        "speed ours/peer (wall) | trained tokens |",
-        "|---|---|---|---|---|---|---|---|",
+        "speed ours/peer (wall) | trained tokens | speed ours/peer (per trained token) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for case in CASES:
         runs = {s: [r for r in results if r["case"] == case and r["side"] == s] for s in SIDES}
@@ -433,19 +433,27 @@ def table(results: list[dict]) -> str:
             continue
         key, _ = QUALITY[case]
         walls = {s: statistics.median(r["train_wall_s"] for r in v) for s, v in runs.items() if v}
+        # Trained tokens per second of training, where both sides count them (GSM8K: ours packs rows of
+        # 512, TRL pads 8 examples, so a step trains different amounts of text).
+        rates = {
+            s: statistics.median(r["trained_tokens"] / r["train_wall_s"] for r in v)
+            for s, v in runs.items()
+            if v and all(r.get("trained_tokens") for r in v)
+        }
         for side in SIDES:
             got = runs[side]
             if not got:
-                lines.append(f"| {case} | {side} | FAILED | | | | | |")
+                lines.append(f"| {case} | {side} | FAILED | | | | | | |")
                 continue
             values = ", ".join(f"{r[key]:.3f}" for r in got)
             speed = f"{walls['peer'] / walls['ours']:.2f}x" if side == "ours" and "peer" in walls else ""
+            per_token = f"{rates['ours'] / rates['peer']:.2f}x" if side == "ours" and len(rates) == 2 else ""
             tokens = statistics.median(r.get("trained_tokens", 0) for r in got)
             lines.append(
                 f"| {case} | {side} | {key} {statistics.median(r[key] for r in got):.3f} ({values}) "
                 f"| {walls[side]:.1f} | {statistics.median(r['train_cpu_s'] for r in got):.1f} "
                 f"| {statistics.median(r['peak_rss_mb'] for r in got):,.0f} | {speed} "
-                f"| {tokens:,.0f} |"
+                f"| {tokens:,.0f} | {per_token} |"
             )
     return "\n".join(lines)
 

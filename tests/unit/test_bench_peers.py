@@ -57,3 +57,9 @@ def test_table_gives_the_wall_time_ratio_and_the_medians():
     assert "1.40x" in ours  # median 35 s / median 25 s
     assert "accuracy 0.700" in ours
     assert "shakespeare" not in markdown
+    # Per trained token: medians of 9600/20, 9600/30 (ours) against 9600/30, 9600/40 (peer).
+    assert ours.rstrip(" |").endswith(f"{(480 + 320) / 2 / ((320 + 240) / 2):.2f}x")
+    # A side that does not count its trained tokens leaves the column empty.
+    for row in rows[:2]:
+        row["trained_tokens"] = 0
+    assert bench.table(rows).splitlines()[-1].rstrip().endswith("| 9,600 |  |")
