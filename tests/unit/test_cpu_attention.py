@@ -4,6 +4,7 @@ padding, a whole model in training and in generation, and how the kernel is buil
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -175,3 +176,26 @@ def test_the_build_is_cached_and_leaves_denormals_alone(tmp_path, monkeypatch) -
     monkeypatch.setattr(cpu_attention, "_libraries", {})
     cpu_attention.kernel_library(12, cache_dir=tmp_path)  # reused, not rebuilt
     assert list(tmp_path.glob("cpu_attention-d12-*.so")) == built
+
+
+def test_threads_share_torchs_openmp_runtime_and_give_identical_results() -> None:
+    # Each (document, kv head) task runs whole on one thread: any thread count gives the same bits.
+    lengths, heads, kv_heads, head_dim = [30, 5, 61, 12], 8, 4, 8
+    (q, k, v), grad = _tokens(lengths, heads, kv_heads, head_dim, seed=4)
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    results = []
+    for threads in (1, 2):
+        plan = cpu_attention.make_plan(position_ids, None, 1, sum(lengths), kv_heads, num_threads=threads)
+        out = cpu_attention._DocumentAttention.apply(q, k, v, plan, head_dim**-0.5)
+        out.backward(grad)
+        results.append([out.detach().clone()] + [x.grad.clone() for x in (q, k, v)])
+        for x in (q, k, v):
+            x.grad = None
+    for one, two in zip(*results, strict=True):
+        assert torch.equal(one, two)
+    # Built with -fopenmp, the kernel binds to the libgomp torch loaded: one OpenMP runtime, one pool
+    # (a second runtime's threads would fight torch's spinning workers for the cores).
+    maps = Path("/proc/self/maps")
+    if maps.exists():
+        runtimes = {line.split()[-1] for line in maps.read_text().splitlines() if "libgomp" in line}
+        assert len(runtimes) <= 1, runtimes

@@ -4,7 +4,10 @@
    loop over the head dimension has a constant length and vectorises. Layout (token-major, contiguous):
    q, out, dq [T, H, D]; k, v, dk, dv [T, HKV, D]; lse [T, H]; cu [documents + 1] token offsets.
    A task is (document, kv head): all query heads of that kv group over all of the document's queries,
-   so a task owns its rows of dk and dv and tasks run on separate threads without locks.
+   so a task owns its rows of dk and dv and tasks run on separate threads without locks. The tasks
+   are spread over OpenMP threads (dynamic schedule, largest first); built with -fopenmp, the library
+   binds to the libgomp.so.1 torch has already loaded, so it runs on torch's own thread pool (a second
+   pool would fight torch's spinning OpenMP workers for the same cores).
    Each query attends to the keys of its own document up to itself, and to nothing else: work is
    sum(L^2) / 2 over the documents, not rows x S^2 as with a dense block-causal mask.
 
@@ -13,6 +16,9 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #ifndef HEAD_DIM
 #error "compile with -DHEAD_DIM=<the model's head dimension>"
@@ -47,13 +53,24 @@ static void transpose_head(const float* restrict src, float* restrict dst, int64
     }
 }
 
-/* work: per thread, 2 * D * L + L floats (L = the longest document). */
+static int thread_index(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* work: num_threads x work_size floats, work_size >= 2 * D * L + L (L = the longest document). */
 void attention_forward(const float* restrict q, const float* restrict k, const float* restrict v,
                        float* restrict out, float* restrict lse, const int64_t* restrict cu,
                        const int64_t* restrict tasks, int64_t num_tasks, int64_t num_heads,
-                       int64_t num_kv_heads, float scale, float* restrict work) {
+                       int64_t num_kv_heads, float scale, float* restrict work_all, int64_t work_size,
+                       int64_t num_threads) {
     const int64_t group = num_heads / num_kv_heads;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
     for (int64_t t = 0; t < num_tasks; t++) {
+        float* restrict work = work_all + thread_index() * work_size;
         const int64_t doc = tasks[t] / num_kv_heads, kv_head = tasks[t] % num_kv_heads;
         const int64_t start = cu[doc], length = cu[doc + 1] - start;
         float* restrict kt = work;
@@ -93,14 +110,17 @@ void attention_forward(const float* restrict q, const float* restrict k, const f
     }
 }
 
-/* work: per thread, 4 * D * L + 2 * L floats. */
+/* work: num_threads x work_size floats, work_size >= 4 * D * L + 2 * L. */
 void attention_backward(const float* restrict q, const float* restrict k, const float* restrict v,
                         const float* restrict out, const float* restrict dout, const float* restrict lse,
                         float* restrict dq, float* restrict dk, float* restrict dv,
                         const int64_t* restrict cu, const int64_t* restrict tasks, int64_t num_tasks,
-                        int64_t num_heads, int64_t num_kv_heads, float scale, float* restrict work) {
+                        int64_t num_heads, int64_t num_kv_heads, float scale, float* restrict work_all,
+                        int64_t work_size, int64_t num_threads) {
     const int64_t group = num_heads / num_kv_heads;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
     for (int64_t t = 0; t < num_tasks; t++) {
+        float* restrict work = work_all + thread_index() * work_size;
         const int64_t doc = tasks[t] / num_kv_heads, kv_head = tasks[t] % num_kv_heads;
         const int64_t start = cu[doc], length = cu[doc + 1] - start;
         float* restrict kt = work;

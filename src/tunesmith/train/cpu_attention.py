@@ -11,9 +11,12 @@ to ~1e-6 (tests/unit/test_cpu_attention.py).
 
 The kernels are C (`cpu_attention.c`), compiled at first use for the model's head dimension with
 the machine's C compiler (~1 s; cached under ~/.cache/tunesmith/kernels, keyed by source, flags,
-head dimension and CPU), called through ctypes, which releases the GIL: the documents' (document,
-kv head) tasks run on `torch.get_num_threads()` threads, balanced by their cost. Without a C
-compiler the fast path is simply not chosen (SDPA runs, and the run says why).
+head dimension and CPU) and called through ctypes. The (document, kv head) tasks, largest first,
+run on `torch.get_num_threads()` OpenMP threads: built with -fopenmp the library binds to the
+libgomp torch has loaded and shares its thread pool (threads of our own measured slower with two
+threads than with one: torch's OpenMP workers spin on the same cores after each op). Without
+OpenMP in the compiler it runs on one thread; without a C compiler the fast path is not chosen
+(SDPA runs, and the run says why).
 
 `attention_forward` is registered with transformers' AttentionInterface as `cpu_varlen` (and
 not with its mask interface, so transformers builds no dense mask for it). Calls outside its
@@ -33,7 +36,6 @@ import subprocess
 import tempfile
 import threading
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ SOURCE = Path(__file__).with_name("cpu_attention.c")
 # which turns on flush-to-zero for the whole process when the library loads.
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fassociative-math",
          "-fno-signed-zeros", "-fPIC", "-shared")  # fmt: skip
+OPENMP = "-fopenmp"  # tried first; a compiler without it builds the one-thread kernel
 # Measured on a 2-core AMD EPYC (benchmarks/bench_cpu_attention.py, RESULTS.md "CPU attention"):
 # at head dim 8 it beats SDPA on every row shape (2-3x on one document a row, 9x on packed rows);
 # from 16 up it wins only on rows packed with short documents and loses on long ones (one query
@@ -99,16 +102,18 @@ def kernel_library(head_dim: int, cache_dir: Path | None = None) -> ctypes.CDLL:
             # Built under a temporary name and renamed: a concurrent run never loads half a file.
             handle, partial = tempfile.mkstemp(prefix=target.name + ".partial-", dir=folder)
             os.close(handle)
-            command = [compiler, *FLAGS, f"-DHEAD_DIM={head_dim}", str(SOURCE), "-o", partial, "-lm"]
-            built = subprocess.run(command, capture_output=True, text=True, check=False)
+            base = [compiler, *FLAGS, f"-DHEAD_DIM={head_dim}", str(SOURCE), "-o", partial, "-lm"]
+            built = subprocess.run([*base, OPENMP], capture_output=True, text=True, check=False)
+            if built.returncode != 0:
+                built = subprocess.run(base, capture_output=True, text=True, check=False)
             if built.returncode != 0:
                 Path(partial).unlink(missing_ok=True)
                 raise KernelUnavailable(f"{Path(compiler).name} failed: {built.stderr.strip()[-500:]}")
             os.replace(partial, target)
         library = ctypes.CDLL(str(target))
         pointer, count, scale = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-        library.attention_forward.argtypes = [pointer] * 7 + [count] * 3 + [scale, pointer]
-        library.attention_backward.argtypes = [pointer] * 11 + [count] * 3 + [scale, pointer]
+        library.attention_forward.argtypes = [pointer] * 7 + [count] * 3 + [scale, pointer, count, count]
+        library.attention_backward.argtypes = [pointer] * 11 + [count] * 3 + [scale, pointer, count, count]
         library.attention_forward.restype = library.attention_backward.restype = None
         _libraries[head_dim] = library
         return library
@@ -123,9 +128,10 @@ class Plan:
     """Where a batch's documents lie in its T = batch x length tokens, and who computes what."""
 
     offsets: torch.Tensor  # int64 [documents + 1]: token offsets, padding runs included
-    shares: list[torch.Tensor]  # per thread: int64 task ids (document * kv_heads + kv_head)
+    tasks: torch.Tensor  # int64 task ids (document * kv_heads + kv_head), longest documents first
     longest: int  # the longest document attended to (sizes the work buffers)
     has_padding: bool  # some tokens are in no task: their outputs and gradients are zero
+    num_threads: int
 
 
 def document_starts(position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
@@ -151,21 +157,16 @@ def make_plan(position_ids: torch.Tensor | None, attention_mask: torch.Tensor | 
     offsets = torch.cat([first, torch.tensor([batch * length])])
     sizes = (offsets[1:] - offsets[:-1]).tolist()
     attended = mask[first].tolist() if mask is not None else [True] * len(sizes)
-    # Longest-processing-time first: each task goes to the least loaded thread (cost ~ L^2).
-    loads = [0] * num_threads
-    shares: list[list[int]] = [[] for _ in range(num_threads)]
+    # Largest first (cost ~ L^2): the threads take the next task as they finish, so the small ones
+    # at the end even out the load.
     order = sorted((i for i, keep in enumerate(attended) if keep), key=lambda i: -sizes[i])
-    for document in order:
-        for kv_head in range(num_kv_heads):
-            thread = loads.index(min(loads))
-            shares[thread].append(document * num_kv_heads + kv_head)
-            loads[thread] += sizes[document] * (sizes[document] + 8)
-    longest = max((sizes[i] for i in order), default=1)
+    tasks = [document * num_kv_heads + kv_head for document in order for kv_head in range(num_kv_heads)]
     return Plan(
         offsets=offsets.to(torch.int64).contiguous(),
-        shares=[torch.tensor(share, dtype=torch.int64) for share in shares if share],
-        longest=longest,
+        tasks=torch.tensor(tasks, dtype=torch.int64),
+        longest=max((sizes[i] for i in order), default=1),
         has_padding=not all(attended),
+        num_threads=num_threads,
     )
 
 
@@ -200,21 +201,6 @@ def plan_for(position_ids: torch.Tensor | None, attention_mask: torch.Tensor | N
 # --------------------------------------------------------------------------------------------
 # The autograd function
 
-_pools: dict[int, ThreadPoolExecutor] = {}
-
-
-def _run_shares(function: Any, shares: list[torch.Tensor], arguments: Any) -> None:
-    """function(*arguments(share)) for every share: the first on this thread, the others on a pool
-    (ctypes releases the GIL, so the shares run in parallel)."""
-    helpers = len(shares) - 1
-    if helpers > 0 and helpers not in _pools:
-        _pools[helpers] = ThreadPoolExecutor(max_workers=helpers, thread_name_prefix="tunesmith-attention")
-    futures = [_pools[helpers].submit(function, *arguments(share)) for share in shares[1:]]
-    if shares:
-        function(*arguments(shares[0]))
-    for future in futures:
-        future.result()
-
 
 def _pointer(tensor: torch.Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(tensor.data_ptr())
@@ -231,16 +217,13 @@ class _DocumentAttention(torch.autograd.Function):
         allocate = torch.zeros if plan.has_padding else torch.empty
         out = allocate(q.shape, dtype=q.dtype)
         lse = torch.empty(q.shape[:2], dtype=q.dtype)
-        size = 2 * head_dim * plan.longest + plan.longest
-        keep: list[torch.Tensor] = []  # the work buffers live until every thread is done
-
-        def arguments(share: torch.Tensor) -> tuple[Any, ...]:
-            work = torch.empty(size, dtype=q.dtype)
-            keep.append(work)
-            return (_pointer(q), _pointer(k), _pointer(v), _pointer(out), _pointer(lse), _pointer(plan.offsets),
-                    _pointer(share), share.numel(), num_heads, num_kv_heads, scale, _pointer(work))  # fmt: skip
-
-        _run_shares(library.attention_forward, plan.shares, arguments)
+        size = 2 * head_dim * plan.longest + plan.longest  # one thread's buffers
+        work = torch.empty(plan.num_threads * size, dtype=q.dtype)
+        library.attention_forward(
+            _pointer(q), _pointer(k), _pointer(v), _pointer(out), _pointer(lse), _pointer(plan.offsets),
+            _pointer(plan.tasks), plan.tasks.numel(), num_heads, num_kv_heads, scale, _pointer(work), size,
+            plan.num_threads,
+        )  # fmt: skip
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.plan, ctx.scale = plan, scale
         return out
@@ -252,23 +235,15 @@ class _DocumentAttention(torch.autograd.Function):
         library = kernel_library(q.shape[-1])
         grad_out = grad_out.contiguous()
         allocate = torch.zeros if plan.has_padding else torch.empty
-        dq, dk, dv = (
-            allocate(q.shape, dtype=q.dtype),
-            allocate(k.shape, dtype=k.dtype),
-            allocate(v.shape, dtype=v.dtype),
-        )
+        dq, dk, dv = (allocate(x.shape, dtype=x.dtype) for x in (q, k, v))
         num_heads, num_kv_heads, head_dim = q.shape[1], k.shape[1], q.shape[2]
         size = 4 * head_dim * plan.longest + 2 * plan.longest
-        keep: list[torch.Tensor] = []  # the work buffers live until every thread is done
-
-        def arguments(share: torch.Tensor) -> tuple[Any, ...]:
-            work = torch.empty(size, dtype=q.dtype)
-            keep.append(work)
-            return (_pointer(q), _pointer(k), _pointer(v), _pointer(out), _pointer(grad_out), _pointer(lse),
-                    _pointer(dq), _pointer(dk), _pointer(dv), _pointer(plan.offsets), _pointer(share),
-                    share.numel(), num_heads, num_kv_heads, ctx.scale, _pointer(work))  # fmt: skip
-
-        _run_shares(library.attention_backward, plan.shares, arguments)
+        work = torch.empty(plan.num_threads * size, dtype=q.dtype)
+        library.attention_backward(
+            _pointer(q), _pointer(k), _pointer(v), _pointer(out), _pointer(grad_out), _pointer(lse),
+            _pointer(dq), _pointer(dk), _pointer(dv), _pointer(plan.offsets), _pointer(plan.tasks),
+            plan.tasks.numel(), num_heads, num_kv_heads, ctx.scale, _pointer(work), size, plan.num_threads,
+        )  # fmt: skip
         return dq, dk, dv, None, None
 
 
