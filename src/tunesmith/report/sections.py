@@ -454,7 +454,11 @@ def _speed_section(run: dict[str, Any]) -> str:
     if _number(summary.get("seconds")) is not None:
         values["wall time (incl. evaluation)"] = _duration(summary["seconds"])
     if _number(summary.get("train_seconds")) is not None:
-        values["training time"] = _duration(summary["train_seconds"])
+        values["training time (the steps)"] = _duration(summary["train_seconds"])
+    if _number(summary.get("eval_seconds")):
+        values["evaluation during training"] = _duration(summary["eval_seconds"])
+    if _number(summary.get("checkpoint_seconds")):
+        values["checkpoints during training"] = _duration(summary["checkpoint_seconds"])
     values["peak process memory (RSS)"] = _bytes(summary.get("peak_rss_bytes"))
     if _number(summary.get("cuda_max_memory_allocated_bytes")) is not None:
         values["peak GPU memory allocated"] = _bytes(summary["cuda_max_memory_allocated_bytes"])

@@ -10,10 +10,12 @@ held-out data with the task's headline metric (eval loss for instruct/pretrain, 
 classify). A saturating power law with a 90% band (select/powerlaw.py) predicts the metric with
 all the data, 2x and 4x, and the verdict says whether more data of this kind would help.
 
-Noise: a short run's score moves with its seed (the head's initialisation, the data order) as
-much as with the data: stories260k on 500 SST-2 sentences scored 0.583 where 1,000 scored 0.560.
-So each size trains `repeats` times (seeds seed, seed+1, ...; same rows), the fit uses their
-mean, and the spread of the runs (pooled over the sizes) enters the errors: a mean's error is
+Noise: a short run's score moves with which rows it got and with its seed (the head's
+initialisation, the data order): stories260k on 500 SST-2 sentences scored 0.584 where 1,000
+scored 0.555, two seeds on the same rows agreeing within 0.01. So each size trains `repeats` times,
+repeat r with seed `train.seed + r` on its own nested subsets (the permutation seeded the same
+way), the fit uses their mean, and the spread of the runs (pooled over the sizes) enters the
+errors: a mean's error is
 sqrt(eval^2 + spread^2 / repeats), one new run's sqrt(eval^2 + spread^2) (eval: the binomial error
 of an accuracy on the held-out set), and never under 1% of the value. The band is for one run on
 all the data, which is what `verify` trains (with the config's own seed).
@@ -251,11 +253,14 @@ def data_curve(
 
     points = []
     for f in sizes:
-        rows = [prepared.rows[i] for i in subsets[f]]
-        subset = dataclasses.replace(prepared, rows=rows)
         runs_here = []
         for repeat in range(runs[f]):
             seed = config.train.seed + repeat
+            # Each repeat draws its own nested subsets: which rows a size gets moves its score as
+            # much as the seed does (and repeat 0 is the subsets a single run would use).
+            chosen = subsets[f] if repeat == 0 else nested_subsets(all_rows, sizes, seed)[f]
+            rows = [prepared.rows[i] for i in chosen]
+            subset = dataclasses.replace(prepared, rows=rows)
             name = f"fraction-{f:g}" + (f"-seed{seed}" if runs[f] > 1 else "")
             progress.message(
                 f"training on {f:g} of the data ({len(rows)} rows, {steps[f]} steps, seed {seed}) ..."
@@ -272,7 +277,7 @@ def data_curve(
         points.append(
             {
                 "fraction": f,
-                "rows": len(rows),
+                "rows": len(subsets[f]),
                 "value": statistics.fmean(values),
                 "runs": values,
                 "steps": runs_here[0]["steps"],

@@ -63,6 +63,16 @@ class PowerLawFit:
         low, high = np.percentile(predictions, BAND)
         return float(low), float(high)
 
+    def gain_band(self, n: float) -> tuple[float, float]:
+        """The 90% interval of what twice the data buys at n (the refits' gains; >= 0 by the form)."""
+        if not self.samples:
+            gain = self.sign * (self.value(n) - self.value(2 * n))
+            return gain, gain
+        _, b, c = (np.array(x) for x in zip(*self.samples, strict=True))
+        gains = b * (float(n) ** (-c) - float(2 * n) ** (-c))
+        low, high = np.percentile(gains, BAND)
+        return float(low), float(high)
+
     def new_point_error(self, n: float) -> float:
         """The standard error of a measurement at n: one run's noise when it was measured (repeated
         runs), else the error of the largest point, the nearest."""
@@ -174,8 +184,11 @@ def at_chance(fit: PowerLawFit, chance: float | None) -> bool:
 def verdict(fit: PowerLawFit, n_all: float, metric: str, chance: float | None = None) -> dict[str, Any]:
     """What more data of this kind would buy: predictions at 1x, 2x and 4x with bands, and the words.
 
-    With `chance` (the metric of a model that learnt nothing, e.g. the majority class's accuracy) and
-    the curve's largest point no better than it, there is no prediction: `predictable` is False,
+    `more_data_helps`: True when the fitted gain at 2x the data is above one run's noise (and 1% of
+    the metric); False ("saturating") only when even the top of the gain's 90% interval is below
+    that; None in between (the points cannot tell a flat curve from a rising one). With `chance`
+    (the metric of a model that learnt nothing, e.g. the majority class's accuracy) and the curve's
+    largest point no better than it, there is no prediction: `predictable` is False,
     `more_data_helps` None, and the words say what to change before asking again."""
     at = {}
     for factor in (1, 2, 4):
@@ -190,7 +203,11 @@ def verdict(fit: PowerLawFit, n_all: float, metric: str, chance: float | None = 
     gain4 = fit.sign * (fit.value(n_all) - fit.value(4 * n_all))
     scale = abs(fit.value(n_all)) or 1.0
     noise = fit.new_point_error(n_all)
-    helps: bool | None = gain >= MIN_RELATIVE_GAIN * scale and gain >= noise
+    needed = max(MIN_RELATIVE_GAIN * scale, noise)  # a gain worth the name: above one run's noise
+    _, gain_high = fit.gain_band(n_all)
+    helps: bool | None = gain >= needed
+    if not helps and gain_high >= needed:
+        helps = None  # the best fit is flat, but curves the points allow are not: undecided
     stuck = at_chance(fit, chance)
     if stuck:
         helps = None
@@ -206,6 +223,12 @@ def verdict(fit: PowerLawFit, n_all: float, metric: str, chance: float | None = 
             f"more data of this kind will likely help: {metric} ~{fit.value(n_all):.4g} now, "
             f"~{fit.value(2 * n_all):.4g} with 2x the data (by ~{gain:.3g}), ~{fit.value(4 * n_all):.4g} with 4x"
         )
+    elif helps is None:
+        words = (
+            f"cannot tell yet: the best fit says twice the data moves {metric} by ~{gain:.2g}, but curves "
+            f"within the points' noise allow up to ~{gain_high:.2g} (one run's noise ~{noise:.2g}). More "
+            "--repeats or larger --fractions would settle it"
+        )
     else:
         words = (
             f"saturating: twice the data would move {metric} by only ~{gain:.2g} (measurement noise ~{noise:.2g}); "
@@ -214,6 +237,7 @@ def verdict(fit: PowerLawFit, n_all: float, metric: str, chance: float | None = 
     return {
         "predictions": at,
         "gain_at_2x": gain,
+        "gain_at_2x_high": gain_high,  # the top of its 90% interval
         "gain_at_4x": gain4,
         "more_data_helps": helps,
         "predictable": not stuck,

@@ -10,8 +10,15 @@ measured figures next to the predicted ones, with their ratio.
                    "tokens_per_second": {"predicted": .., "measured": .., "ratio": ..},
                    "peak_memory_bytes": {...}, "wall_seconds": {...}, "notes": [...]}
 
-Wall seconds are the training loop's (the fit phase), not evaluation; measured tokens per second
-are the median of the logged windows after the first (the loop's own figure, padding included).
+The predicted wall time is the run's own tokens (padding included, as its batches will hold
+them: the task's collate on up to 200 of the run's steps spread over it) divided by the predicted
+tokens per second; seconds per step x steps only where no token rate is known. Per step, time
+follows the batch's shape: SST-2 batches of 8 sentences pad to very different lengths, and a
+probe's few steps on select's sample took 41 ms where the run's steps averaged 55.
+Wall seconds are the training loop's steps: the fit phase's wall time less its evaluations
+(train.eval_every) and checkpoints, which summary.json gives apart (eval_seconds,
+checkpoint_seconds, fit_seconds for the whole phase). Measured tokens per second are the median of
+the logged windows after the first (the loop's own figure, padding included).
 """
 
 from __future__ import annotations
@@ -111,6 +118,10 @@ def predict(
         if probe.peak_memory_bytes is not None:
             notes.append(f"probe peak GPU memory {probe.peak_memory_bytes} bytes")
     wall = seconds_per_step * total_steps if seconds_per_step is not None else None
+    if tokens_per_second:
+        per_step = planned_tokens_per_step(config, prepared, total_steps)
+        if per_step:
+            wall = per_step * total_steps / tokens_per_second
     return {
         "source": source,
         "tokens_per_second": tokens_per_second,
@@ -118,6 +129,31 @@ def predict(
         "wall_seconds": wall,
         "notes": notes,
     }
+
+
+PLANNED_STEPS_SAMPLED = 200  # steps collated to count the run's tokens (spread over the whole run)
+
+
+def planned_tokens_per_step(config: Config, prepared: PreparedData, total_steps: int) -> float | None:
+    """The mean tokens a step of this run feeds the model (input ids, padding included), from the
+    run's own schedule and collate on up to PLANNED_STEPS_SAMPLED steps spread over the run."""
+    from tunesmith.data.pack import RowSchedule
+
+    train = config.train
+    if total_steps < 1 or not prepared.rows:
+        return None
+    schedule = RowSchedule(
+        len(prepared.rows), train.batch_size, train.gradient_accumulation_steps, train.seed
+    )
+    steps = sorted({step * total_steps // PLANNED_STEPS_SAMPLED for step in range(PLANNED_STEPS_SAMPLED)})
+    tokens = 0
+    for step in steps:
+        for micro in schedule.rows_for_step(step):
+            if train.compile:  # static shapes: every micro-batch padded to max_seq_len (train/fastpath.py)
+                tokens += len(micro) * config.data.max_seq_len
+            else:
+                tokens += int(prepared.collate([prepared.rows[i] for i in micro])["input_ids"].numel())
+    return tokens / len(steps)
 
 
 def measured_tokens_per_second(metrics: list[dict[str, Any]]) -> float | None:

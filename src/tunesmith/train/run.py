@@ -69,7 +69,10 @@ class Run:
     trainable: int = 0
     total: int = 0
     predicted: dict[str, Any] = field(default_factory=dict)  # train/prediction.py's figures
-    train_seconds: float = 0.0  # the fit phase's wall time
+    train_seconds: float = 0.0  # the fit phase's training steps: its wall time less the two below
+    eval_seconds: float = 0.0  # evaluations during the fit phase (train.eval_every)
+    checkpoint_seconds: float = 0.0  # checkpoints written during the fit phase
+    fit_seconds: float = 0.0  # the fit phase's whole wall time
     lock: Any = None  # the run directory's RunLock, held by rank 0 for the whole run
     resume_step: int | None = None  # the step of the checkpoint resumed from
 
@@ -103,7 +106,9 @@ def _run_phases(current: Run, resume: bool, merge: bool, resume_from: str | Path
         before = evaluate_before(current, checkpoint)
         fit_started = time.perf_counter()
         state, before = fit(current, schedule, total_steps, checkpoint, log, before)
-        current.train_seconds = time.perf_counter() - fit_started
+        current.fit_seconds = time.perf_counter() - fit_started
+        # What a prediction (seconds per step x steps) is checked against: the steps alone.
+        current.train_seconds = current.fit_seconds - current.eval_seconds - current.checkpoint_seconds
         if not gather_final(current):
             # Ranks other than 0 are done once they helped gather the weights.
             return RunResult(
@@ -376,15 +381,20 @@ def fit(
         ]
 
     def evaluate_during(step: int) -> dict[str, Any]:
+        started = time.perf_counter()
         context = EvalContext(current.model, loss_module, prepared, current.tokenizer, config, current.device)
         metrics = current.task.evaluate(context, "during")
+        current.eval_seconds += time.perf_counter() - started
         return {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
 
     def save_checkpoint(now: TrainerState) -> Path:
+        started = time.perf_counter()
         # One process: the safetensors checkpoint; several: torch.distributed.checkpoint.
-        return distributed.save_checkpoint(
+        path = distributed.save_checkpoint(
             current.run_dir.checkpoints, parallel, optimizer, scheduler, now, config.train.keep_last
         )
+        current.checkpoint_seconds += time.perf_counter() - started
+        return path
 
     settings = LoopSettings(
         total_steps=total_steps,
@@ -495,6 +505,9 @@ def report(current: Run, steps: int, before: dict[str, Any], after: dict[str, An
             "total_parameters": current.total,
             "data": current.prepared.stats.as_dict(),
             "train_seconds": current.train_seconds,
+            "eval_seconds": current.eval_seconds,
+            "checkpoint_seconds": current.checkpoint_seconds,
+            "fit_seconds": current.fit_seconds,
             "prediction": compare(current.predicted, measured),
             **peak,
         },
