@@ -58,3 +58,9 @@ def test_a_models_config_is_read_from_config_json_or_the_gguf_metadata(tiny_llam
     shape = model_config_dict(str(smollm2), ModelConfig())
     assert (shape["hidden_size"], shape["num_hidden_layers"], shape["vocab_size"]) == (576, 30, 49152)
     assert shape["num_attention_heads"] == 9 and shape["num_key_value_heads"] == 3
+    # train's memory estimate reads it the same way (it gave none for a GGUF base before).
+    from tunesmith.config import build_config
+    from tunesmith.train.prediction import estimate_run_memory
+
+    config = build_config({"task": "instruct", "model": {"name": str(smollm2)}, "data": {"train": "x.jsonl"}})
+    assert estimate_run_memory(config, str(smollm2), "cpu") > 135e6 * 4  # at least the fp32 weights

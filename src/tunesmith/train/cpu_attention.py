@@ -18,8 +18,9 @@ threads than with one: torch's OpenMP workers spin on the same cores after each 
 OpenMP in the compiler it runs on one thread; without a C compiler the fast path is not chosen
 (SDPA runs, and the run says why).
 
-`attention_forward` is registered with transformers' AttentionInterface as `cpu_varlen` (and
-not with its mask interface, so transformers builds no dense mask for it). Calls outside its
+`attention_forward` is registered with transformers' AttentionInterface as `cpu_varlen`, with
+transformers' varlen mask function (the 2D padding mask as it is, never a dense [S, S] mask;
+without a mask function transformers would drop the padding mask). Calls outside its
 scope (a KV cache longer than the queries during generation, another dtype, attention dropout)
 go to transformers' SDPA function with an equivalent mask; models with sliding windows, logit
 soft-capping or attention sinks are refused at setup (`unsupported_reason`).

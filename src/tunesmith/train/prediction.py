@@ -23,8 +23,6 @@ the logged windows after the first (the loop's own figure, padding included).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -35,16 +33,17 @@ if TYPE_CHECKING:
 def estimate_run_memory(
     config: Config, model_path: str, device: str, measure_baseline: bool = False
 ) -> int | None:
-    """models/memory.py's estimate of the run's peak training memory (None without a config.json).
-    `measure_baseline`: on CPU, measure the process footprint in a fresh process (a few seconds)
-    instead of the documented constant."""
+    """models/memory.py's estimate of the run's peak training memory (None without a local model
+    config: config.json or a GGUF file's metadata). `measure_baseline`: on CPU, measure the process
+    footprint in a fresh process (a few seconds) instead of the documented constant."""
+    from tunesmith.models.load import model_config_dict
     from tunesmith.models.memory import Setting, estimate_memory, shape_from_config
 
-    config_file = Path(model_path) / "config.json"
-    if not config_file.is_file():
+    model_config = model_config_dict(model_path, config.model)
+    if model_config is None:
         return None
     try:
-        shape = shape_from_config(json.loads(config_file.read_text(encoding="utf-8")))
+        shape = shape_from_config(model_config)
     except (KeyError, ValueError, TypeError):
         return None
     baseline = None
