@@ -94,6 +94,18 @@ def serve(model_or_run: str, **options: Any) -> None:
     run_server(model_or_run, **options)
 
 
+def ui(roots: list[str | Path], **options: Any) -> None:
+    """The local web app over the runs in `roots` until interrupted (options: webui/server.py serve_ui)."""
+    import importlib.util
+
+    for module in ("fastapi", "uvicorn"):
+        if importlib.util.find_spec(module) is None:
+            raise UserError(f'tunesmith ui needs {module}, which is not installed: pip install "tunesmith[ui]"')
+    from tunesmith.webui.server import serve_ui
+
+    serve_ui(roots, **options)
+
+
 def predict(
     model_or_run: str,
     data: str,

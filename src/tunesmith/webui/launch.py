@@ -1,0 +1,384 @@
+"""Launching runs from the page: the form, its validation, the command line, and the processes.
+
+The form is the config schema (every key with its description and default). What the user
+changed against the config they started from (an example or a run's config.yaml) becomes
+dotted overrides, so every launch *is* a command line, `tunesmith train BASE key=value ...`,
+validated by the same `load_config` as the CLI (the same messages) and run as that very command
+in a subprocess. Stop is SIGTERM (the loop writes its checkpoint and exits 130); resume is
+`tunesmith train RUN/config.yaml --resume`. The run lock decides who writes a run: the page
+refuses a run a process holds, and the subprocess refuses it again if a terminal got there first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel
+
+from tunesmith.config import Config, load_config, parse_overrides
+from tunesmith.errors import UserError
+from tunesmith.train.rundir import RunDir, RunLock, default_run_name, plan_run_dir
+
+# Optional sections: given whole, as YAML, not key by key.
+WHOLE_SECTIONS = {"replay", "prediction"}
+MAX_OUTPUT_LINES = 400
+
+
+# --------------------------------------------------------------------------------------------
+# The schema as form fields
+
+
+def _section_class(annotation: Any) -> type[BaseModel] | None:
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _kind(annotation: Any) -> tuple[str, list[Any], bool]:
+    """(kind, choices, optional): bool, int, float, str, choice (a Literal) or yaml (anything else)."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    optional = type(None) in get_args(annotation)
+    if optional and len(args) == 1:
+        annotation = args[0]
+    if str(get_origin(annotation)).endswith("Literal"):
+        return "choice", list(get_args(annotation)), optional
+    for kind in (bool, int, float, str):
+        if annotation is kind:
+            return kind.__name__, [], optional
+    return "yaml", [], optional
+
+
+def schema_fields() -> list[dict[str, Any]]:
+    """Every config key in schema order: {key, section, kind, choices, optional, default, description}."""
+    fields: list[dict[str, Any]] = []
+
+    def walk(cls: type[BaseModel], prefix: str) -> None:
+        for name, info in cls.model_fields.items():
+            section = _section_class(info.annotation)
+            if section is not None and name not in WHOLE_SECTIONS:
+                walk(section, f"{prefix}{name}.")
+                continue
+            kind, choices, optional = _kind(info.annotation)
+            default = info.get_default(call_default_factory=True)
+            fields.append(
+                {
+                    "key": f"{prefix}{name}",
+                    "section": prefix.rstrip(".") or "run",
+                    "kind": kind,
+                    "choices": choices,
+                    "optional": optional,
+                    "default": render(default.model_dump(mode="json") if isinstance(default, BaseModel) else default),
+                    "description": info.description or "",
+                }
+            )
+
+    walk(Config, "")
+    return fields
+
+
+def render(value: Any) -> str:
+    """A value as the text of a form field, and of a `key=value` override: YAML in flow style,
+    strings bare (None is the empty field)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False).strip()
+    return text.removesuffix("...").strip()
+
+
+def _parsed(raw: str) -> Any:
+    return parse_overrides([f"x={raw}"])["x"]
+
+
+def override_text(key: str, raw: str, kind: str) -> str:
+    """`key=raw` as a command-line override; a string field whose text YAML would read as something
+    else (`123`, `true`, `[a]`) is quoted so it stays the string typed."""
+    if kind == "str" and raw != "" and _parsed(raw) != raw:
+        return f"{key}={render([raw])[1:-1]}"
+    return f"{key}={raw}"
+
+
+def form_values(config: Config) -> dict[str, str]:
+    """Each key's value in `config` as form text."""
+    dumped = config.model_dump(mode="json")
+    values = {}
+    for item in schema_fields():
+        node: Any = dumped
+        for part in item["key"].split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        values[item["key"]] = render(node)
+    return values
+
+
+# --------------------------------------------------------------------------------------------
+# Where a launch starts from, and what it becomes
+
+
+@dataclass(frozen=True)
+class Base:
+    """A config a launch starts from: an example file or a run's saved config.yaml."""
+
+    id: str  # example:<file name> or run:<root>/<name>
+    path: Path
+    label: str
+
+
+def list_bases(examples: Path | None, roots: list[Path]) -> list[Base]:
+    from tunesmith.webui.runs import find_runs
+
+    bases = []
+    if examples is not None and examples.is_dir():
+        for path in sorted(examples.glob("*.yaml")):
+            bases.append(Base(f"example:{path.name}", path, f"example: {path.name}"))
+    for ref in find_runs(roots):
+        config = RunDir(ref.path).config
+        if config.is_file():
+            bases.append(Base(f"run:{ref.id}", config, f"run: {ref.id}"))
+    return bases
+
+
+def find_base(base_id: str, examples: Path | None, roots: list[Path]) -> Base:
+    for base in list_bases(examples, roots):
+        if base.id == base_id:
+            return base
+    raise UserError(f"no config {base_id!r} to start from; choose an example or a run")
+
+
+def shown_path(path: Path) -> str:
+    """A path as the command line shows it: relative to the folder the app runs in when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+@dataclass
+class Plan:
+    """A launch: the base config, the overrides, the resolved config and the command line."""
+
+    base: Path
+    overrides: list[str]
+    config: Config
+    run_dir: Path
+
+    @property
+    def argv(self) -> list[str]:
+        return ["train", shown_path(self.base), *self.overrides]
+
+    @property
+    def command(self) -> str:
+        return shlex.join(["tunesmith", *self.argv])
+
+
+def changed_overrides(base: Path, values: dict[str, str]) -> list[str]:
+    """The form's fields that differ from the base config, as `key=value` overrides."""
+    start = form_values(load_config(base))
+    kinds = {item["key"]: item["kind"] for item in schema_fields()}
+    overrides = []
+    for key, raw in values.items():
+        if key not in kinds:
+            raise UserError(f"unknown form field {key!r}")
+        # A string is compared as typed; anything else as the value the CLI would read from it.
+        same = raw == start[key] if kinds[key] == "str" else _parsed(raw) == _parsed(start[key])
+        if not same:
+            overrides.append(override_text(key, raw, kinds[key]))
+    return overrides
+
+
+def extra_overrides(text: str) -> list[str]:
+    """The free-text overrides box: one `key=value` per line (blank lines and # comments skipped)."""
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def plan_launch(base: Path, overrides: list[str], roots: list[Path], check_run_dir: bool = True) -> Plan:
+    """Validate as `tunesmith train BASE OVERRIDES` would (its messages), name the run when the
+    config does not, and refuse a run directory the app does not show or that is taken."""
+    config = load_config(base, overrides)  # the CLI's own loading: the same errors, word for word
+    if config.run_name is None:
+        overrides = [*overrides, f"run_name={default_run_name(config.task)}"]
+        config = load_config(base, overrides)
+    output = Path(config.output_dir).expanduser().resolve()
+    if output not in [root.resolve() for root in roots]:
+        folders = ", ".join(str(root) for root in roots)
+        raise UserError(
+            f"output_dir: {config.output_dir} is not a folder this page shows ({folders}); choose one of them"
+        )
+    run_dir = Path(config.output_dir).expanduser() / str(config.run_name)
+    if check_run_dir:
+        plan_run_dir(config, None, resume=False)  # the CLI's checks: taken, in use, a symlink
+    return Plan(base, overrides, config, run_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# Before starting: the data preview and the doctor's verdict
+
+
+def preflight(plan: Plan, num_samples: int = 3) -> dict[str, Any]:
+    """What `tunesmith data preview` and `tunesmith data check` say about the planned run's data."""
+    from tunesmith import api
+    from tunesmith.data import doctor
+    from tunesmith.models.load import load_tokenizer, resolve_model_path
+    from tunesmith.tasks import get_task
+
+    config = plan.config
+    if config.data.train is None:
+        raise UserError("data.train: no training data given; name a file, folder or glob")
+    samples = api.preview(config, num_samples)
+    preview = [
+        {"source": s["source"], "pieces": [[t, bool(trained)] for t, trained in s["pieces"]], "label": s["label"]}
+        for s in samples
+    ]
+    task = get_task(config.task)
+    tokenizer = load_tokenizer(resolve_model_path(config.model.name), config.model)
+    result, _ = doctor.run_check(
+        config.data.train,
+        config.data.eval,
+        kind=task.record_kind,
+        task=config.task,
+        tokenizer=tokenizer,
+        max_seq_len=config.data.max_seq_len,
+    )
+    check_args = ["tunesmith", "data", "check"]
+    for spec, flag in ((config.data.train, None), (config.data.eval, "--eval")):
+        for one in [spec] if isinstance(spec, str) else (spec or []):
+            check_args += [flag, one] if flag else [one]
+    check_args += ["--task", config.task, "--model", config.model.name]
+    check_args += ["--max-seq-len", str(config.data.max_seq_len)]
+    return {
+        "preview": preview,
+        "check": result.report.to_dict(),
+        "commands": [
+            shlex.join(["tunesmith", "data", "preview", *plan.argv[1:]]),
+            shlex.join(check_args),
+        ],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The processes
+
+
+@dataclass
+class Job:
+    """One `tunesmith train` process the app started."""
+
+    run_dir: Path
+    command: str
+    process: subprocess.Popen[str]
+    started: float = field(default_factory=time.time)
+    output: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_OUTPUT_LINES))
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.poll()
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+
+class Launcher:
+    """Starts, stops and resumes `tunesmith train` processes in `cwd` (one job per run directory)."""
+
+    def __init__(self, cwd: Path | None = None):
+        self.cwd = Path(cwd or Path.cwd())
+        self.jobs: dict[Path, Job] = {}
+        self.lock = threading.Lock()
+
+    def job(self, run_dir: Path) -> Job | None:
+        return self.jobs.get(Path(run_dir).resolve())
+
+    def processes(self) -> dict[Path, tuple[int | None, bool]]:
+        """Run directory -> (exit code, alive) of the latest process the app started for it."""
+        return {path: (job.exit_code, job.alive) for path, job in self.jobs.items()}
+
+    def _spawn(self, run_dir: Path, argv: list[str]) -> Job:
+        key = Path(run_dir).resolve()
+        with self.lock:
+            current = self.jobs.get(key)
+            if current is not None and current.alive:
+                raise UserError(f"run {run_dir} is already starting or running (pid {current.process.pid})")
+            holder = RunLock.holder(key)
+            if holder is not None:
+                raise UserError(f"run directory {run_dir} is in use by {holder}; wait for it to finish (or stop it)")
+            process = subprocess.Popen(
+                [sys.executable, "-m", "tunesmith", *argv],
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,  # the page's Ctrl-C does not stop the runs it started
+            )
+            job = Job(key, shlex.join(["tunesmith", *argv]), process)
+            self.jobs[key] = job
+        threading.Thread(target=self._read_output, args=(job,), daemon=True).start()
+        return job
+
+    @staticmethod
+    def _read_output(job: Job) -> None:
+        assert job.process.stdout is not None
+        for line in job.process.stdout:
+            job.output.append(line.rstrip("\n"))
+        job.process.wait()
+
+    def start(self, plan: Plan) -> Job:
+        return self._spawn(plan.run_dir, plan.argv)
+
+    def resume(self, run_dir: Path, overrides: list[str]) -> Job:
+        """`tunesmith train RUN/config.yaml --resume [overrides]`, after checking the saved config
+        (with the overrides) still names this run directory."""
+        run = RunDir(Path(run_dir))
+        if not run.config.is_file():
+            raise UserError(f"{run.path} has no config.yaml to resume from")
+        config = load_config(run.config, overrides)
+        named = (Path(config.output_dir).expanduser() / str(config.run_name)).resolve()
+        if named != run.path.resolve():
+            raise UserError(
+                f"--resume: {run.config} names the run directory {named}, not {run.path}; resume it from the "
+                f"folder it was started in (cd there, then tunesmith train {run.config} --resume)"
+            )
+        return self._spawn(run.path, ["train", shown_path(run.config), "--resume", *overrides])
+
+    def stop(self, run_dir: Path) -> str:
+        """SIGTERM to the process that runs `run_dir` (the page's own, or a terminal's on this host):
+        it finishes its step, writes a checkpoint and exits 130. Returns who was signalled."""
+        job = self.job(run_dir)
+        if job is not None and job.alive:
+            job.process.send_signal(signal.SIGTERM)
+            return f"pid {job.process.pid}"
+        holder = RunLock.holder(Path(run_dir))
+        if holder is None:
+            raise UserError(f"run {run_dir} is not running")
+        words = holder.split()
+        if len(words) != 5 or words[0] != "pid" or not words[1].isdigit():
+            raise UserError(f"run {run_dir} is held by {holder}; stop it where it runs")
+        if words[4] != socket.gethostname():
+            raise UserError(f"run {run_dir} runs on host {words[4]}; stop it there")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(words[1]), signal.SIGTERM)
+        return holder
+
+    def stop_all(self) -> None:
+        """SIGTERM to every run the app started that still runs (each writes its checkpoint)."""
+        for job in list(self.jobs.values()):
+            if job.alive:
+                job.process.send_signal(signal.SIGTERM)
+
