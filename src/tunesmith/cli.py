@@ -363,7 +363,10 @@ app.command("merge", help="Same as export (fold a LoRA adapter into its base mod
 @app.command("ui")
 def web_ui(
     runs_dirs: list[str] = typer.Option(
-        None, "--dir", "-d", help="output folder whose runs it shows and launches into (repeat; default: runs)"
+        None,
+        "--dir",
+        "-d",
+        help="output folder whose runs it shows and launches into (repeat; default: runs)",
     ),
     examples: str = typer.Option(
         None, "--examples", help="folder of example configs to start from (default: ./examples if there)"
@@ -371,7 +374,10 @@ def web_ui(
     host: str = typer.Option("127.0.0.1", "--host", help="address to bind (localhost by default)"),
     port: int = typer.Option(7860, "--port", help="TCP port"),
     token: str = typer.Option(
-        None, "--token", envvar="TUNESMITH_UI_TOKEN", help="require this token (made up when --host is not local)"
+        None,
+        "--token",
+        envvar="TUNESMITH_UI_TOKEN",
+        help="require this token (made up when --host is not local)",
     ),
 ) -> None:
     """A local web app: watch, compare, launch, stop and resume runs from the browser (extra: ui)."""
@@ -385,7 +391,9 @@ def web_ui(
         chosen = examples if examples is not None else ("examples" if Path("examples").is_dir() else None)
 
         def ready(url: str) -> None:
-            typer.echo(f"tunesmith ui: runs in {', '.join(folders)}; open {url} (Ctrl-C stops the page, not the runs)")
+            typer.echo(
+                f"tunesmith ui: runs in {', '.join(folders)}; open {url} (Ctrl-C stops the page, not the runs)"
+            )
 
         api.ui(folders, examples=chosen, host=host, port=port, token=token, on_ready=ready)
 

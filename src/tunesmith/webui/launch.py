@@ -81,7 +81,9 @@ def schema_fields() -> list[dict[str, Any]]:
                     "kind": kind,
                     "choices": choices,
                     "optional": optional,
-                    "default": render(default.model_dump(mode="json") if isinstance(default, BaseModel) else default),
+                    "default": render(
+                        default.model_dump(mode="json") if isinstance(default, BaseModel) else default
+                    ),
                     "description": info.description or "",
                 }
             )
@@ -240,7 +242,11 @@ def preflight(plan: Plan, num_samples: int = 3) -> dict[str, Any]:
         raise UserError("data.train: no training data given; name a file, folder or glob")
     samples = api.preview(config, num_samples)
     preview = [
-        {"source": s["source"], "pieces": [[t, bool(trained)] for t, trained in s["pieces"]], "label": s["label"]}
+        {
+            "source": s["source"],
+            "pieces": [[t, bool(trained)] for t, trained in s["pieces"]],
+            "label": s["label"],
+        }
         for s in samples
     ]
     task = get_task(config.task)
@@ -315,7 +321,9 @@ class Launcher:
                 raise UserError(f"run {run_dir} is already starting or running (pid {current.process.pid})")
             holder = RunLock.holder(key)
             if holder is not None:
-                raise UserError(f"run directory {run_dir} is in use by {holder}; wait for it to finish (or stop it)")
+                raise UserError(
+                    f"run directory {run_dir} is in use by {holder}; wait for it to finish (or stop it)"
+                )
             process = subprocess.Popen(
                 [sys.executable, "-m", "tunesmith", *argv],
                 cwd=self.cwd,
@@ -381,4 +389,3 @@ class Launcher:
         for job in list(self.jobs.values()):
             if job.alive:
                 job.process.send_signal(signal.SIGTERM)
-

@@ -90,9 +90,7 @@ def _checkpoint_steps(run: RunDir) -> list[int]:
 def step_records(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The training records (a step, a loss, no event) in step order, the last one per step."""
     latest = {
-        r["step"]: r
-        for r in metrics
-        if isinstance(r.get("step"), int) and "event" not in r and "loss" in r
+        r["step"]: r for r in metrics if isinstance(r.get("step"), int) and "event" not in r and "loss" in r
     }
     return [latest[step] for step in sorted(latest)]
 
@@ -123,6 +121,11 @@ def _config_values(run: RunDir) -> dict[str, Any]:
         return {}
 
 
+def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
+    value = config.get(name)
+    return value if isinstance(value, dict) else {}
+
+
 def _time(text: Any, fallback: Path) -> str:
     if isinstance(text, str):
         return text
@@ -150,8 +153,7 @@ def summarize(ref: RunRef, exit_code: int | None = None, alive: bool = False) ->
     before = _read_json(run.eval_file("before")) or {}
     after = _read_json(run.eval_file("after")) or {}
     steps = step_records(metrics)
-    train = config.get("train") if isinstance(config.get("train"), dict) else {}
-    model = config.get("model") if isinstance(config.get("model"), dict) else {}
+    train, model = _section(config, "train"), _section(config, "model")
     updated = run.metrics if run.metrics.is_file() else run.path
     state = run_state(run, metrics, exit_code)
     return {
@@ -230,7 +232,9 @@ def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def compare(refs: list[RunRef], processes: dict[Path, tuple[int | None, bool]] | None = None) -> dict[str, Any]:
+def compare(
+    refs: list[RunRef], processes: dict[Path, tuple[int | None, bool]] | None = None
+) -> dict[str, Any]:
     """Two or more runs side by side: their curves, the config keys that differ, the metrics
     (`processes`: run directory -> (exit code, alive) of the processes the app started)."""
     if len(refs) < 2:

@@ -17,6 +17,7 @@ import hmac
 import ipaddress
 import mimetypes
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -62,7 +63,9 @@ class Settings:
     def __post_init__(self) -> None:
         self.roots = [Path(root).expanduser().resolve() for root in self.roots]
         if not is_loopback(self.host) and not self.token:
-            raise UserError(f"--host {self.host}: the app is reachable from other machines; give it a --token")
+            raise UserError(
+                f"--host {self.host}: the app is reachable from other machines; give it a --token"
+            )
 
 
 def _host_name(header: str) -> str:
@@ -73,7 +76,7 @@ def _host_name(header: str) -> str:
 
 
 def _static(name: str) -> str:
-    return resources.files("tunesmith.webui").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("tunesmith.webui").joinpath("static").joinpath(name).read_text(encoding="utf-8")
 
 
 def create_app(settings: Settings, launcher: launch.Launcher | None = None) -> Any:
@@ -147,6 +150,10 @@ def create_app(settings: Settings, launcher: launch.Launcher | None = None) -> A
     @app.get("/", response_class=HTMLResponse)
     def page() -> Any:
         return HTMLResponse(_static("index.html").replace("{{csrf}}", settings.csrf))
+
+    @app.get("/favicon.ico")
+    def favicon() -> Any:
+        return Response(status_code=204)
 
     @app.get("/static/{name}")
     def static(name: str) -> Any:
@@ -266,7 +273,7 @@ def create_app(settings: Settings, launcher: launch.Launcher | None = None) -> A
 
 
 def serve_ui(
-    roots: list[str | Path],
+    roots: Sequence[str | Path],
     examples: str | Path | None = None,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
