@@ -215,6 +215,51 @@ def test_a_typo_in_the_form_gives_the_cli_message(server, workspace):
     assert " ".join(cli.stderr.split()) == " ".join(f"error: {message}".split())  # the CLI's words exactly
 
 
+def _get(base: str, path: str) -> dict:
+    status, _, text = _request(f"{base}{path}")
+    return json.loads(text) if status == 200 else {}
+
+
+def test_a_run_started_in_a_terminal_shows_and_its_lock_decides(server, workspace):
+    post = {"Content-Type": "application/json", "Origin": server, "X-CSRF-Token": _csrf(server)}
+    terminal = subprocess.Popen(
+        [sys.executable, "-m", "tunesmith", "train", "examples/tiny.yaml", "run_name=terminal"],
+        cwd=workspace,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _until(lambda: _get(server, "/api/runs/0/terminal").get("step", 0) >= 2, 120, "the terminal's run")
+        run = _get(server, "/api/runs/0/terminal")
+        assert (
+            run["state"] == "running"
+            and run["holder"] == f"pid {terminal.pid} on host {socket.gethostname()}"
+        )
+        # The page neither starts nor resumes a run another process holds: nothing is written twice.
+        status, _, text = _request(
+            f"{server}/api/launch/start",
+            "POST",
+            post,
+            {"base": "example:tiny.yaml", "values": {"run_name": "terminal"}},
+        )
+        assert status == 400 and f"is in use by pid {terminal.pid}" in json.loads(text)["error"]
+        status, _, text = _request(f"{server}/api/runs/0/terminal/resume", "POST", post, {})
+        assert status == 400 and f"is in use by pid {terminal.pid}" in json.loads(text)["error"]
+        # Stop from the page: the terminal's process gets SIGTERM, checkpoints and exits 130.
+        status, _, text = _request(f"{server}/api/runs/0/terminal/stop", "POST", post, {})
+        assert status == 200 and json.loads(text)["signalled"] == run["holder"]
+        output, _ = terminal.communicate(timeout=120)
+        assert terminal.returncode == 130, output[-2000:]
+        assert "training interrupted; checkpoint saved" in output
+        stopped = _get(server, "/api/runs/0/terminal")
+        assert stopped["state"] == "stopped" and stopped["checkpoints"] == [stopped["step"]]
+    finally:
+        if terminal.poll() is None:
+            terminal.kill()
+            terminal.wait()
+
+
 def _step(page) -> int:
     text = page.inner_text("#step") if page.locator("#step").count() else ""
     return int(text) if text.isdigit() else 0

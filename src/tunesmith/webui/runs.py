@@ -135,6 +135,14 @@ def _time(text: Any, fallback: Path) -> str:
         return ""
 
 
+def _seconds_between(created: Any, updated: Path) -> float | None:
+    """From the run's creation to its last metrics line (a run without summary.json's own figure)."""
+    try:
+        return max(0.0, updated.stat().st_mtime - datetime.fromisoformat(str(created)).timestamp())
+    except (OSError, ValueError):
+        return None
+
+
 def _scalar(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -175,7 +183,7 @@ def summarize(ref: RunRef, exit_code: int | None = None, alive: bool = False) ->
         "loss": _scalar(steps[-1].get("loss")) if steps else None,
         "created": _time(marker.get("created"), run.path),
         "updated": _time(None, updated),
-        "seconds": _scalar(summary.get("seconds")),
+        "seconds": _scalar(summary.get("seconds")) or _seconds_between(marker.get("created"), updated),
         "checkpoints": _checkpoint_steps(run),
         "has_report": run.report.is_file(),
     }

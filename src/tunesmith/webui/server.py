@@ -246,7 +246,7 @@ def create_app(settings: Settings, launcher: launch.Launcher | None = None) -> A
 
     @app.post("/api/launch/plan")
     def plan(body: dict[str, Any]) -> dict[str, Any]:
-        return plan_json(plan_from(body, check_run_dir=False))
+        return plan_json(plan_from(body))
 
     @app.post("/api/launch/preflight")
     def preflight(body: dict[str, Any]) -> dict[str, Any]:

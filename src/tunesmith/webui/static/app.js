@@ -4,7 +4,8 @@
 "use strict";
 
 const CSRF = document.querySelector('meta[name="csrf-token"]').content;
-const POLL_MS = 1000;
+const POLL_MS = 1000; // a run's page and a comparison while something trains
+const LIST_POLL_MS = 2500; // the runs list reads every run's files
 let pollTimer = null;
 let pageToken = 0; // a page left behind stops polling and drawing
 
@@ -48,6 +49,13 @@ function fmt(value) {
   return size !== 0 && (size < 1e-3 || size >= 1e5) ? value.toExponential(2) : value.toFixed(4);
 }
 
+function duration(seconds) {
+  if (typeof seconds !== "number") return "–";
+  if (seconds < 60) return `${Math.round(seconds)}s`;
+  if (seconds < 3600) return `${Math.floor(seconds / 60)}m ${String(Math.round(seconds % 60)).padStart(2, "0")}s`;
+  return `${Math.floor(seconds / 3600)}h ${String(Math.floor((seconds % 3600) / 60)).padStart(2, "0")}m`;
+}
+
 function stateBadge(state) {
   return h("span", { class: `state state-${state}`, text: state });
 }
@@ -55,7 +63,7 @@ function stateBadge(state) {
 function headlineCell(headline) {
   if (!headline || !headline.metric) return "–";
   const { metric, before, after, higher_is_better: higher } = headline;
-  if (before === null && after === null) return h("span", { class: "muted", text: metric });
+  if (before === null && after === null) return h("span", { class: "muted", text: `${metric}: not evaluated` });
   let cls = "";
   if (before !== null && after !== null) cls = (after > before) === higher ? "better" : "worse";
   return h("span", {}, `${metric} ${fmt(before)} → `, h("span", { class: cls, text: fmt(after) }));
@@ -65,9 +73,9 @@ function runLink(id) {
   return `#/run/${id}`;
 }
 
-function schedule(fn) {
+function schedule(fn, ms = POLL_MS) {
   clearTimeout(pollTimer);
-  pollTimer = setTimeout(fn, POLL_MS);
+  pollTimer = setTimeout(fn, ms);
 }
 
 function showError(where, error) {
@@ -148,9 +156,10 @@ async function runsPage(main, token) {
       h("button", { id: "compare", class: "primary", onclick: () => {
         const chosen = [...document.querySelectorAll("input.pick:checked")].map((i) => i.value);
         if (chosen.length >= 2) location.hash = `#/compare/${chosen.join(",")}`;
-        else alert("choose two or more runs to compare");
+        else document.getElementById("runs-message").replaceChildren(h("p", { class: "error", text: "choose two or more runs to compare" }));
       } }, "Compare selected"),
       h("a", { href: "#/launch" }, h("button", { id: "new-run" }, "New run"))),
+    h("div", { id: "runs-message" }),
     h("div", { id: "runs" }, h("p", { class: "muted", text: "loading…" })));
   const checked = new Set();
   async function refresh() {
@@ -168,16 +177,17 @@ async function runsPage(main, token) {
         h("td", { text: run.model || "–" }),
         h("td", {}, headlineCell(run.headline)),
         h("td", { class: "num step", text: run.max_steps ? `${run.step} / ${run.max_steps}` : String(run.step) }),
-        h("td", { class: "muted", text: (run.created || "").replace("T", " ").slice(0, 19) })));
+        h("td", { class: "muted", text: (run.created || "").replace("T", " ").slice(0, 16) }),
+        h("td", { class: "num muted", text: duration(run.seconds) })));
       const folders = h("p", { class: "muted", text: `output folders: ${data.roots.join(", ")}` });
       document.getElementById("runs").replaceChildren(folders, rows.length ? h("table", { id: "runs-table" },
-        h("thead", {}, h("tr", {}, ["", "run", "state", "task", "model", "headline: before → after", "step", "created"]
+        h("thead", {}, h("tr", {}, ["", "run", "state", "task", "model", "headline: before → after", "step", "created", "time"]
           .map((t) => h("th", { text: t })))),
         h("tbody", {}, rows)) : h("p", { class: "muted", text: "no runs yet: start one with New run" }));
     } catch (error) {
       showError(document.getElementById("runs"), error);
     }
-    schedule(refresh);
+    schedule(refresh, LIST_POLL_MS);
   }
   await refresh();
 }
@@ -257,7 +267,8 @@ async function runPage(main, token, id) {
     badge.replaceChildren(stateBadge(run.state));
     stopButton.hidden = !active;
     stopButton.disabled = !active;
-    resumeButton.hidden = active || !(run.checkpoints || []).length;
+    // A finished run has nothing to resume; a stopped or failed one goes on from its newest checkpoint.
+    resumeButton.hidden = !["stopped", "failed"].includes(run.state) || !(run.checkpoints || []).length;
     resumeButton.disabled = active;
     resumeExtra.hidden = resumeButton.hidden;
     report.hidden = !run.has_report;
