@@ -9,7 +9,6 @@ Progress and messages go to the `Progress` given (tunesmith.progress; the CLI's 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,20 +92,6 @@ def serve(model_or_run: str, **options: Any) -> None:
     from tunesmith.serve import serve as run_server
 
     run_server(model_or_run, **options)
-
-
-def ui(roots: Sequence[str | Path], **options: Any) -> None:
-    """The local web app over the runs in `roots` until interrupted (options: webui/server.py serve_ui)."""
-    import importlib.util
-
-    for module in ("fastapi", "uvicorn"):
-        if importlib.util.find_spec(module) is None:
-            raise UserError(
-                f'tunesmith ui needs {module}, which is not installed: pip install "tunesmith[ui]"'
-            )
-    from tunesmith.webui.server import serve_ui
-
-    serve_ui(roots, **options)
 
 
 def predict(

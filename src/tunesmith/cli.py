@@ -383,9 +383,18 @@ def web_ui(
     """A local web app: watch, compare, launch, stop and resume runs from the browser (extra: ui)."""
 
     def action() -> None:
+        import importlib.util
         from pathlib import Path
 
-        from tunesmith import api
+        from tunesmith.errors import UserError
+
+        for module in ("fastapi", "uvicorn"):
+            if importlib.util.find_spec(module) is None:
+                raise UserError(
+                    f'tunesmith ui needs {module}, which is not installed: pip install "tunesmith[ui]"'
+                )
+        # The web app is a client of the api, as this command line is: it sits above api.py.
+        from tunesmith.webui.server import serve_ui
 
         folders = runs_dirs or ["runs"]
         chosen = examples if examples is not None else ("examples" if Path("examples").is_dir() else None)
@@ -395,7 +404,7 @@ def web_ui(
                 f"tunesmith ui: runs in {', '.join(folders)}; open {url} (Ctrl-C stops the page, not the runs)"
             )
 
-        api.ui(folders, examples=chosen, host=host, port=port, token=token, on_ready=ready)
+        serve_ui(folders, examples=chosen, host=host, port=port, token=token, on_ready=ready)
 
     _run(action)
 
