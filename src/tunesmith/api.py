@@ -29,12 +29,21 @@ def train(
     merge: bool = False,
     progress: Progress | None = None,
     resume_from: str | Path | None = None,
+    allow_data_change: bool = False,
 ) -> RunResult:
     """Finetune as the config says; returns where the run went and the before/after metrics.
-    `resume_from`: resume from this checkpoint of the run (a step-N folder) instead of the newest."""
+    `resume_from`: resume from this checkpoint of the run (a step-N folder) instead of the newest;
+    `allow_data_change`: resume although a data file changed since the run recorded it."""
     from tunesmith.train.run import run
 
-    return run(config, resume=resume, merge=merge, progress=progress, resume_from=resume_from)
+    return run(
+        config,
+        resume=resume,
+        merge=merge,
+        progress=progress,
+        resume_from=resume_from,
+        allow_data_change=allow_data_change,
+    )
 
 
 def demo(
@@ -53,8 +62,10 @@ def load_for_inference(
 ) -> tuple[Any, Any]:
     """(model, tokenizer) for a run, an adapter directory, a model directory, 'embedded' or a hub id."""
     from tunesmith.models import inference
+    from tunesmith.tasks import refuse_chat
 
     target = resolve_trained(model_or_run)
+    refuse_chat(target)  # a classifier does not chat: the error names `predict`
     return inference.load_for_inference(target, model_or_run, device, trust_remote_code)
 
 
@@ -73,11 +84,14 @@ def generate(
     return reply_to(model, tokenizer, prompt, system, max_new_tokens, temperature)
 
 
-def merge_adapter(adapter_or_run: str | Path, out_dir: str | Path, progress: Progress | None = None) -> Path:
-    """Merge a LoRA adapter into its base weights (parity-checked) and write it with a model card."""
+def merge_adapter(
+    adapter_or_run: str | Path, out_dir: str | Path, progress: Progress | None = None, overwrite: bool = False
+) -> Path:
+    """Merge a LoRA adapter into its base weights (parity-checked) and write it with a model card;
+    `out_dir` must be new, empty or an earlier export (`overwrite`: a user's path is moved aside)."""
     from tunesmith import export
 
-    return export.merge_adapter(adapter_or_run, out_dir, progress)
+    return export.merge_adapter(adapter_or_run, out_dir, progress, overwrite=overwrite)
 
 
 def export_gguf(model_or_run: str | Path, out_dir: str | Path, **options: Any) -> GgufExport:
@@ -101,11 +115,12 @@ def predict(
     batch_size: int = 32,
     device: str = "auto",
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Classify every row of `data` with a trained classifier into a CSV; see evaluate/predict.py."""
     from tunesmith.evaluate.predict import predict_file
 
-    return predict_file(model_or_run, data, out, batch_size, device, progress)
+    return predict_file(model_or_run, data, out, batch_size, device, progress, overwrite)
 
 
 def preview(config: Config, num_samples: int = 3) -> list[dict[str, Any]]:
@@ -154,6 +169,7 @@ def evaluate(
     out_dir: str | Path | None = None,
     overrides: list[str] | None = None,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """The task's metrics on `data` for a tuned model and, side by side, its baseline.
 
@@ -165,18 +181,39 @@ def evaluate(
     """
     from tunesmith.evaluate.runner import evaluate_models
 
-    return evaluate_models(model_or_run, data, task, baseline, out_dir, overrides, progress)
+    return evaluate_models(model_or_run, data, task, baseline, out_dir, overrides, progress, overwrite)
 
 
-def select(task: str, data: Any, candidates: list[str] | None = None, **options: Any) -> dict[str, Any]:
-    """Rank candidate base models on the user's data and hardware; see tunesmith.select.select."""
+def select(
+    task: str, data: Any, candidates: list[str] | None = None, overwrite: bool = False, **options: Any
+) -> dict[str, Any]:
+    """Rank candidate base models on the user's data and hardware; see tunesmith.select.select.
+    `out_dir` follows the output-path rule (new, empty or an earlier select's folder)."""
     from tunesmith.select import select as run_select
 
+    if options.get("out_dir"):
+        inputs = [data] if isinstance(data, (str, Path)) else list(data)
+        options["out_dir"] = _output_folder(
+            options["out_dir"], "select", [*inputs, *(candidates or [])], overwrite
+        )
     return run_select(task, data, candidates, **options)
 
 
-def data_curve(config: Config, **options: Any) -> dict[str, Any]:
-    """Is the data enough? A learning curve from short nested-subset runs; see tunesmith.select.curve."""
+def data_curve(config: Config, overwrite: bool = False, **options: Any) -> dict[str, Any]:
+    """Is the data enough? A learning curve from short nested-subset runs; see tunesmith.select.curve.
+    `out_dir` follows the output-path rule (new, empty or an earlier curve's folder without runs)."""
     from tunesmith.select.curve import data_curve as run_curve
 
+    if options.get("out_dir"):
+        inputs = [config.data.train, config.data.eval, config.model.name]
+        flat = [i for item in inputs for i in (item if isinstance(item, list) else [item])]
+        options["out_dir"] = _output_folder(options["out_dir"], "curve", flat, overwrite)
     return run_curve(config, **options)
+
+
+def _output_folder(out_dir: str | Path, purpose: str, inputs: list[Any], overwrite: bool) -> Path:
+    """A folder a verb fills as it goes, claimed by the output-path rule and marked as its own."""
+    from tunesmith.outputs import claim_output, open_output_folder
+
+    paths = [i for i in inputs if isinstance(i, (str, Path))]
+    return open_output_folder(claim_output(out_dir, purpose, inputs=paths, overwrite=overwrite))

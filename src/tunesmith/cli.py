@@ -21,6 +21,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+OVERWRITE_HELP = (
+    "take an output path that exists and tunesmith did not write for this verb: the old one is moved aside "
+    "(<name>.replaced-<time>), never deleted; runs and the command's inputs are never taken"
+)
 data_app = typer.Typer(help="Look at and check training data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -113,6 +117,9 @@ def train(
     resume_from: str = typer.Option(
         None, "--resume-from", help="continue the run from this checkpoint (a step-N folder of the run)"
     ),
+    allow_data_change: bool = typer.Option(
+        False, "--allow-data-change", help="resume although a data file changed since the checkpoint"
+    ),
     merge: bool = typer.Option(
         False, "--merge", help="also write a merged model (adapter folded into the base)"
     ),
@@ -133,7 +140,14 @@ def train(
         console.print("[bold]resolved config[/bold]")
         console.print(config_to_yaml(cfg), markup=False)
         progress = _progress(console, cfg.logging.progress)
-        result = api.train(cfg, resume=resume, merge=merge, progress=progress, resume_from=resume_from)
+        result = api.train(
+            cfg,
+            resume=resume,
+            merge=merge,
+            progress=progress,
+            resume_from=resume_from,
+            allow_data_change=allow_data_change,
+        )
         console.print(
             f"[bold green]done[/bold green]: {result.steps} steps in {result.seconds:.0f}s; "
             f"model in {result.final_dir}"
@@ -273,6 +287,7 @@ def eval_command(
         None, "--out", help="folder for the JSON results (default: <run>/eval/eval-<data>/)"
     ),
     overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. eval.max_new_tokens=32"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Evaluate a tuned model on data, side by side with its base model."""
 
@@ -281,7 +296,14 @@ def eval_command(
 
         console = _console()
         result = api.evaluate(
-            model, data if len(data) > 1 else data[0], task, baseline, out, overrides, _progress(console)
+            model,
+            data if len(data) > 1 else data[0],
+            task,
+            baseline,
+            out,
+            overrides,
+            _progress(console),
+            overwrite=overwrite,
         )
         ui.print_comparison(console, result)
 
@@ -309,6 +331,7 @@ def export(
     ),
     quant: str = typer.Option("f16", "--quant", help="GGUF only: f16 or q8_0"),
     llama_cpp: str = typer.Option(None, "--llama-cpp", help="GGUF only: folder with llama.cpp's converter"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Merge a LoRA adapter into its base model, check parity, write it with a model card.
 
@@ -321,7 +344,12 @@ def export(
 
         if output_format == "gguf":
             result = api.export_gguf(
-                run, out, quant=quant, llama_cpp=llama_cpp, progress=_progress(_console())
+                run,
+                out,
+                quant=quant,
+                llama_cpp=llama_cpp,
+                progress=_progress(_console()),
+                overwrite=overwrite,
             )
             typer.echo(f"GGUF model: {result.gguf_file} ({result.size_bytes / 1e6:.1f} MB, {result.quant})")
             return
@@ -329,7 +357,7 @@ def export(
             from tunesmith.errors import UserError
 
             raise UserError(f"--format {output_format}: choose hf or gguf")
-        path = api.merge_adapter(run, out, progress=_progress(_console()))
+        path = api.merge_adapter(run, out, progress=_progress(_console()), overwrite=overwrite)
         typer.echo(f"merged model: {path}")
 
     _run(action)
@@ -420,6 +448,7 @@ def predict(
     ),
     batch_size: int = typer.Option(32, "--batch-size", help="rows per forward pass"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Classify every row of a file with a trained classifier."""
 
@@ -428,8 +457,12 @@ def predict(
 
         console = _console(stderr=True)
         progress = _progress(console)
-        result = api.predict(run, data, out, batch_size=batch_size, device=device, progress=progress)
+        result = api.predict(
+            run, data, out, batch_size=batch_size, device=device, progress=progress, overwrite=overwrite
+        )
         line = f"{result['rows']} rows -> {result['out']}"
+        if "kept_as" in result:
+            line += f" (--overwrite: the old file is kept as {result['kept_as']})"
         if "accuracy" in result:
             line += f" (accuracy on the given labels: {result['accuracy']:.4f})"
         typer.echo(line)
@@ -478,6 +511,7 @@ def data_check(
     fix: str = typer.Option(
         None, "--fix", help="folder for a cleaned copy + removed.jsonl (inputs untouched)"
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Check data before training: format, duplicates, leakage, lengths, labels, size, coverage, secrets.
 
@@ -486,19 +520,37 @@ def data_check(
     """
 
     def action() -> int:
-        import json
-        from pathlib import Path
 
         from tunesmith import ui
         from tunesmith.config import ModelConfig
         from tunesmith.data import doctor
         from tunesmith.errors import UserError
         from tunesmith.models.load import load_tokenizer, resolve_model_path
-        from tunesmith.report.findings import findings_page
+        from tunesmith.outputs import claim_output, write_output_file
+        from tunesmith.report.findings import FINDINGS_PURPOSE, JSON_PURPOSE, findings_json, findings_page
         from tunesmith.tasks import TASK_NAMES, get_task
 
         if task is not None and task not in TASK_NAMES:
             raise UserError(f"--task {task!r}: use {', '.join(TASK_NAMES)}")
+        # Every output path is checked before any work: a taken path is refused, inputs never written.
+        inputs = [data, eval, target]
+        fix_claim = (
+            claim_output(fix, "data-fix", inputs=inputs, overwrite=overwrite, flag="--fix") if fix else None
+        )
+        json_claim = (
+            claim_output(
+                json_out, JSON_PURPOSE, inputs=inputs, overwrite=overwrite, directory=False, flag="--json"
+            )
+            if json_out
+            else None
+        )
+        html_claim = (
+            claim_output(
+                html_out, FINDINGS_PURPOSE, inputs=inputs, overwrite=overwrite, directory=False, flag="--html"
+            )
+            if html_out
+            else None
+        )
         console = _console()
         if task is None:  # the task whose records the data looks like
             kind = doctor.detect_kind(data)
@@ -516,19 +568,22 @@ def data_check(
             tokenizer=tokenizer,
             max_seq_len=max_seq_len,
             near_duplicate_threshold=near_dup_threshold,
-            fix=fix,
+            fix=fix_claim,
         )
         result.report.stats["model"] = model
         report = result.report.to_dict()
         ui.print_check(console, result.report)
-        if json_out:
-            Path(json_out).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-        if html_out:
-            Path(html_out).write_text(findings_page(report), encoding="utf-8")
+        for claim, text in ((json_claim, findings_json), (html_claim, findings_page)):
+            if claim is not None:
+                write_output_file(claim, text(report))
+                if claim.kept_as is not None:
+                    console.print(f"--overwrite: the old {claim.path} is kept as {claim.kept_as}")
         if fixed:
             console.print(
                 f"cleaned copy in {fix}: {fixed['removed']} rows removed (see {fixed['removed_list']})"
             )
+            if fixed.get("kept_as"):
+                console.print(f"--overwrite: the old {fix} is kept as {fixed['kept_as']}")
         if any(item.get("id") == "malformed_rows" for item in report.get("findings", [])):
             return 2  # a file that does not parse is a usage error, as for a malformed .json
         return 1 if report["verdict"] == "not ready" else 0
@@ -554,6 +609,7 @@ def data_curve(
         2, "--repeats", help="runs per size with other seeds: their spread is the seed noise in the band"
     ),
     json_output: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Is my data enough? Short runs on nested subsets, a power-law fit, the metric at 1x/2x/4x the data."""
 
@@ -569,6 +625,7 @@ def data_curve(
             fractions=parse_fractions(fractions),
             max_minutes=max_minutes,
             out_dir=out,
+            overwrite=overwrite,
             verify=verify,
             repeats=repeats,
             progress=_progress(console, show_bar=False),
@@ -603,6 +660,7 @@ def select_command(
     ),
     out: str = typer.Option(None, "--out", help="folder for select.json and a ready config.yaml"),
     json_output: bool = typer.Option(False, "--json", help="print the result as JSON instead of a table"),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
     more_candidates: list[str] = typer.Argument(
         None, help="further candidates: `--candidates A B C` reads B and C here", show_default=False
     ),
@@ -630,6 +688,7 @@ def select_command(
             sample=sample,
             probe_seconds=probe_seconds,
             out_dir=out,
+            overwrite=overwrite,
             progress=_progress(console),
         )
         if json_output:

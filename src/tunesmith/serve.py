@@ -434,9 +434,12 @@ def _generate_in_thread(
 def load_engine(model_or_run: str, device: str = "auto", name: str | None = None) -> Engine:
     """The engine for a run, adapter or model directory (an adapter stays unmerged)."""
     from tunesmith.models.inference import load_for_inference
+    from tunesmith.tasks import refuse_chat
     from tunesmith.train.rundir import resolve_trained
 
-    model, tokenizer = load_for_inference(resolve_trained(model_or_run), model_or_run, device=device)
+    target = resolve_trained(model_or_run)
+    refuse_chat(target)  # a classifier does not chat: the error names `predict`
+    model, tokenizer = load_for_inference(target, model_or_run, device=device)
     path = Path(model_or_run).expanduser()
     return Engine(model, tokenizer, name or (path.resolve().name if path.exists() else model_or_run))
 

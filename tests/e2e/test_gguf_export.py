@@ -57,6 +57,7 @@ def _merged_reference(run_dir):
 
 def test_f16_gguf_reloads_with_the_merged_models_logits_and_greedy_tokens(lora_run, exported, tiny_models):
     assert sorted(p.name for p in exported.iterdir()) == [
+        ".tunesmith-output.json",  # the output marker: a later export may replace this folder
         "Modelfile",
         "README.md",
         "model.gguf",
@@ -140,14 +141,17 @@ def test_a_corrupted_gguf_file_is_a_clear_error(lora_run, exported, tmp_path):
 
 
 def test_failed_parity_leaves_nothing_written(lora_run, tmp_path, monkeypatch):
+    from tunesmith.outputs import write_marker
+
     out = tmp_path / "gguf"
     out.mkdir()
     (out / "keep.txt").write_text("an older export")
+    write_marker(out, gguf_export.GGUF_PURPOSE)  # an earlier GGUF export: the only kind it may replace
     monkeypatch.setitem(gguf_export.LOGIT_TOLERANCE, "f16", 0.0)
     with pytest.raises(UserError, match="differs from the merged model"):
         gguf_export.export_gguf(lora_run.run_dir, out, quant="f16")
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    assert not (tmp_path / "gguf.tmp").exists()
+    assert sorted(p.name for p in out.iterdir()) == [".tunesmith-output.json", "keep.txt"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_an_unsupported_architecture_is_refused_with_the_supported_list(tiny_models, tmp_path):

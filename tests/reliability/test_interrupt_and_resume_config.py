@@ -196,3 +196,36 @@ def test_sigint_in_process_stops_with_a_checkpoint(tiny_llama, tmp_path):
     assert TrainingInterrupted.exit_code == 130
     # The handlers are restored: SIGINT is KeyboardInterrupt again outside training.
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_resume_after_the_data_file_changed_in_place_is_refused_naming_it(finished_run):
+    """Same path, other rows: exact resume would silently train on other data. Refused by name;
+    --allow-data-change goes on with a warning and records the new data."""
+    config, run_dir = finished_run
+    data_file = Path(config.data.train)
+    assert json.loads((run_dir / "data_files.json").read_text())[str(data_file.resolve())]["size"] > 0
+    rows = data_file.read_text().splitlines()
+    data_file.write_text("\n".join(reversed(rows)) + "\n")  # same size, same rows, another order
+    values = config.model_dump(mode="json")
+    values["train"]["max_steps"] = 3
+    before = _snapshot(run_dir)
+    with pytest.raises(
+        UserError, match=rf"data changed since the checkpoint: {data_file.resolve()} \(changed\)"
+    ):
+        api.train(build_config(values), resume=True)
+    assert _snapshot(run_dir) == before  # nothing written
+    console = RecordingProgress()
+    result = api.train(build_config(values), resume=True, allow_data_change=True, progress=console)
+    assert result.steps == 3
+    assert any("--allow-data-change" in line for line in console.lines)
+    # The new data is the run's data now: a later resume compares with it.
+    values["train"]["max_steps"] = 4
+    assert api.train(build_config(values), resume=True).steps == 4
+
+
+def test_resume_with_an_untouched_data_file_goes_on_and_a_touch_alone_is_not_a_change(finished_run):
+    config, run_dir = finished_run
+    os.utime(config.data.train, (1_000_000_000, 1_000_000_000))  # mtime moved, bytes the same
+    values = config.model_dump(mode="json")
+    values["train"]["max_steps"] = 3
+    assert api.train(build_config(values), resume=True).steps == 3

@@ -18,12 +18,15 @@ def predict_file(
     batch_size: int = 32,
     device: str = "auto",
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Classify every row of `data`; writes a CSV with text, predicted label(s) and one probability
-    column per label. Returns {rows, out, accuracy (if labelled)}."""
+    column per label. Returns {rows, out, accuracy (if labelled)}. `out` follows the output-path
+    rule: a CSV carries no tunesmith tag, so an existing file needs `overwrite` (moved aside)."""
     from tunesmith.models.load import select_device
+    from tunesmith.outputs import claim_output, write_output_file
     from tunesmith.tasks.classify import load_classifier, predict_rows, read_unlabeled
-    from tunesmith.train.rundir import atomic_write, resolve_trained
+    from tunesmith.train.rundir import guarded_write, resolve_trained
 
     progress = progress or NoProgress()
     if batch_size < 1:
@@ -32,6 +35,9 @@ def predict_file(
     final_dir = resolve_trained(model_or_run)
     if not final_dir.is_dir():
         raise UserError(f"{model_or_run}: not a run or model directory")
+    claim = claim_output(
+        out, "predictions", inputs=[data, model_or_run, final_dir], overwrite=overwrite, directory=False
+    )
     model, tokenizer, info = load_classifier(final_dir, device)
     records, labelled = read_unlabeled(data, info)
     done = 0
@@ -50,8 +56,11 @@ def predict_file(
     writer = csv.DictWriter(text, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    out = atomic_write(Path(out), text.getvalue())
-    result: dict[str, Any] = {"rows": len(rows), "out": str(out)}
+    with guarded_write(claim.path):
+        written = write_output_file(claim, text.getvalue())
+    result: dict[str, Any] = {"rows": len(rows), "out": str(written)}
+    if claim.kept_as is not None:
+        result["kept_as"] = str(claim.kept_as)
     if labelled:
         result["accuracy"] = sum(r["label"] == r["predicted"] for r in rows) / len(rows)
     return result

@@ -77,14 +77,23 @@ def evaluate_models(
     out_dir: str | Path | None = None,
     overrides: list[str] | None = None,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """The task's metrics on `data` for a tuned model and, side by side, its baseline (see api.evaluate)."""
+    """The task's metrics on `data` for a tuned model and, side by side, its baseline (see api.evaluate).
+    A given `out_dir` follows the output-path rule (new, empty or an earlier eval's folder)."""
     from tunesmith.evaluate.compare import compare
     from tunesmith.models.load import load_tokenizer, resolve_model_path
+    from tunesmith.outputs import claim_output
     from tunesmith.train import rundir
     from tunesmith.train.setup import setup_torch
 
     progress = progress or NoProgress()
+    data_inputs = data if isinstance(data, list) else [data]
+    claim = (
+        claim_output(out_dir, "eval", inputs=[*data_inputs, model_or_run, baseline], overwrite=overwrite)
+        if out_dir is not None
+        else None
+    )
     config = eval_config(model_or_run, data, task, overrides)
     baseline = baseline or rundir.base_model_of(model_or_run)
     device = setup_torch(config)
@@ -120,7 +129,13 @@ def evaluate_models(
         "comparison": compare(base, tuned),
     }
     run = rundir.RunDir(Path(model_or_run).expanduser())
-    if out_dir is None and run.final.is_dir():
+    if claim is not None:
+        from tunesmith.outputs import open_output_folder
+
+        if claim.path.resolve().is_relative_to(run.path.resolve()):
+            _refuse_symlinks_between(run.path, claim.path)
+        out_dir = open_output_folder(claim)
+    elif run.final.is_dir():
         stem = Path(data[0] if isinstance(data, list) else data).stem or "data"
         out_dir = run.eval_dir / f"eval-{stem}"
     if out_dir is not None:

@@ -15,10 +15,13 @@ from typing import Any
 
 import torch
 
+from tunesmith.errors import UserError
+from tunesmith.outputs import claim_output, output_directory
 from tunesmith.progress import NoProgress, Progress
 from tunesmith.train.rundir import (
+    MODEL_INFO_FILE,
     RunDir,
-    atomic_directory,
+    guarded_write,
     read_model_info,
     resolve_trained,
     write_model_info,
@@ -29,12 +32,16 @@ CARD_FILE = "README.md"
 
 
 @torch.no_grad()
-def probe_logits(model: Any, vocab_size: int, seed: int = 0) -> torch.Tensor:
-    """Logits of a fixed random batch of token ids (2 x 32), in fp32."""
+def probe_logits(model: Any, vocab_size: int, seed: int = 0, avoid: int | None = None) -> torch.Tensor:
+    """Logits of a fixed random batch of token ids (2 x 32), in fp32; `avoid` (a classifier's pad
+    id, which transformers' pooling looks for) never appears in it."""
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(0, vocab_size, (2, 32), generator=generator)
+    if avoid is not None:
+        input_ids[input_ids == avoid] = (avoid + 1) % vocab_size
     device = next(model.parameters()).device
-    return model(input_ids=input_ids.to(device), use_cache=False).logits.float().cpu()
+    batch = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device)}
+    return model(**batch, use_cache=False).logits.float().cpu()
 
 
 def parity_error(before: torch.Tensor, after: torch.Tensor) -> float:
@@ -46,7 +53,9 @@ def _format_metrics(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), (int, float)))
 
 
-def model_card(run_dir: Path | None, info: dict[str, Any], parity: float | None) -> str:
+def model_card(
+    run_dir: Path | None, info: dict[str, Any], parity: float | None, class_name: str = "ForCausalLM"
+) -> str:
     """A Hugging Face model card: what the model is, how it was made, what it scored, how to load it."""
     summary: dict[str, Any] = {}
     if run_dir is not None and RunDir(run_dir).summary.is_file():
@@ -81,13 +90,18 @@ def model_card(run_dir: Path | None, info: dict[str, Any], parity: float | None)
             )
     if parity is not None:
         lines.append(f"- parity check: merged vs base + adapter, max |logit difference| {parity:.2e}")
+    auto = (
+        "AutoModelForSequenceClassification"
+        if class_name.endswith("ForSequenceClassification")
+        else "AutoModelForCausalLM"
+    )
     lines += [
         "",
         "## Use",
         "",
         "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "model = AutoModelForCausalLM.from_pretrained(PATH)",
+        f"from transformers import {auto}, AutoTokenizer",
+        f"model = {auto}.from_pretrained(PATH)",
         "tokenizer = AutoTokenizer.from_pretrained(PATH)  # carries the chat template used in training",
         "```",
         "",
@@ -95,43 +109,127 @@ def model_card(run_dir: Path | None, info: dict[str, Any], parity: float | None)
     return "\n".join(lines)
 
 
-def write_directory(model: Any, tokenizer: Any, out_dir: Path, card: str, info: dict[str, Any]) -> Path:
-    """Save into a temporary folder, then rename: `out_dir` is either complete or absent."""
-    with atomic_directory(out_dir) as temp:
-        model.save_pretrained(temp, safe_serialization=True)
-        tokenizer.save_pretrained(temp)
-        (temp / CARD_FILE).write_text(card, encoding="utf-8")
-        if info:
-            write_model_info(temp, info)
-    return out_dir
+EXPORT_PURPOSE = "export"  # the output marker of an exported HF directory (tunesmith.outputs)
 
 
-def merge_adapter(adapter_or_run: str | Path, out_dir: str | Path, progress: Progress | None = None) -> Path:
+def export_inputs(adapter_or_run: str | Path, source: Path) -> list[Path]:
+    """What an export reads and so must never replace: the run or adapter, and a local base model."""
+    inputs = [Path(adapter_or_run), source]
+    run = RunDir.of_model(source)
+    if run is not None:
+        inputs.append(run.path)
+    adapter_config = source / "adapter_config.json"
+    if adapter_config.is_file():
+        try:
+            base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+        except (OSError, ValueError):
+            base = None
+        if base and Path(base).expanduser().is_dir():
+            inputs.append(Path(base))
+    return inputs
+
+
+def merge_adapter(
+    adapter_or_run: str | Path,
+    out_dir: str | Path,
+    progress: Progress | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Merge a LoRA adapter into its base weights, check the merged model predicts what base +
-    adapter predicted, and write it with a model card; the result loads with plain transformers.
+    adapter predicted, and write it to `out_dir` with a model card; the result loads with plain
+    transformers (a classifier with its trained head: AutoModelForSequenceClassification).
 
-    The base always loads in full precision (load_for_inference never quantises): a QLoRA
-    adapter, trained on 4-bit weights, is merged into the full-precision base, never into the
-    4-bit weights; DoRA's magnitudes merge the same way."""
-    from tunesmith.models.inference import load_for_inference
-
+    `out_dir` follows the output-path rule (tunesmith.outputs): a new path, an empty folder or an
+    earlier export; anything else is refused (`overwrite`: moved aside, never deleted)."""
     progress = progress or NoProgress()
     source = resolve_trained(adapter_or_run)
-    model, tokenizer = load_for_inference(source, str(adapter_or_run), device="cpu")
+    check_exportable(source, adapter_or_run)
+    claim = claim_output(
+        out_dir, EXPORT_PURPOSE, inputs=export_inputs(adapter_or_run, source), overwrite=overwrite
+    )
+    with (
+        guarded_write(claim.path, note=f" (nothing replaced {claim.path.name}/)"),
+        output_directory(claim) as temp,
+    ):
+        merge_into(source, temp, progress)
+    if claim.kept_as is not None:
+        progress.message(f"--overwrite: the old {claim.path} is kept as {claim.kept_as}")
+    return claim.path
+
+
+def check_exportable(source: Path, given: str | Path) -> None:
+    """A run, adapter or model directory whose metadata and adapter config read cleanly."""
+    if not (source / "config.json").is_file() and not (source / "adapter_config.json").is_file():
+        raise UserError(
+            f"{given}: not a run, adapter or model directory (no config.json or adapter_config.json)"
+        )
+    for name in ("adapter_config.json", MODEL_INFO_FILE):
+        path = source / name
+        if path.is_file():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise UserError(
+                    f"{path}: damaged ({type(exc).__name__}); restore it from the run's last checkpoint or retrain"
+                ) from None
+
+
+def load_trained(source: Path, name: str, device: str = "cpu") -> tuple[Any, Any]:
+    """The trained model as its task saved it (a causal LM, or a classifier with its head)."""
+    from tunesmith.tasks import trained_model_task
+
+    task = trained_model_task(source)
+    if task is not None and task.load_trained is not None:
+        return task.load_trained(source, device)
+    from tunesmith.models.inference import load_for_inference
+
+    return load_for_inference(source, name, device=device)
+
+
+def merge_into(source: Path, folder: Path, progress: Progress) -> None:
+    """Merge the adapter of `source` (if any), parity-check it and save into `folder` (empty)."""
+    model, tokenizer = load_trained(source, str(source))
+    vocab_size = model.get_input_embeddings().weight.shape[0]
+    pad_id = getattr(model.config, "pad_token_id", None)
+    reference = probe_logits(model, vocab_size, avoid=pad_id)
     parity = None
     if hasattr(model, "merge_and_unload"):
-        vocab_size = model.get_input_embeddings().weight.shape[0]
-        reference = probe_logits(model, vocab_size)
         model = model.merge_and_unload()
-        parity = parity_error(reference, probe_logits(model, vocab_size))
+        parity = parity_error(reference, probe_logits(model, vocab_size, avoid=pad_id))
         if parity > PARITY_TOLERANCE:
             raise RuntimeError(
                 f"merged model differs from base + adapter (max |logit difference| {parity:.2e} > "
                 f"{PARITY_TOLERANCE}); nothing was written"
             )
         progress.message(f"parity check: merged == base + adapter (max |logit difference| {parity:.1e})")
-    model.config.use_cache = True
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = True
     info = read_model_info(source)
     run = RunDir.of_model(source)
-    card = model_card(run.path if run else None, info, parity)
-    return write_directory(model, tokenizer, Path(out_dir), card, info)
+    card = model_card(run.path if run else None, info, parity, type(model).__name__)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    (folder / CARD_FILE).write_text(card, encoding="utf-8")
+    if info:
+        write_model_info(folder, info)
+    reloaded = reload_error(folder, type(model).__name__, reference, vocab_size, pad_id)
+    if reloaded is not None and reloaded > PARITY_TOLERANCE:
+        raise RuntimeError(
+            f"the exported model, loaded back with transformers, differs from the trained one (max |logit "
+            f"difference| {reloaded:.2e}); nothing was written"
+        )
+
+
+def reload_error(
+    folder: Path, class_name: str, reference: torch.Tensor, vocab_size: int, pad_id: int | None
+) -> float | None:
+    """A head model (a classifier) is loaded back from `folder` with plain transformers and must
+    give the trained model's logits: the head travelled with the weights. Causal LMs: None (their
+    merge is checked in memory)."""
+    if not class_name.endswith("ForSequenceClassification"):
+        return None
+    from transformers import AutoModelForSequenceClassification
+
+    reloaded = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32)
+    reloaded.eval()
+    return parity_error(reference, probe_logits(reloaded, vocab_size, avoid=pad_id))

@@ -20,11 +20,22 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import UserError
-from tunesmith.export import CARD_FILE, merge_adapter, parity_error, probe_logits
+from tunesmith.export import (
+    CARD_FILE,
+    check_exportable,
+    export_inputs,
+    merge_into,
+    parity_error,
+    probe_logits,
+)
 from tunesmith.export.converter import CONVERTER_PACKAGE, CONVERTER_VERSION, find_converter, run_converter
 from tunesmith.export.modelfile import GGUF_FILE, MODELFILE, match_layout, modelfile
+from tunesmith.outputs import claim_output, output_directory
 from tunesmith.progress import NoProgress, Progress
-from tunesmith.train.rundir import MODEL_INFO_FILE, atomic_directory, resolve_trained
+from tunesmith.tasks import trained_model_task
+from tunesmith.train.rundir import MODEL_INFO_FILE, guarded_write, resolve_trained
+
+GGUF_PURPOSE = "export-gguf"  # the output marker of a GGUF export folder (tunesmith.outputs)
 
 # Architectures whose export was checked end to end (conversion, reload, parity); others are
 # refused rather than shipped unchecked.
@@ -156,6 +167,7 @@ def export_gguf(
     quant: str = "f16",
     llama_cpp: str | Path | None = None,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> GgufExport:
     """Merge the adapter (or take a full model), convert with llama.cpp's converter, check parity,
     and write out_dir/{model.gguf, Modelfile, README.md}: complete or not at all."""
@@ -168,12 +180,21 @@ def export_gguf(
         raise UserError(f"--quant {quant}: choose one of {', '.join(LOGIT_TOLERANCE)}")
     started = time.perf_counter()
     source = resolve_trained(model_or_run)
-    if not (source / "config.json").is_file() and not (source / "adapter_config.json").is_file():
-        raise UserError(f"{model_or_run}: not a run, adapter or model directory")
+    check_exportable(source, model_or_run)
+    task = trained_model_task(source)
+    if task is not None and task.load_trained is not None:
+        raise UserError(
+            f"{model_or_run}: GGUF holds language models; a {task.name} model (with its head) exports as an "
+            "HF directory: leave out --format gguf"
+        )
+    inputs = [*export_inputs(model_or_run, source), Path(llama_cpp) if llama_cpp else None]
+    claim = claim_output(out_dir, GGUF_PURPOSE, inputs=inputs, overwrite=overwrite)
     converter = find_converter(llama_cpp)
-    out_dir = Path(out_dir)
-    with atomic_directory(out_dir) as temp:
-        hf_dir = merge_adapter(source, temp / "hf", progress)
+    out_dir = claim.path
+    with guarded_write(out_dir, note=f" (nothing replaced {out_dir.name}/)"), output_directory(claim) as temp:
+        hf_dir = temp / "hf"
+        hf_dir.mkdir()
+        merge_into(source, hf_dir, progress)
         architecture = _architecture(hf_dir)
         if architecture not in SUPPORTED_ARCHITECTURES:
             raise UserError(
@@ -208,7 +229,9 @@ def export_gguf(
         )
         if (hf_dir / MODEL_INFO_FILE).is_file():
             shutil.copy(hf_dir / MODEL_INFO_FILE, temp / MODEL_INFO_FILE)
-        shutil.rmtree(hf_dir)
+        shutil.rmtree(hf_dir)  # inside the temporary folder made above: ours
+    if claim.kept_as is not None:
+        progress.message(f"--overwrite: the old {out_dir} is kept as {claim.kept_as}")
     return GgufExport(
         out_dir=out_dir,
         gguf_file=out_dir / GGUF_FILE,

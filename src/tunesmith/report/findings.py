@@ -11,7 +11,11 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
+from tunesmith.outputs import generator_tag
+
 MAX_SHOWN_CHARS = 240  # one location or value in a cell
+FINDINGS_PURPOSE = "data-check-html"  # `data check --html`: its generator tag makes it replaceable next time
+JSON_PURPOSE = "data-check-json"  # `data check --json`
 
 PAGE_STYLE = """
 body { font:15px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif; color:#0f172a; margin:24px auto; max-width:1100px; }
@@ -55,11 +59,17 @@ def render_findings(check: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
+def findings_json(check: Mapping[str, Any]) -> str:
+    """`data check --json`: the findings, led by the generator tag (a later run may replace the file)."""
+    return json.dumps({"generator": generator_tag(JSON_PURPOSE), **check}, indent=2, ensure_ascii=False)
+
+
 def findings_page(check: Mapping[str, Any]) -> str:
     """A self-contained page (`data check --html`)."""
     verdict = escape(str(check.get("verdict", "?")))
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>Data check: {verdict}</title>"
+        f"<!doctype html><html><head><meta charset='utf-8'>"
+        f"<meta name='generator' content='{generator_tag(FINDINGS_PURPOSE)}'><title>Data check: {verdict}</title>"
         f"<style>{PAGE_STYLE}</style></head><body><section id='data-check'><h1>Data check: {verdict}</h1>"
         f"{render_findings(check)}</section></body></html>"
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.evaluate.compare import compare
+from tunesmith.outputs import claim_output, generator_tag
 from tunesmith.report.format import fmt  # noqa: F401  (re-exported: the CLI's number format)
 from tunesmith.report.read import load_run
 from tunesmith.report.sections import (
@@ -30,6 +31,9 @@ from tunesmith.report.sections import (
     _training_curves,
 )
 from tunesmith.train.rundir import RunDir, atomic_write
+
+REPORT_PURPOSE = "report"  # the generator tag of report.html: `tunesmith report` replaces only its own
+LEGACY_FOOTER = "Built by tunesmith from the run directory"
 
 STYLE = """
 :root { --ink:#111827; --muted:#6b7280; --line:#e5e7eb; --soft:#f8fafc; --blue:#2563eb; }
@@ -130,6 +134,7 @@ def render(run: dict[str, Any]) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f'<meta name="generator" content="{generator_tag(REPORT_PURPOSE)}">'
         # No favicon request: the page must not touch the network or the disk around it.
         '<link rel="icon" href="data:,">'
         f"<title>tunesmith run {escape(run['name'])}</title><style>{STYLE}</style></head><body>"
@@ -140,7 +145,19 @@ def render(run: dict[str, Any]) -> str:
     )
 
 
+def _legacy_report(path: Path) -> bool:
+    try:
+        return path.is_file() and not path.is_symlink() and LEGACY_FOOTER in path.read_text(errors="replace")
+    except OSError:
+        return False
+
+
 def write_report(run_dir: Path) -> Path:
-    """Build run_dir/report.html from the run's files; returns its path."""
+    """Build run_dir/report.html from the run's files; returns its path. A report.html that
+    tunesmith did not write (no generator tag: a file of the user's) is refused, not replaced."""
     run = RunDir(Path(run_dir))
+    if not _legacy_report(run.report):  # reports of earlier versions carry the footer, not the tag
+        claim_output(
+            run.report, REPORT_PURPOSE, directory=False, flag="report"
+        )  # refuses a file of the user's
     return atomic_write(run.report, render(load_run(run.path)))

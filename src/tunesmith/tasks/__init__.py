@@ -169,6 +169,11 @@ class Task:
     # whether larger is better (accuracy) or smaller (loss).
     headline_metric: str = "loss"
     higher_is_better: bool = False
+    # What the trained model is for the verbs that use it: None = a causal LM (generate, chat,
+    # serve, GGUF); otherwise (final_dir, device) -> (model, tokenizer) loads it with its head for
+    # export, and `chat_refusal` says which verb fits instead of the chat verbs.
+    load_trained: Callable[[Path, str], tuple[Any, Any]] | None = None
+    chat_refusal: str | None = None
 
 
 def get_task(name: str) -> Task:
@@ -178,6 +183,23 @@ def get_task(name: str) -> Task:
         raise UserError(f"task {name!r}: use one of {', '.join(TASK_NAMES)}")
     task: Task = importlib.import_module(TASK_MODULES[name]).TASK
     return task
+
+
+def trained_model_task(model_dir: Path) -> Task | None:
+    """The task a trained model directory was made by (final/tunesmith.json), None when unknown."""
+    from tunesmith.train.rundir import read_model_info
+
+    name = read_model_info(Path(model_dir)).get("task")
+    return get_task(name) if isinstance(name, str) and name in TASK_MODULES else None
+
+
+def refuse_chat(model_dir: Path) -> None:
+    """Stop `generate`, `chat` and `serve` on a model that does not generate text (a classifier)."""
+    from tunesmith.errors import UserError
+
+    task = trained_model_task(model_dir)
+    if task is not None and task.chat_refusal is not None:
+        raise UserError(f"{model_dir} was trained with task: {task.name}; {task.chat_refusal}")
 
 
 def held_out_count(num_items: int, fraction: float, max_items: int) -> int:

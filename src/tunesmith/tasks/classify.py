@@ -373,6 +373,12 @@ def zero_shot_labels(
     }
 
 
+def load_trained(final_dir: Path, device: str) -> tuple[Any, Any]:
+    """The trained classifier with its head (for export), and its tokenizer."""
+    model, tokenizer, _ = load_classifier(final_dir, device)
+    return model, tokenizer
+
+
 TASK = Task(
     name="classify",
     record_kind="labeled",
@@ -388,6 +394,8 @@ TASK = Task(
     preview_label=preview_label,
     has_forgetting_probe=False,  # a classifier's head has no next-token perplexity to lose
     headline_metric="accuracy",
+    load_trained=load_trained,
+    chat_refusal="a classifier answers with labels, not text: use `tunesmith predict RUN --data FILE --out preds.csv`",
     higher_is_better=True,
 )
 

@@ -75,6 +75,8 @@ class Run:
     fit_seconds: float = 0.0  # the fit phase's whole wall time
     lock: Any = None  # the run directory's RunLock, held by rank 0 for the whole run
     resume_step: int | None = None  # the step of the checkpoint resumed from
+    allow_data_change: bool = False  # --allow-data-change: resume although a data file changed
+    record_data: bool = True  # write data_files.json (a new run, or a resume onto changed data)
 
 
 def run(
@@ -83,11 +85,14 @@ def run(
     merge: bool = False,
     progress: Progress | None = None,
     resume_from: str | Path | None = None,
+    allow_data_change: bool = False,
 ) -> RunResult:
     """Finetune as the config says; returns where the run went and the before/after metrics.
-    `resume_from`: a checkpoint folder of this run to resume from (implies resume)."""
+    `resume_from`: a checkpoint folder of this run to resume from (implies resume);
+    `allow_data_change`: resume although a data file differs from the one the run trained on."""
     resume = resume or resume_from is not None
     current = start(config, resume, progress or NoProgress())
+    current.allow_data_change = allow_data_change
     try:
         return _run_phases(current, resume, merge, resume_from)
     finally:
@@ -287,7 +292,24 @@ def find_checkpoint(current: Run, resume: bool, resume_from: str | Path | None =
         changed = rundir.check_resume_compatible(run_dir, current.config)
         if changed:
             current.progress.message(f"warning: resuming with changed {', '.join(changed)}", "warning")
+        _check_data_files(current)
     return checkpoint
+
+
+def _check_data_files(current: Run) -> None:
+    """Exact resume needs the rows the checkpoint was trained on: a changed data file is refused
+    by name (train/datafiles.py), or with --allow-data-change warned about and recorded anew."""
+    from tunesmith.train import datafiles
+
+    path = current.run_dir.path
+    changes = datafiles.check_unchanged(path, current.config, current.allow_data_change)
+    current.record_data = bool(changes) or not (path / datafiles.FINGERPRINT_FILE).is_file()
+    if changes:
+        current.progress.message(
+            f"warning: --allow-data-change: resuming on changed data ({'; '.join(changes[:3])}); "
+            "the rows after the checkpoint are not those of an uninterrupted run",
+            "warning",
+        )
 
 
 def _chosen_checkpoint(run_dir: RunDir, chosen: Path) -> Path:
@@ -315,6 +337,10 @@ def open_run(current: Run, findings: dict[str, Any]) -> Any:
         # Steps after the checkpoint are trained again: their old records go, so each step is logged once.
         rundir.trim_metrics(run_dir.path, current.resume_step)
     current.progress.message(f"run: {run_dir.path}")
+    if current.record_data:
+        from tunesmith.train import datafiles
+
+        datafiles.record(run_dir.path, config)
     rundir.write_json(run_dir.eval_file("data_check"), findings)
     rundir.write_json(run_dir.environment, environment())
     return metrics_log.MetricsLogger(
@@ -471,10 +497,11 @@ def evaluate_after(current: Run) -> dict[str, Any]:
 
 def merge_final(current: Run) -> Path:
     """merged/: the adapter merged into its base weights (--merge)."""
-    from tunesmith.export import merge_adapter
+    from tunesmith.export import merge_into
 
     merged_dir = current.run_dir.merged
-    merge_adapter(current.run_dir.final, merged_dir, progress=current.progress)
+    with rundir.atomic_directory(merged_dir) as temp:  # inside the run: replaced whole, nothing else
+        merge_into(current.run_dir.final, temp, current.progress)
     current.progress.message(f"merged model: {merged_dir}")
     return merged_dir
 

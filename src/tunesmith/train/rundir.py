@@ -22,11 +22,11 @@ from typing import Any
 
 from tunesmith.config import Config, config_to_yaml, redact
 from tunesmith.errors import UserError
+from tunesmith.outputs import RUN_MARKER
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
-RUN_MARKER = "tunesmith-run.json"
 MODEL_INFO_FILE = "tunesmith.json"  # in final/: task, base model, method, length, classifier labels
 LEGACY_LABELS_FILE = "labels.json"  # the classifier's labels before they moved into tunesmith.json
 REDACTED = "***"  # what config.redact puts in place of a secret in the saved config.yaml
@@ -290,21 +290,32 @@ def atomic_write_json(path: Path, value: Any) -> Path:
 
 @contextlib.contextmanager
 def atomic_directory(path: Path) -> Iterator[Path]:
-    """A temporary folder to fill; on success it replaces `path` whole (fsynced, renamed)."""
+    """A folder of a run (final/, merged/): filled in a temporary folder beside it, then renamed
+    into place whole. Only a path inside a run directory is replaced (the run is tunesmith's);
+    outputs elsewhere go through `tunesmith.outputs` (the output-path rule)."""
+    import tempfile
+
     path = Path(path)
-    temp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(temp, ignore_errors=True)
+    if path.exists() and not RunDir(path.parent).is_run():
+        raise UserError(
+            f"{path} exists outside a run directory; refusing to replace it (nothing was written)"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
         with guarded_write(path, note=f" (nothing replaced {path.name}/)"):
-            temp.mkdir(parents=True)
             yield temp
             for child in temp.rglob("*"):
                 if child.is_file():
                     fsync_file(child)
             fsync_dir(temp)
             if path.exists():
-                shutil.rmtree(path)
-            temp.rename(path)
+                old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+                os.rename(path, old / path.name)
+                os.rename(temp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(temp, path)
             fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)

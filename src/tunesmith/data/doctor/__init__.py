@@ -13,6 +13,7 @@ pairs (the "preference" record kind) have their own checks, in `pairs.py`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.doctor.content import representativeness_findings, sensitive_findings
@@ -32,6 +33,7 @@ from tunesmith.data.doctor.scan import CheckOptions, SplitScan, TokenCounter, re
 from tunesmith.data.formats import RECORD_KINDS, Conversation, LabeledText, PreferencePair, TextRecord
 from tunesmith.data.load import ROW_SUFFIXES, TEXT_SUFFIXES, ErrorPolicy, expand_paths, iter_rows
 from tunesmith.errors import UserError
+from tunesmith.outputs import Claim, claim_output
 
 if TYPE_CHECKING:
     from tunesmith.config import DataConfig
@@ -139,10 +141,10 @@ def run_check(
     tokenizer: Any = None,
     max_seq_len: int = 512,
     near_duplicate_threshold: float = 0.8,
-    fix: str | None = None,
+    fix: str | Path | Claim | None = None,
 ) -> tuple[CheckResult, dict[str, Any] | None]:
     """What `tunesmith data check` does: check data that becomes `kind` records (for `task`), token
-    counts with `tokenizer`; with `fix`, write a cleaned copy there."""
+    counts with `tokenizer`; with `fix` (a claimed output folder), write a cleaned copy there."""
     if not 0 < near_duplicate_threshold < 1:
         raise UserError(f"--near-dup-threshold must be between 0 and 1 (got {near_duplicate_threshold})")
     if kind == PAIRS:
@@ -158,8 +160,16 @@ def run_check(
         kind, task, max_seq_len=max_seq_len, near_duplicate_threshold=near_duplicate_threshold
     )
     result = check_data(data, eval, target, options, tokenizer)
+    if fix is not None and not isinstance(fix, Claim):  # a plain path: the output-path rule decides
+        fix = claim_output(
+            fix, "data-fix", inputs=[*_spec_list(data), *_spec_list(eval), target], flag="--fix"
+        )
     fixed = write_fixed(result, fix) if fix else None
     return result, fixed
+
+
+def _spec_list(spec: Any) -> list[Any]:
+    return list(spec) if isinstance(spec, (list, tuple)) else [spec]
 
 
 def preflight(data: DataConfig, prepared: Any, kind: str, task: str) -> CheckReport:

@@ -9,12 +9,25 @@ from typing import Any
 from tunesmith.data.doctor.findings import CheckResult
 from tunesmith.data.doctor.scan import source_of_message
 from tunesmith.data.load import ErrorPolicy, iter_rows
+from tunesmith.outputs import Claim, output_directory
 
 
-def write_fixed(result: CheckResult, out_dir: str | Path) -> dict[str, Any]:
-    """A cleaned copy (JSONL per split) and removed.jsonl saying what went and why; inputs untouched."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+def write_fixed(result: CheckResult, claim: Claim) -> dict[str, Any]:
+    """A cleaned copy (JSONL per split) and removed.jsonl saying what went and why, built in a
+    temporary folder and renamed into `claim.path` (the output-path rule); inputs untouched."""
+    with output_directory(claim) as temp:
+        summary = _write_fixed_files(result, temp)
+    out = claim.path
+    for split in result.specs:
+        if isinstance(summary.get(split), dict):
+            summary[split]["path"] = str(out / f"{split}.jsonl")
+    summary["removed_list"] = str(out / "removed.jsonl")
+    if claim.kept_as is not None:
+        summary["kept_as"] = str(claim.kept_as)
+    return summary
+
+
+def _write_fixed_files(result: CheckResult, out: Path) -> dict[str, Any]:
     summary: dict[str, Any] = {"removed": 0}
     with open(out / "removed.jsonl", "w", encoding="utf-8") as removed_file:
         for split, spec in result.specs.items():
@@ -50,7 +63,6 @@ def write_fixed(result: CheckResult, out_dir: str | Path) -> dict[str, Any]:
                     )
                     + "\n"
                 )
-            summary[split] = {"kept": kept, "removed": removed, "path": str(out / f"{split}.jsonl")}
+            summary[split] = {"kept": kept, "removed": removed}
             summary["removed"] += removed
-    summary["removed_list"] = str(out / "removed.jsonl")
     return summary
