@@ -336,7 +336,7 @@ def test_watch_launch_stop_resume_and_compare_in_a_browser(server, workspace):
         first_step, first_points = _step(page), _points(page)
         _until(lambda: _step(page) >= first_step + 5, 60, "more steps")
         assert _step(page) > first_step and _points(page) > first_points >= 2
-        assert page.inner_text("#state") == "running"
+        assert page.inner_text("#state") == "running" and "null" not in page.inner_text("#live").splitlines()
         assert "tunesmith train examples/tiny.yaml run_name=live" in page.inner_text("body")
         page.screenshot(path=str(DOCS / "ui-run.png"))
 

@@ -17,12 +17,14 @@ import hmac
 import ipaddress
 import mimetypes
 import secrets
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from tunesmith.config import redact
 from tunesmith.errors import UserError
 from tunesmith.webui import launch, runs
 
@@ -126,7 +128,12 @@ def create_app(settings: Settings, launcher: launch.Launcher | None = None) -> A
 
     @app.exception_handler(UserError)
     async def user_error(_: Request, exc: UserError) -> Any:
-        return refuse(400, str(exc))
+        return refuse(400, redact(str(exc)))
+
+    @app.exception_handler(Exception)
+    async def failure(_: Request, exc: Exception) -> Any:
+        # A library's error (a model that does not load, a bug of ours): one line for the page.
+        return refuse(500, redact(f"{type(exc).__name__}: {exc}"))
 
     def ref(root: int, name: str) -> runs.RunRef:
         try:
@@ -288,6 +295,8 @@ def serve_ui(
         token = secrets.token_urlsafe(24)
     settings = Settings([Path(r) for r in roots], Path(examples) if examples else None, host, token)
     shown = "localhost" if host in ("127.0.0.1", "localhost") else host
+    if host in ("0.0.0.0", "::"):  # every address of this machine: its name reaches one of them
+        shown = socket.gethostname()
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     if on_ready is not None:
         on_ready(url)

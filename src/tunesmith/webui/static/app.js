@@ -96,18 +96,20 @@ function chart(id, title, series, xLabel = "step") {
   }
   let [x0, x1] = [Math.min(...points.map((p) => p[0])), Math.max(...points.map((p) => p[0]))];
   let [y0, y1] = [Math.min(...points.map((p) => p[1])), Math.max(...points.map((p) => p[1]))];
-  if (x0 === x1) x1 = x0 + 1;
+  if (x0 === x1) { x0 -= 1; x1 += 1; }
   if (y0 === y1) { y0 -= Math.abs(y0) * 0.05 || 1; y1 += Math.abs(y1) * 0.05 || 1; }
   const pad = (y1 - y0) * 0.05;
   y0 -= pad; y1 += pad;
   const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
   const sy = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
+  let lastLabel = null;
   for (let i = 0; i <= 4; i++) {
     const y = y0 + ((y1 - y0) * i) / 4;
     svg.append(h("svg:line", { class: "grid", x1: L, x2: W - R, y1: sy(y), y2: sy(y) }));
     svg.append(h("svg:text", { x: 4, y: sy(y) + 3, text: fmt(y) }));
-    const x = x0 + ((x1 - x0) * i) / 4;
-    svg.append(h("svg:text", { x: sx(x) - 8, y: H - 14, text: fmt(Math.round(x)) }));
+    const x = Math.round(x0 + ((x1 - x0) * i) / 4);  // steps are whole numbers: each label once
+    if (x !== lastLabel) svg.append(h("svg:text", { x: sx(x) - 8, y: H - 14, text: fmt(x) }));
+    lastLabel = x;
   }
   svg.append(h("svg:line", { class: "axis", x1: L, x2: L, y1: T, y2: H - B }));
   svg.append(h("svg:line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
@@ -118,9 +120,10 @@ function chart(id, title, series, xLabel = "step") {
     if (!valid.length) return;
     const color = `s${(s.color ?? index) % 6}`;
     const d = valid.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
-    const path = h("svg:path", { class: `series ${color}${s.dashed ? " dashed" : ""}`, d, "data-points": valid.length });
-    if (valid.length === 1) path.setAttribute("d", `${d}h0.1`);
-    svg.append(path);
+    svg.append(h("svg:path", { class: `series ${color}${s.dashed ? " dashed" : ""}`, d, "data-points": valid.length }));
+    if (valid.length === 1) {  // a line needs two points: one logged step is a dot
+      svg.append(h("svg:circle", { class: `dot ${color}`, cx: sx(valid[0][0]), cy: sy(valid[0][1]), r: 3 }));
+    }
     legend.append(h("span", {}, h("i", { class: `${color}${s.dashed ? " dashed" : ""}` }), s.label));
   });
   figure.append(legend);
@@ -131,10 +134,20 @@ function curve(metrics, key) {
   return metrics.filter((r) => typeof r[key] === "number").map((r) => [r.step, r[key]]);
 }
 
-function runCharts(metrics) {
+function heldOutLoss(run) {
+  // The base model's held-out loss at step 0, the evaluations during training, the tuned model's at the end.
+  const metrics = run.metrics || [];
+  const points = curve(metrics, "eval_loss");
+  if (typeof (run.before || {}).loss === "number") points.unshift([0, run.before.loss]);
+  if (typeof (run.after || {}).loss === "number") points.push([run.step || 0, run.after.loss]);
+  return points;
+}
+
+function runCharts(run) {
+  const metrics = run.metrics || [];
   const charts = [chart("chart-loss", "loss", [
     { label: "train loss", points: curve(metrics, "loss") },
-    { label: "held-out loss", points: curve(metrics, "eval_loss"), dashed: true, color: 1 },
+    { label: "held-out loss", points: heldOutLoss(run), dashed: true, color: 1 },
   ])];
   const accuracyKeys = ["token_accuracy", "eval_token_accuracy", "eval_accuracy", "eval_reward_accuracy"];
   const accuracy = accuracyKeys.filter((k) => metrics.some((r) => typeof r[k] === "number"));
@@ -272,9 +285,8 @@ async function runPage(main, token, id) {
     resumeButton.disabled = active;
     resumeExtra.hidden = resumeButton.hidden;
     report.hidden = !run.has_report;
-    const metrics = run.metrics || [];
     const job = run.job;
-    live.replaceChildren(
+    const parts = [
       h("section", { class: "facts" },
         h("div", {}, h("span", { text: "step" }), h("b", { id: "step", text: run.step ?? 0 }), run.max_steps ? ` / ${run.max_steps}` : ""),
         h("div", {}, h("span", { text: "loss" }), h("b", { id: "loss", text: fmt(run.loss) })),
@@ -283,7 +295,7 @@ async function runPage(main, token, id) {
         h("div", {}, h("span", { text: "headline" }), h("b", {}, headlineCell(run.headline))),
         h("div", {}, h("span", { text: "checkpoints" }), h("b", { id: "checkpoints", text: (run.checkpoints || []).join(", ") || "none" })),
         h("div", {}, h("span", { text: "held by" }), h("b", { text: run.holder || "nobody" }))),
-      runCharts(metrics),
+      runCharts(run),
       h("h2", { text: "before → after (held-out data)" }), h("section", {}, metricsTable(run.before, run.after)),
       h("h2", { text: "generations" }), h("section", {}, generationsBlock(run.generations)),
       h("h2", { text: "data check" }), h("section", {}, findingsBlock(run.data_check)),
@@ -291,7 +303,8 @@ async function runPage(main, token, id) {
         h("pre", { class: "command", text: job.command }),
         h("pre", { id: "output", text: (job.output || []).join("\n") || "(no output yet)" }),
         job.exit_code !== null ? h("p", { class: "muted", text: `exit code ${job.exit_code}` }) : null) : null,
-      run.config ? h("details", {}, h("summary", { text: "config.yaml" }), h("pre", { text: run.config })) : null);
+      run.config ? h("details", {}, h("summary", { text: "config.yaml" }), h("pre", { text: run.config })) : null];
+    live.replaceChildren(...parts.filter(Boolean));
     if (active) schedule(refresh);
   }
   await refresh();
@@ -313,7 +326,7 @@ async function comparePage(main, token, ids) {
     const names = data.runs.map((r) => r.name);
     const losses = data.runs.flatMap((r, i) => [
       { label: `${r.name}`, points: curve(r.metrics || [], "loss"), color: i },
-      { label: `${r.name} held-out`, points: curve(r.metrics || [], "eval_loss"), color: i, dashed: true },
+      { label: `${r.name} held-out`, points: heldOutLoss(r), color: i, dashed: true },
     ]);
     body.replaceChildren(
       h("table", { id: "compare-runs" },
