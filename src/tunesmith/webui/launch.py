@@ -288,6 +288,7 @@ class Job:
     process: subprocess.Popen[str]
     started: float = field(default_factory=time.time)
     output: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_OUTPUT_LINES))
+    stopping: bool = False  # the page sent SIGTERM
 
     @property
     def exit_code(self) -> int | None:
@@ -296,6 +297,13 @@ class Job:
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    @property
+    def pending(self) -> str | None:
+        """ "stopping" once SIGTERM was sent, "starting" before; None once the process has ended."""
+        if not self.alive:
+            return None
+        return "stopping" if self.stopping else "starting"
 
 
 class Launcher:
@@ -309,9 +317,9 @@ class Launcher:
     def job(self, run_dir: Path) -> Job | None:
         return self.jobs.get(Path(run_dir).resolve())
 
-    def processes(self) -> dict[Path, tuple[int | None, bool]]:
-        """Run directory -> (exit code, alive) of the latest process the app started for it."""
-        return {path: (job.exit_code, job.alive) for path, job in self.jobs.items()}
+    def processes(self) -> dict[Path, tuple[int | None, str | None]]:
+        """Run directory -> (exit code, pending) of the latest process the app started for it."""
+        return {path: (job.exit_code, job.pending) for path, job in self.jobs.items()}
 
     def _spawn(self, run_dir: Path, argv: list[str]) -> Job:
         key = Path(run_dir).resolve()
@@ -370,6 +378,7 @@ class Launcher:
         it finishes its step, writes a checkpoint and exits 130. Returns who was signalled."""
         job = self.job(run_dir)
         if job is not None and job.alive:
+            job.stopping = True
             job.process.send_signal(signal.SIGTERM)
             return f"pid {job.process.pid}"
         holder = RunLock.holder(Path(run_dir))
@@ -388,4 +397,5 @@ class Launcher:
         """SIGTERM to every run the app started that still runs (each writes its checkpoint)."""
         for job in list(self.jobs.values()):
             if job.alive:
+                job.stopping = True
                 job.process.send_signal(signal.SIGTERM)

@@ -20,7 +20,6 @@ from tunesmith.report.read import load_run
 from tunesmith.train.rundir import RunDir, RunLock
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]*")  # what config.run_name accepts
-STATES = ("starting", "running", "finished", "stopped", "failed")
 
 
 @dataclass(frozen=True)
@@ -147,8 +146,9 @@ def _scalar(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def summarize(ref: RunRef, exit_code: int | None = None, alive: bool = False) -> dict[str, Any]:
-    """One row of the runs list (`alive`: a process the app started for it has not taken the lock yet)."""
+def summarize(ref: RunRef, exit_code: int | None = None, pending: str | None = None) -> dict[str, Any]:
+    """One row of the runs list. `exit_code`, `pending`: of the latest process the app started for
+    it (`pending`: "starting" or "stopping" while that process lives without holding the lock)."""
     from tunesmith.train.rundir import read_metrics
 
     run = RunDir(ref.path)
@@ -168,7 +168,8 @@ def summarize(ref: RunRef, exit_code: int | None = None, alive: bool = False) ->
         "id": ref.id,
         "root": ref.root,
         "name": ref.name,
-        "state": "starting" if alive and state != "running" else state,
+        # The page's own process: "stopping" from SIGTERM to its exit, "starting" until it takes the lock.
+        "state": pending if pending == "stopping" or (pending and state != "running") else state,
         "holder": RunLock.holder(run.path),
         "task": task,
         "model": summary.get("base_model") or model.get("name"),
@@ -189,7 +190,7 @@ def summarize(ref: RunRef, exit_code: int | None = None, alive: bool = False) ->
     }
 
 
-def detail(ref: RunRef, exit_code: int | None = None, alive: bool = False) -> dict[str, Any]:
+def detail(ref: RunRef, exit_code: int | None = None, pending: str | None = None) -> dict[str, Any]:
     """Everything a run's page shows: its row, curves, data findings, before/after and generations."""
     loaded = load_run(ref.path)
     before, after = loaded["before"] or {}, loaded["after"] or {}
@@ -205,7 +206,7 @@ def detail(ref: RunRef, exit_code: int | None = None, alive: bool = False) -> di
             }
         )
     return {
-        **summarize(ref, exit_code, alive),
+        **summarize(ref, exit_code, pending),
         "metrics": loaded["metrics"],
         "before": _scalars(before),
         "after": _scalars(after),
@@ -241,14 +242,14 @@ def flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def compare(
-    refs: list[RunRef], processes: dict[Path, tuple[int | None, bool]] | None = None
+    refs: list[RunRef], processes: dict[Path, tuple[int | None, str | None]] | None = None
 ) -> dict[str, Any]:
     """Two or more runs side by side: their curves, the config keys that differ, the metrics
-    (`processes`: run directory -> (exit code, alive) of the processes the app started)."""
+    (`processes`: run directory -> (exit code, pending) of the processes the app started)."""
     if len(refs) < 2:
         raise UserError("choose two or more runs to compare")
     known = processes or {}
-    details = [detail(ref, *known.get(ref.path.resolve(), (None, False))) for ref in refs]
+    details = [detail(ref, *known.get(ref.path.resolve(), (None, None))) for ref in refs]
     configs = [flatten(_config_values(RunDir(ref.path))) for ref in refs]
     keys = sorted(set().union(*configs))
     differing = [

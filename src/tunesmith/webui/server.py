@@ -143,10 +143,10 @@ def create_app(settings: Settings, launcher: launch.Launcher | None = None) -> A
 
             raise HTTPException(404, str(exc)) from None
 
-    def process(path: Path) -> tuple[int | None, bool]:
-        """(exit code, alive) of the latest process the page started for the run (None, False: none)."""
+    def process(path: Path) -> tuple[int | None, str | None]:
+        """(exit code, pending) of the latest process the page started for the run (None, None: none)."""
         job = launcher.job(path)
-        return (job.exit_code, job.alive) if job is not None else (None, False)
+        return (job.exit_code, job.pending) if job is not None else (None, None)
 
     def job_info(path: Path) -> dict[str, Any] | None:
         job = launcher.job(path)
@@ -177,7 +177,7 @@ def create_app(settings: Settings, launcher: launch.Launcher | None = None) -> A
         for path, job in launcher.jobs.items():
             if path in known or path.parent not in settings.roots:
                 continue
-            state = "starting" if job.alive else "failed"
+            state = job.pending or "failed"
             listed.append(
                 {
                     "id": f"{settings.roots.index(path.parent)}/{path.name}",
@@ -196,7 +196,7 @@ def create_app(settings: Settings, launcher: launch.Launcher | None = None) -> A
         path = settings.roots[root] / name if 0 <= root < len(settings.roots) else None
         job = launcher.job(path) if path is not None else None
         if job is not None and not (path is not None and path.is_dir()):
-            state = "starting" if job.alive else "failed"
+            state = job.pending or "failed"
             return {"id": f"{root}/{name}", "name": name, "state": state, "job": job_info(job.run_dir)}
         found = ref(root, name)
         return {**runs.detail(found, *process(found.path)), "job": job_info(found.path)}

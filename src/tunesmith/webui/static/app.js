@@ -276,10 +276,10 @@ async function runPage(main, token, id) {
       return;
     }
     if (token !== pageToken) return;
-    const active = run.state === "running" || run.state === "starting";
+    const active = ["running", "starting", "stopping"].includes(run.state);
     badge.replaceChildren(stateBadge(run.state));
     stopButton.hidden = !active;
-    stopButton.disabled = !active;
+    stopButton.disabled = !active || run.state === "stopping";
     // A finished run has nothing to resume; a stopped or failed one goes on from its newest checkpoint.
     resumeButton.hidden = !["stopped", "failed"].includes(run.state) || !(run.checkpoints || []).length;
     resumeButton.disabled = active;
@@ -335,7 +335,9 @@ async function comparePage(main, token, ids) {
           h("td", {}, h("a", { href: runLink(r.id), text: r.name })), h("td", {}, stateBadge(r.state)),
           h("td", { text: r.task || "–" }), h("td", { text: r.model || "–" }),
           h("td", {}, headlineCell(r.headline)), h("td", { class: "num", text: r.step }))))),
-      h("div", { class: "charts" }, chart("chart-compare-loss", "loss, overlaid", losses)),
+      h("div", { class: "charts" }, chart("chart-compare-loss", "loss, overlaid", losses),
+        chart("chart-compare-accuracy", "token accuracy, overlaid", data.runs.map((r, i) => (
+          { label: r.name, points: curve(r.metrics || [], "token_accuracy"), color: i })))),
       h("h2", { text: "config difference" }),
       h("section", {}, data.config_diff.length ? h("table", { id: "config-diff" },
         h("thead", {}, h("tr", {}, h("th", { text: "key" }), names.map((n) => h("th", { text: n })))),
@@ -348,7 +350,7 @@ async function comparePage(main, token, ids) {
         h("tbody", {}, data.metrics.map((row) => h("tr", {}, h("td", { text: row.key }),
           row.values.map((v) => h("td", { class: "num", text: `${fmt(v.before)} → ${fmt(v.after)}` }))))))
         : h("p", { class: "muted", text: "no before/after evaluations to compare" })));
-    if (data.runs.some((r) => r.state === "running" || r.state === "starting")) schedule(refresh);
+    if (data.runs.some((r) => ["running", "starting", "stopping"].includes(r.state))) schedule(refresh);
   }
   await refresh();
 }
