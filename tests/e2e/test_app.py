@@ -423,6 +423,7 @@ def test_a_run_without_lock_summary_or_final_checkpoint_is_failed(tmp_path):
     (run.checkpoints / "step-000002").mkdir(parents=True)
     (run.checkpoints / "step-000002" / "trainer_state.json").write_text('{"step": 2}')
     assert run_state(run, records) == "stopped"  # SIGTERM's checkpoint at the last logged step
-    assert run_state(run, records, exit_code=1) == "failed"  # the page saw its process fail
+    assert run_state(run, records, exit_code=1) == "failed"  # the page saw its process crash
+    assert run_state(run, records, exit_code=2) == "stopped"  # a refused resume wrote nothing
     run.summary.write_text("{}")
     assert run_state(run, records) == "finished"

@@ -18,9 +18,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin
@@ -35,6 +35,7 @@ from tunesmith.train.rundir import RunDir, RunLock, default_run_name, plan_run_d
 # Optional sections: given whole, as YAML, not key by key.
 WHOLE_SECTIONS = {"replay", "prediction"}
 MAX_OUTPUT_LINES = 400
+MAX_OUTPUT_BYTES = 64 * 1024
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,13 +282,14 @@ def preflight(plan: Plan, num_samples: int = 3) -> dict[str, Any]:
 
 @dataclass
 class Job:
-    """One `tunesmith train` process the app started."""
+    """One `tunesmith train` process the app started; its output goes to `log` (a file outside
+    the user's folders, so the run outlives the page: no pipe to break when the page stops)."""
 
     run_dir: Path
     command: str
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
+    log: Path
     started: float = field(default_factory=time.time)
-    output: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_OUTPUT_LINES))
     stopping: bool = False  # the page sent SIGTERM
 
     @property
@@ -305,6 +307,16 @@ class Job:
             return None
         return "stopping" if self.stopping else "starting"
 
+    def output(self) -> list[str]:
+        """The last lines the process printed."""
+        try:
+            with open(self.log, "rb") as handle:
+                handle.seek(max(0, self.log.stat().st_size - MAX_OUTPUT_BYTES))
+                text = handle.read().decode("utf-8", errors="replace")
+        except OSError:
+            return []
+        return text.splitlines()[-MAX_OUTPUT_LINES:]
+
 
 class Launcher:
     """Starts, stops and resumes `tunesmith train` processes in `cwd` (one job per run directory)."""
@@ -313,6 +325,7 @@ class Launcher:
         self.cwd = Path(cwd or Path.cwd())
         self.jobs: dict[Path, Job] = {}
         self.lock = threading.Lock()
+        self.log_dir: Path | None = None
 
     def job(self, run_dir: Path) -> Job | None:
         return self.jobs.get(Path(run_dir).resolve())
@@ -332,28 +345,22 @@ class Launcher:
                 raise UserError(
                     f"run directory {run_dir} is in use by {holder}; wait for it to finish (or stop it)"
                 )
-            process = subprocess.Popen(
-                [sys.executable, "-m", "tunesmith", *argv],
-                cwd=self.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                errors="replace",
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                start_new_session=True,  # the page's Ctrl-C does not stop the runs it started
-            )
-            job = Job(key, shlex.join(["tunesmith", *argv]), process)
+            if self.log_dir is None:
+                self.log_dir = Path(tempfile.mkdtemp(prefix="tunesmith-ui-"))
+            log = self.log_dir / f"{key.name}-{time.strftime('%Y%m%d-%H%M%S')}-{len(self.jobs)}.log"
+            with open(log, "wb") as handle:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "tunesmith", *argv],
+                    cwd=self.cwd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                    start_new_session=True,  # the page's Ctrl-C does not stop the runs it started
+                )
+            job = Job(key, shlex.join(["tunesmith", *argv]), process, log)
             self.jobs[key] = job
-        threading.Thread(target=self._read_output, args=(job,), daemon=True).start()
         return job
-
-    @staticmethod
-    def _read_output(job: Job) -> None:
-        assert job.process.stdout is not None
-        for line in job.process.stdout:
-            job.output.append(line.rstrip("\n"))
-        job.process.wait()
 
     def start(self, plan: Plan) -> Job:
         return self._spawn(plan.run_dir, plan.argv)
@@ -392,10 +399,3 @@ class Launcher:
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(words[1]), signal.SIGTERM)
         return holder
-
-    def stop_all(self) -> None:
-        """SIGTERM to every run the app started that still runs (each writes its checkpoint)."""
-        for job in list(self.jobs.values()):
-            if job.alive:
-                job.stopping = True
-                job.process.send_signal(signal.SIGTERM)

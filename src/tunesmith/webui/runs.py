@@ -101,7 +101,9 @@ def run_state(run: RunDir, metrics: list[dict[str, Any]], exit_code: int | None 
         return "running"
     if run.summary.is_file():
         return "finished"
-    if any(r.get("event") == "nonfinite" for r in metrics) or exit_code not in (None, 130):
+    # The page's own process: a crash (1) or non-finite stop (3) failed the run; a user error (2)
+    # wrote nothing (a refused resume), so the files still say what the run is.
+    if any(r.get("event") == "nonfinite" for r in metrics) or exit_code not in (None, 0, 2, 130):
         return "failed"
     checkpoints = _checkpoint_steps(run)
     steps = [r["step"] for r in step_records(metrics)]

@@ -152,7 +152,12 @@ def create_app(settings: Settings, launcher: launch.Launcher | None = None) -> A
         job = launcher.job(path)
         if job is None:
             return None
-        return {"command": job.command, "exit_code": job.exit_code, "output": list(job.output)}
+        return {
+            "command": job.command,
+            "exit_code": job.exit_code,
+            "output": job.output(),
+            "log": str(job.log),
+        }
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> Any:
@@ -183,7 +188,7 @@ def create_app(settings: Settings, launcher: launch.Launcher | None = None) -> A
                     "id": f"{settings.roots.index(path.parent)}/{path.name}",
                     "name": path.name,
                     "state": state,
-                    "error": next((line for line in reversed(job.output) if line.strip()), ""),
+                    "error": next((line for line in reversed(job.output()) if line.strip()), ""),
                     "created": "",
                     "step": 0,
                     "headline": {},

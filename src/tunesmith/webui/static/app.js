@@ -302,7 +302,7 @@ async function runPage(main, token, id) {
       job ? h("div", {}, h("h2", { text: "process started from this page" }),
         h("pre", { class: "command", text: job.command }),
         h("pre", { id: "output", text: (job.output || []).join("\n") || "(no output yet)" }),
-        job.exit_code !== null ? h("p", { class: "muted", text: `exit code ${job.exit_code}` }) : null) : null,
+        h("p", { class: "muted", text: `${job.exit_code !== null ? `exit code ${job.exit_code} · ` : ""}log: ${job.log}` })) : null,
       run.config ? h("details", {}, h("summary", { text: "config.yaml" }), h("pre", { text: run.config })) : null];
     live.replaceChildren(...parts.filter(Boolean));
     if (active) schedule(refresh);
