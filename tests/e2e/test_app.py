@@ -327,6 +327,9 @@ def test_watch_launch_stop_resume_and_compare_in_a_browser(server, workspace):
         page.wait_for_selector("#verdict", timeout=120_000)
         assert page.inner_text("#verdict") in ("ready", "ready with warnings")
         assert page.locator("#preview mark").count() > 0 and page.locator("#preview .untrained").count() > 0
+        commands = page.inner_text("#preflight")
+        assert "tunesmith data preview examples/tiny.yaml run_name=live" in commands
+        assert "tunesmith data check data/train.jsonl --task instruct --model " in commands
         page.screenshot(path=str(DOCS / "ui-launch.png"))
         page.click("#start")
 
@@ -427,3 +430,44 @@ def test_a_run_without_lock_summary_or_final_checkpoint_is_failed(tmp_path):
     assert run_state(run, records, exit_code=2) == "stopped"  # a refused resume wrote nothing
     run.summary.write_text("{}")
     assert run_state(run, records) == "finished"
+
+
+def test_the_form_becomes_the_overrides_a_user_would_type(tmp_path):
+    from tunesmith.config import load_config
+    from tunesmith.webui.launch import changed_overrides, form_values, schema_fields
+
+    base = tmp_path / "base.yaml"
+    base.write_text("task: instruct\ntrain:\n  learning_rate: 2.0e-4\n  max_steps: 10\n")
+    fields = {item["key"]: item for item in schema_fields()}
+    assert (
+        fields["train.learning_rate"]["default"] == "0.0002" and fields["train.learning_rate"]["description"]
+    )
+    assert fields["data.packing"]["kind"] == "bool" and fields["adapter.method"]["choices"] == [
+        "lora",
+        "full",
+        "qlora",
+    ]
+    values = form_values(load_config(base))
+    assert changed_overrides(base, values) == []  # the form as it opens stands for the base config alone
+    values.update(
+        {
+            "train.learning_rate": "2e-4",  # the same number written another way: no override
+            "train.max_steps": "20",
+            "run_name": "123",  # a string YAML would read as a number: quoted
+            "data.train": "[a.jsonl, b.jsonl]",
+            "data.packing": "false",
+        }
+    )
+    overrides = changed_overrides(base, values)
+    assert overrides == [
+        "data.train=[a.jsonl, b.jsonl]",
+        "data.packing=false",
+        "train.max_steps=20",
+        "run_name='123'",
+    ]
+    config = load_config(base, overrides)
+    assert (
+        config.run_name == "123"
+        and config.data.train == ["a.jsonl", "b.jsonl"]
+        and config.train.max_steps == 20
+    )

@@ -12,6 +12,7 @@ refuses a run a process holds, and the subprocess refuses it again if a terminal
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shlex
 import signal
@@ -26,7 +27,8 @@ from pathlib import Path
 from typing import Any, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from tunesmith.config import Config, load_config, parse_overrides
 from tunesmith.errors import UserError
@@ -63,33 +65,41 @@ def _kind(annotation: Any) -> tuple[str, list[Any], bool]:
     return "yaml", [], optional
 
 
-def schema_fields() -> list[dict[str, Any]]:
-    """Every config key in schema order: {key, section, kind, choices, optional, default, description}."""
-    fields: list[dict[str, Any]] = []
+def _leaves() -> list[tuple[str, str, FieldInfo]]:
+    """(dotted key, section, field) of every key the form shows, in schema order."""
+    leaves: list[tuple[str, str, FieldInfo]] = []
 
     def walk(cls: type[BaseModel], prefix: str) -> None:
         for name, info in cls.model_fields.items():
             section = _section_class(info.annotation)
             if section is not None and name not in WHOLE_SECTIONS:
                 walk(section, f"{prefix}{name}.")
-                continue
-            kind, choices, optional = _kind(info.annotation)
-            default = info.get_default(call_default_factory=True)
-            fields.append(
-                {
-                    "key": f"{prefix}{name}",
-                    "section": prefix.rstrip(".") or "run",
-                    "kind": kind,
-                    "choices": choices,
-                    "optional": optional,
-                    "default": render(
-                        default.model_dump(mode="json") if isinstance(default, BaseModel) else default
-                    ),
-                    "description": info.description or "",
-                }
-            )
+            else:
+                leaves.append((f"{prefix}{name}", prefix.rstrip(".") or "run", info))
 
     walk(Config, "")
+    return leaves
+
+
+def schema_fields() -> list[dict[str, Any]]:
+    """Every config key in schema order: {key, section, kind, choices, optional, default, description}."""
+    fields: list[dict[str, Any]] = []
+    for key, section, info in _leaves():
+        kind, choices, optional = _kind(info.annotation)
+        default = info.get_default(call_default_factory=True)
+        fields.append(
+            {
+                "key": key,
+                "section": section,
+                "kind": kind,
+                "choices": choices,
+                "optional": optional,
+                "default": render(
+                    default.model_dump(mode="json") if isinstance(default, BaseModel) else default
+                ),
+                "description": info.description or "",
+            }
+        )
     return fields
 
 
@@ -188,6 +198,24 @@ class Plan:
         return shlex.join(["tunesmith", *self.argv])
 
 
+@functools.cache
+def _adapter(key: str) -> TypeAdapter[Any]:
+    annotation = next(info.annotation for name, _, info in _leaves() if name == key)
+    return TypeAdapter(annotation if annotation is not None else Any)
+
+
+def _meaning(key: str, kind: str, raw: str) -> Any:
+    """What a field's text means to the config: a string as typed; anything else as the CLI reads
+    it (YAML), then as the schema takes it (`2e-4` and `0.0002` are one learning rate)."""
+    if kind == "str":
+        return raw
+    value = _parsed(raw)
+    try:
+        return _adapter(key).dump_python(_adapter(key).validate_python(value), mode="json")
+    except ValidationError:
+        return value  # invalid: an override, and load_config gives the CLI's message for it
+
+
 def changed_overrides(base: Path, values: dict[str, str]) -> list[str]:
     """The form's fields that differ from the base config, as `key=value` overrides."""
     start = form_values(load_config(base))
@@ -196,9 +224,7 @@ def changed_overrides(base: Path, values: dict[str, str]) -> list[str]:
     for key, raw in values.items():
         if key not in kinds:
             raise UserError(f"unknown form field {key!r}")
-        # A string is compared as typed; anything else as the value the CLI would read from it.
-        same = raw == start[key] if kinds[key] == "str" else _parsed(raw) == _parsed(start[key])
-        if not same:
+        if _meaning(key, kinds[key], raw) != _meaning(key, kinds[key], start[key]):
             overrides.append(override_text(key, raw, kinds[key]))
     return overrides
 
@@ -260,10 +286,12 @@ def preflight(plan: Plan, num_samples: int = 3) -> dict[str, Any]:
         tokenizer=tokenizer,
         max_seq_len=config.data.max_seq_len,
     )
-    check_args = ["tunesmith", "data", "check"]
-    for spec, flag in ((config.data.train, None), (config.data.eval, "--eval")):
-        for one in [spec] if isinstance(spec, str) else (spec or []):
-            check_args += [flag, one] if flag else [one]
+    # `data check` takes one path (a file, folder or glob) for each split: a list shows its first.
+    train, held_out = (
+        spec if isinstance(spec, str) or spec is None else spec[0]
+        for spec in (config.data.train, config.data.eval)
+    )
+    check_args = ["tunesmith", "data", "check", str(train), *(["--eval", held_out] if held_out else [])]
     check_args += ["--task", config.task, "--model", config.model.name]
     check_args += ["--max-seq-len", str(config.data.max_seq_len)]
     return {
