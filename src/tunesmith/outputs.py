@@ -61,8 +61,10 @@ def claim_output(
     overwrite: bool = False,
     directory: bool = True,
     flag: str = "--out",
+    inside_run: bool = False,
 ) -> Claim:
-    """Check `path` may be written for `purpose` (see the module docstring); refuse with a UserError."""
+    """Check `path` may be written for `purpose` (see the module docstring); refuse with a UserError.
+    `inside_run`: the output belongs inside a run directory (eval results, the report)."""
     path = Path(path).expanduser()
     where = f"{flag} {path}"
     if path.is_symlink():
@@ -72,6 +74,15 @@ def claim_output(
         if resolved == source or resolved in source.parents:
             what = "is" if resolved == source else "holds"
             raise UserError(f"{where} {what} an input of this command ({source}); write the output elsewhere")
+    for parent in resolved.parents:
+        if parent.is_file() or (parent.exists() and not parent.is_dir()):
+            raise UserError(
+                f"{where}: {parent} is a file, not a folder; give another path (nothing was written)"
+            )
+        if not inside_run and any((parent / name).is_file() for name in RUN_FILES):
+            raise UserError(
+                f"{where} is inside the run {parent}; write outputs outside runs (nothing was written)"
+            )
     if not path.exists():
         return Claim(path, purpose, "new", directory)
     if directory != path.is_dir():
@@ -105,14 +116,14 @@ def _existing_inputs(inputs: Iterable[str | Path | None]) -> Iterator[Path]:
 def _claim_folder(path: Path, purpose: str, overwrite: bool, where: str) -> Claim:
     if not any(path.iterdir()):
         return Claim(path, purpose, "empty", True)
+    found = folder_purpose(path)
+    if found != purpose and not overwrite:
+        made = f"tunesmith's {found} output, not {purpose}" if found else "not written by tunesmith"
+        _refuse_taken_folder(where, path, made)
     if holds_a_run(path):
         raise UserError(f"{where} holds a tunesmith run; give a new folder (nothing was written)")
-    found = folder_purpose(path)
     if found == purpose:
         return Claim(path, purpose, "ours", True)
-    made = f"tunesmith's {found} output, not {purpose}" if found else "not written by tunesmith"
-    if not overwrite:
-        _refuse_taken_folder(where, path, made)
     if os.path.ismount(path):
         raise UserError(f"{where} is a mount point holding files; give a new folder (nothing was written)")
     return Claim(path, purpose, "user", True)

@@ -83,12 +83,19 @@ def test_export_refuses_every_folder_it_did_not_make(trained):
     assert_refused(run_cli("export", str(run), "--out", str(run)), "input of this command")
     assert_refused(run_cli("export", str(run), "--out", str(run / "final")), "input of this command")
     assert_refused(
-        run_cli("export", str(run), "--out", str(root / "runs" / "other")), "holds a tunesmith run"
+        run_cli("export", str(run), "--out", str(root / "runs" / "other")), "not written by tunesmith"
     )
     # --overwrite never takes a run, the run being read or a folder holding them.
     for target in (root / "runs", run, run / "final", root / "runs" / "other"):
         code, _, stderr = run_cli("export", str(run), "--out", str(target), "--overwrite")
         assert code == 2 and "Traceback" not in stderr, stderr
+    assert_refused(
+        run_cli("export", str(run), "--out", str(root / "runs" / "other"), "--overwrite"),
+        "holds a tunesmith run",
+    )
+    # Nothing is written inside a run, nor under a file.
+    assert_refused(run_cli("export", str(run), "--out", str(run / "final" / "sub")), "inside the run")
+    assert_refused(run_cli("export", str(run), "--out", str(root / "runs" / "notes.txt" / "x")), "is a file")
     notes = root / "runs" / "notes.txt"
     assert_refused(run_cli("export", str(run), "--out", str(notes)), str(notes), "a file of yours")
     assert snapshot(mine) == before_mine

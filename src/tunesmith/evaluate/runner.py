@@ -90,7 +90,13 @@ def evaluate_models(
     progress = progress or NoProgress()
     data_inputs = data if isinstance(data, list) else [data]
     claim = (
-        claim_output(out_dir, "eval", inputs=[*data_inputs, model_or_run, baseline], overwrite=overwrite)
+        claim_output(
+            out_dir,
+            "eval",
+            inputs=[*data_inputs, model_or_run, baseline],
+            overwrite=overwrite,
+            inside_run=True,
+        )
         if out_dir is not None
         else None
     )

@@ -157,7 +157,6 @@ def write_report(run_dir: Path) -> Path:
     tunesmith did not write (no generator tag: a file of the user's) is refused, not replaced."""
     run = RunDir(Path(run_dir))
     if not _legacy_report(run.report):  # reports of earlier versions carry the footer, not the tag
-        claim_output(
-            run.report, REPORT_PURPOSE, directory=False, flag="report"
-        )  # refuses a file of the user's
+        # A report.html of the user's is refused, never replaced.
+        claim_output(run.report, REPORT_PURPOSE, directory=False, flag="report", inside_run=True)
     return atomic_write(run.report, render(load_run(run.path)))
