@@ -376,6 +376,17 @@ def test_watch_launch_stop_resume_and_compare_in_a_browser(server, workspace):
         assert "run_name" in differences and "train.max_steps" in differences
         assert "loss" in page.inner_text("#compare-metrics")
         page.screenshot(path=str(DOCS / "ui-compare.png"))
+
+        # A new run from an existing run's config: its directory is taken until the name changes.
+        page.goto(f"{server}/#/run/0/baseline")
+        page.click("text=new run from this config")
+        page.wait_for_selector("#form-error .error")
+        assert page.input_value("#f-run_name") == "baseline"
+        assert "already holds a run; choose another run_name" in page.inner_text("#form-error")
+        page.fill("#f-run_name", "baseline-2")
+        _until(lambda: "run_name=baseline-2" in page.inner_text("#command"), what="the command line")
+        assert page.inner_text("#command") == "tunesmith train runs/baseline/config.yaml run_name=baseline-2"
+        assert page.is_enabled("#start") and not page.locator("#form-error .error").count()
         browser.close()
     assert errors == []
     for name in ("runs", "launch", "run", "compare"):
