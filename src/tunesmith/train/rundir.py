@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +31,7 @@ SUMMARY_FILE = "summary.json"
 MODEL_INFO_FILE = "tunesmith.json"  # in final/: task, base model, method, length, classifier labels
 LEGACY_LABELS_FILE = "labels.json"  # the classifier's labels before they moved into tunesmith.json
 REDACTED = "***"  # what config.redact puts in place of a secret in the saved config.yaml
+LOCK_ATTEMPTS = 20  # a lock held for an instant (a reader asking who holds it) is waited for ~0.2 s
 LOCK_FILE = ".tunesmith.lock"  # held (flock) by the one process writing the run; not part of the run
 
 
@@ -131,6 +133,7 @@ class RunLock:
             return
         with guarded_write(Path(run_path)):
             Path(run_path).mkdir(parents=True, exist_ok=True)
+        attempts = 0
         while True:
             with guarded_write(self.path):
                 handle = open(self.path, "a+", encoding="utf-8")
@@ -142,6 +145,10 @@ class RunLock:
                 handle.close()
                 if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                     raise
+                attempts += 1
+                if attempts < LOCK_ATTEMPTS:  # `holder()` (the web app's poll) holds it shared for an instant
+                    time.sleep(0.01)
+                    continue
                 raise UserError(
                     f"run directory {run_path} is in use by {holder}; wait for it to finish (or stop it), "
                     "or choose another run_name"
