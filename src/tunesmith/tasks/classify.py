@@ -7,7 +7,6 @@ Multi-class: one label per example, softmax. Multi-label: any number of labels p
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -399,7 +398,7 @@ TASK = Task(
 def load_classifier(final_dir: Path, device: str = "cpu") -> tuple[Any, Any, dict[str, Any]]:
     """(model, tokenizer, the labels' metadata) of a trained classifier directory (adapter or full model)."""
     from tunesmith.config import ModelConfig
-    from tunesmith.models.load import load_tokenizer, resolve_model_path
+    from tunesmith.models.load import load_tokenizer, read_adapter_config, resolve_model_path
 
     info = read_model_info(final_dir)  # also reads labels.json of runs by earlier versions
     if "labels" not in info:
@@ -408,12 +407,8 @@ def load_classifier(final_dir: Path, device: str = "cpu") -> tuple[Any, Any, dic
             "trained with task: classify"
         )
     tokenizer = load_tokenizer(str(final_dir), ModelConfig(name=str(final_dir)))
-    adapter_config = final_dir / "adapter_config.json"
-    base = (
-        json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        if adapter_config.is_file()
-        else None
-    )
+    adapter_config = read_adapter_config(final_dir)
+    base = adapter_config["base_model_name_or_path"] if adapter_config is not None else None
     path = resolve_model_path(base) if base else str(final_dir)
     model, _ = load_sequence_classifier(
         path,

@@ -343,16 +343,32 @@ def write_model_info(model_dir: Path, info: dict[str, Any]) -> None:
 
 
 def read_model_info(model_dir: Path) -> dict[str, Any]:
-    """final/tunesmith.json, with a previous version's labels.json folded in ({} when neither is there)."""
+    """final/tunesmith.json, with a previous version's labels.json folded in ({} when neither is there).
+    A damaged one is a UserError naming it: what it records (the task, the classifier's labels)
+    decides how the model is used, so it is never guessed."""
     model_dir = Path(model_dir)
     info: dict[str, Any] = {}
     for name in (LEGACY_LABELS_FILE, MODEL_INFO_FILE):
         path = model_dir / name
-        if path.is_file():
-            try:
-                info.update(json.loads(path.read_text(encoding="utf-8")))
-            except (json.JSONDecodeError, OSError):
+        if not path.is_file():
+            continue
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if name == LEGACY_LABELS_FILE:  # any model folder may hold a labels.json of its own
                 continue
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+            raise UserError(
+                f"{path} is damaged ({reason}); it records the model's task, base model and labels: "
+                "restore it from a copy, or train the run again"
+            ) from None
+        if not isinstance(value, dict):
+            if name == LEGACY_LABELS_FILE:
+                continue
+            raise UserError(
+                f"{path} is damaged (not a JSON object); restore it from a copy, or train the run again"
+            )
+        info.update(value)
     return info
 
 
