@@ -107,9 +107,11 @@ def prepare_data(
         )
     label_set = build_label_set(records, eval_records, data.labels, data.multi_label)
     warnings += _label_warnings(label_set)
-    train, train_stats = tokenize_labeled(records, tokenizer, label_set, data.max_seq_len)
+    train, train_stats = tokenize_labeled(records, tokenizer, label_set, data.max_seq_len, policy)
     evaluation, eval_stats = (
-        tokenize_labeled(eval_records, tokenizer, label_set, data.max_seq_len) if eval_records else ([], None)
+        tokenize_labeled(eval_records, tokenizer, label_set, data.max_seq_len, policy)
+        if eval_records
+        else ([], None)
     )
     weights = class_weights(label_set, data.class_weights, len(train))
     pad_id = tokenizer.pad_token_id
