@@ -236,3 +236,25 @@ def test_is_disk_error_asks_the_filesystem_not_the_words(tmp_path, small_fs):
     assert is_disk_error(OSError(errno.EDQUOT, "Disk quota exceeded"))
     assert is_disk_error(OSError(errno.EIO, "Input/output error"))
     assert not is_disk_error(OSError(errno.ENOENT, "No such file"))
+
+
+def test_a_full_disk_under_the_token_cache_is_one_line_naming_data_cache_dir(tiny_llama, tmp_path, small_fs):
+    """Pretraining tokenizes the corpus into data.cache_dir first: a full disk there is one line."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(("The quick brown fox jumps over the lazy dog. " * 40 + "\n\n") * 200)
+    (small_fs / "cache").mkdir()
+    fill(small_fs)
+    config = make_config(
+        tiny_llama,
+        corpus,
+        tmp_path / "runs",
+        task="pretrain",
+        adapter={"method": "lora", "r": 4, "alpha": 8},
+        data={"train": str(corpus), "max_seq_len": 64, "cache_dir": str(small_fs / "cache"), "check": False},
+    )
+    with pytest.raises(UserError) as caught:
+        api.train(config)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("disk full while writing the token cache"), message
+    assert "data.cache_dir" in message and "MiB free" in message
+    assert list((small_fs / "cache").iterdir()) == []  # no partial entry left
