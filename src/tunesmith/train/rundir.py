@@ -245,12 +245,20 @@ def is_disk_error(exc: BaseException, target: Path | None = None) -> bool:
     return target is not None and is_disk_full(target)
 
 
+def _size(num_bytes: int) -> str:
+    return (
+        f"{num_bytes / 2**20:.1f} MiB"
+        if num_bytes >= 2**20 // 10
+        else f"{max(1, round(num_bytes / 1024))} KiB"
+    )
+
+
 def disk_error(what: Path, needed_bytes: int | None, exc: BaseException, note: str = "") -> UserError:
     """The one-line message of a write that failed for the disk (see is_disk_error): what, the
     space needed and the space free."""
     free_now = free_bytes(what)
     free = f"{free_now / 2**20:.1f} MiB free" if free_now is not None else "free space unknown"
-    needed = f"needs about {needed_bytes / 2**20:.1f} MiB, " if needed_bytes else ""
+    needed = f"needs about {_size(needed_bytes)}, " if needed_bytes else ""
     # No errno: the full filesystem is what told us.
     kind = "disk write failed" if _disk_errno(exc) in (errno.EIO, errno.EROFS, errno.EFBIG) else "disk full"
     return UserError(
