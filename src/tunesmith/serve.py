@@ -464,6 +464,8 @@ def load_engine(model_or_run: str, device: str = "auto", name: str | None = None
 def listening_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to host:port; a port in use (or an address this machine does not have)
     is a UserError naming it, before any model is loaded."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: a TCP port is between 0 and 65535 (0 picks a free one)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restart right after a stop
@@ -496,8 +498,10 @@ def serve(
     sock = listening_socket(host, port)
     with sock:
         engine = load_engine(model_or_run, device=device, name=name)
+        bound = sock.getsockname()[1]  # --port 0: the port the system chose
+        address = f"[{host}]" if ":" in host else host
         (progress or NoProgress()).message(
-            f"serving {engine.name!r} on http://{host}:{port}/v1 (Ctrl+C stops)"
+            f"serving {engine.name!r} on http://{address}:{bound}/v1 (Ctrl+C stops)"
         )
         config = uvicorn.Config(build_app(engine, api_key), log_level="warning", access_log=False)
         with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C is how a server is stopped

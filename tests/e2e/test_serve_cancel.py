@@ -103,3 +103,16 @@ def test_a_port_in_use_is_one_line_and_exit_code_2(tiny_llama, tmp_path):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert f"port {port}" in result.stderr and "--port" in result.stderr
+
+
+@pytest.mark.parametrize("port", ["99999", "-1"])
+def test_a_port_out_of_range_is_one_line(tiny_llama, tmp_path, port):
+    result = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "serve", str(tiny_llama), "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and f"--port {port}" in result.stderr, result.stderr
