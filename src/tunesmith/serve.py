@@ -11,14 +11,17 @@ unless told otherwise, and with an API key every request must carry `Authorizati
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hmac
 import inspect
 import json
 import queue
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -27,6 +30,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import DynamicCache
 
+from tunesmith.errors import UserError
 from tunesmith.progress import NoProgress, Progress
 
 DEFAULT_HOST = "127.0.0.1"  # localhost only: exposing a model is the user's explicit choice
@@ -61,7 +65,7 @@ class _Sampling(BaseModel):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)  # what torch's generator takes
     n: int = Field(1, ge=1, le=1)  # one choice per request
     stream: bool = False
 
@@ -127,6 +131,10 @@ class Engine:
         self.context = getattr(config, "max_position_embeddings", None) or 2048
         self.device = next(model.parameters()).device
         self.lock = threading.Lock()
+        # Counted under the lock: every token generated, and the generations stopped because
+        # their client went away.
+        self.num_generated_tokens = 0
+        self.num_cancelled = 0
         # transformers renamed `past_key_values` to `cache` during 5.x; take whichever this one has.
         forward = inspect.signature(unwrap_forward(model)).parameters
         self.cache_argument = "cache" if "cache" in forward else "past_key_values"
@@ -163,9 +171,11 @@ class Engine:
         cache = DynamicCache()  # updated in place by each forward
         for _ in range(sampling.max_tokens):
             if cancel.is_set():
+                self.num_cancelled += 1
                 return
             output = self.model(input_ids=input_ids, **{self.cache_argument: cache}, use_cache=True)
             token = self._pick(output.logits[0, -1].float().cpu(), sampling, generator)
+            self.num_generated_tokens += 1
             if token in stop_ids:
                 yield "stop"
                 return
@@ -254,9 +264,11 @@ def _sse(payload: dict[str, Any] | str) -> str:
 
 def build_app(engine: Engine, api_key: str | None = None) -> Any:
     """The FastAPI app serving `engine`."""
+    import anyio
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.background import BackgroundTask
     from starlette.exceptions import HTTPException
 
     app = FastAPI(title="tunesmith", docs_url=None, redoc_url=None, openapi_url=None)
@@ -371,11 +383,16 @@ def build_app(engine: Engine, api_key: str | None = None) -> Any:
 
         pieces, cancel = _generate_in_thread(engine, prompt_ids, sampling, stop_ids)
 
-        def events() -> Iterator[str]:
+        async def events() -> AsyncIterator[str]:
+            # An async generator: when the client disconnects, Starlette cancels the response
+            # while it waits here for the next piece, and `finally` stops the generation at its
+            # next token (a sync generator would be left running in its thread to max_tokens).
             try:
                 if chat:
                     yield _sse(chunk(None, None, first=True))
-                for item in iter(pieces.get, None):
+                while (
+                    item := await anyio.to_thread.run_sync(pieces.get, abandon_on_cancel=True)
+                ) is not None:
                     if isinstance(item, BaseException):
                         yield _sse(error_body(f"{type(item).__name__}: {item}", "server_error"))
                         break
@@ -384,9 +401,12 @@ def build_app(engine: Engine, api_key: str | None = None) -> Any:
                         yield _sse(chunk(text, finish))
                 yield _sse("[DONE]")
             finally:
-                cancel.set()  # the client went away: stop generating
+                cancel.set()
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        # The background task runs after the response, also after a disconnect cancelled it.
+        return StreamingResponse(
+            events(), media_type="text/event-stream", background=BackgroundTask(cancel.set)
+        )
 
     return app
 
@@ -444,6 +464,28 @@ def load_engine(model_or_run: str, device: str = "auto", name: str | None = None
     return Engine(model, tokenizer, name or (path.resolve().name if path.exists() else model_or_run))
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port; a port in use (or an address this machine does not have)
+    is a UserError naming it, before any model is loaded."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: a TCP port is between 0 and 65535 (0 picks a free one)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restart right after a stop
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise UserError(
+                f"port {port} on {host} is already in use (another server?); stop it or choose another with --port"
+            ) from None
+        raise UserError(
+            f"cannot listen on {host} port {port} ({exc.strerror or exc}); choose another --host or --port"
+        ) from None
+    return sock
+
+
 def serve(
     model_or_run: str,
     host: str = DEFAULT_HOST,
@@ -456,6 +498,14 @@ def serve(
     """Load the model and serve it until interrupted; `progress` hears where it listens."""
     import uvicorn
 
-    engine = load_engine(model_or_run, device=device, name=name)
-    (progress or NoProgress()).message(f"serving {engine.name!r} on http://{host}:{port}/v1 (Ctrl+C stops)")
-    uvicorn.run(build_app(engine, api_key), host=host, port=port, log_level="warning", access_log=False)
+    sock = listening_socket(host, port)
+    with sock:
+        engine = load_engine(model_or_run, device=device, name=name)
+        bound = sock.getsockname()[1]  # --port 0: the port the system chose
+        address = f"[{host}]" if ":" in host else host
+        (progress or NoProgress()).message(
+            f"serving {engine.name!r} on http://{address}:{bound}/v1 (Ctrl+C stops)"
+        )
+        config = uvicorn.Config(build_app(engine, api_key), log_level="warning", access_log=False)
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl+C is how a server is stopped
+            uvicorn.Server(config).run(sockets=[sock])

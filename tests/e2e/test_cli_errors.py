@@ -106,3 +106,17 @@ def test_unknown_override_key(workspace):
 def test_help_does_not_import_torch():
     code = "import sys, tunesmith.cli; sys.exit(int('torch' in sys.modules or 'transformers' in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_a_command_that_loads_peft_prints_no_bitsandbytes_line(workspace):
+    # peft imports bitsandbytes, whose CPU backend logged "Failed to load CPU gemm_4bit_forward
+    # from kernels-community ..." on every command that trained or loaded an adapter.
+    tmp_path, config = workspace
+    config["eval"] = {"before": False, "after": False, "forgetting": False}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run_cli("train", str(tmp_path / "config.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    generated = run_cli("generate", str(tmp_path / "runs" / "r"), "--prompt", "hi", "--max-new-tokens", "2")
+    assert generated.returncode == 0, generated.stderr
+    for output in (result, generated):
+        assert "gemm_4bit" not in output.stderr and "bitsandbytes" not in output.stderr, output.stderr

@@ -184,6 +184,11 @@ def test_stop_strings_cut_the_answer(client):
         (b'{"model": "other", "messages": [{"role": "user", "content": "hi"}]}', 404, "model"),
         (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 3}', 400, "n"),
         (
+            b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "seed": 1180591620717411303424}',
+            400,
+            "seed",
+        ),
+        (
             b'{"model": "tiny", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}',
             400,
             "messages.0.content",

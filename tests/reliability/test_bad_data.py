@@ -96,3 +96,17 @@ def test_skipped_records_are_counted_in_the_run_summary(tiny_llama, tmp_path):
     result = api.train(config)
     summary = json.loads((result.run_dir / "summary.json").read_text())
     assert len(summary["data"]["skipped_records"]) == 2
+
+
+def test_skip_policy_skips_an_oversized_record(tiny_llama, tmp_path):
+    # Over the record limit (1M characters at max_seq_len 128): refused by default, skipped and
+    # counted with data.on_error: skip, as `data check` promised ("ready with warnings").
+    oversized = json.dumps({"instruction": "Summarise this.", "output": "word " * 220_000})
+    lines = [json.dumps({"instruction": f"Say {i}.", "output": f"{i}"}) for i in range(12)]
+    lines.insert(5, oversized)
+    with pytest.raises(UserError, match=r"train\.jsonl:6: a record of 1,100,000 characters"):
+        _prepare(tiny_llama, tmp_path, lines)
+    prepared = _prepare(tiny_llama, tmp_path, lines, data__on_error="skip")
+    (skipped,) = prepared.stats.skipped_records
+    assert "train.jsonl:6: a record of 1,100,000 characters" in skipped
+    assert len(prepared.train) + len(prepared.eval) == 12

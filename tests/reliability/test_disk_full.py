@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -13,11 +15,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tunesmith import api
 from tunesmith.errors import UserError
-from tunesmith.train.checkpoint import checkpoint_damage, list_checkpoints
+from tunesmith.train.checkpoint import (
+    OPTIMIZER_FILE,
+    RNG_FILE,
+    STATE_FILE,
+    TRAINABLE_FILE,
+    checkpoint_damage,
+    list_checkpoints,
+)
 
 from ..conftest import tiny_config
 from .helpers import RecordingProgress, instruct_file, make_config, step_records
@@ -41,8 +51,9 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
-def fill(directory: Path) -> Path:
-    """Write a file until the filesystem is full (real ENOSPC); returns it (delete it to free space)."""
+def fill(directory: Path, leave: int = 0) -> Path:
+    """Write a file until the filesystem is full (real ENOSPC), then give back `leave` bytes;
+    returns the file (delete it to free space)."""
     filler = directory / "filler"
     chunk = b"\0" * 65536
     with open(filler, "wb", buffering=0) as handle, contextlib.suppress(OSError):
@@ -53,6 +64,9 @@ def fill(directory: Path) -> Path:
             while True:
                 handle.write(b"\0" * size)
     assert shutil.disk_usage(directory).free < 4096
+    if leave:
+        os.truncate(filler, filler.stat().st_size - leave)
+        assert abs(shutil.disk_usage(directory).free - leave) < 4096
     return filler
 
 
@@ -140,17 +154,107 @@ def test_final_and_reports_on_a_full_disk_are_one_line_errors(tiny_llama, tmp_pa
     assert step == 2 and checkpoint_damage(newest) is None
 
 
-def test_is_disk_error_knows_what_each_library_raises():
+# Where a checkpoint save meets the full disk: each file is written by another library, which
+# says so in its own way (safetensors: "(os error 28)"; torch.save: "basic_ios::clear: iostream
+# error", "unexpected pos"; the JSON state file: OSError ENOSPC).
+CHECKPOINT_FILES = (TRAINABLE_FILE, OPTIMIZER_FILE, RNG_FILE, STATE_FILE)
+RAISED_BY = {TRAINABLE_FILE: "SafetensorError", OPTIMIZER_FILE: "RuntimeError", RNG_FILE: "RuntimeError"}
+
+
+@pytest.mark.parametrize("failing_file", CHECKPOINT_FILES)
+def test_a_full_disk_inside_each_checkpoint_file_is_one_line_for_train_and_resume(
+    tiny_llama, tmp_path, small_fs, failing_file
+):
+    train_file = instruct_file(tmp_path)
+    run_dir = small_fs / "runs" / "run"
+    filled: list[Path] = []
+
+    def leave_room_up_to_the_failing_file(step: int, record: dict) -> None:
+        # step-2 is on disk: the step-4 files are as large. Leave room for the files written
+        # before the failing one and half of it, so the disk fills inside that very write.
+        if step == 3 and not filled:
+            previous = run_dir / "checkpoints" / "step-000002"
+            sizes = [(previous / name).stat().st_blocks * 512 for name in CHECKPOINT_FILES]
+            index = CHECKPOINT_FILES.index(failing_file)
+            pages = sizes[index] // 4096 // 2
+            filled.append(fill(small_fs, leave=sum(sizes[:index]) + pages * 4096))
+
+    settings = dict(train__max_steps=6, train__save_every=2, train__log_every=1000, train__keep_last=3)
+    config = make_config(tiny_llama, train_file, small_fs / "runs", **settings)
+    with pytest.raises(UserError) as caught:
+        api.train(config, progress=RecordingProgress(on_step=leave_room_up_to_the_failing_file))
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("disk full while writing"), message
+    assert "step-000004" in message and "MiB free" in message
+    raised = caught.value.__context__  # what the library raised, kept out of the user's sight
+    assert type(raised).__name__ == RAISED_BY.get(failing_file, "OSError"), repr(raised)
+    assert _leftovers(run_dir) == []
+    (step, newest), *_ = reversed(list_checkpoints(run_dir / "checkpoints"))
+    assert step == 2 and checkpoint_damage(newest) is None
+
+    # --resume on the still-full disk: one line, exit code 2, whichever write meets the full disk.
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config(tiny_llama, train_file, small_fs / "runs", **settings)))
+    result = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "train", str(config_file), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "disk full while writing" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert _leftovers(run_dir) == []
+    assert checkpoint_damage(newest) is None
+
+
+def test_is_disk_error_asks_the_filesystem_not_the_words(tmp_path, small_fs):
+    """Each library's own failure on a real full disk is a disk error; the same words on a
+    filesystem with room, or a program error, are not."""
+    from safetensors.torch import save_file
+
     from tunesmith.train.rundir import is_disk_error
 
+    fill(small_fs)
+    tensors = {"weight": torch.zeros(4096)}
+    writes = {
+        "torch.save": lambda path: torch.save(tensors, path),
+        "safetensors": lambda path: save_file(tensors, str(path)),
+        "json": lambda path: path.write_text(json.dumps({"step": 1}) * 500),
+    }
+    for name, write in writes.items():
+        target = small_fs / f"{name}.out"
+        with pytest.raises(Exception) as caught:
+            write(target)
+        assert is_disk_error(caught.value, target), (name, caught.value)
+        target.unlink(missing_ok=True)
+    words = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+    assert not is_disk_error(words, tmp_path / "out")  # tmp_path has room: not the disk
+    assert not is_disk_error(RuntimeError("shape mismatch"), tmp_path / "out")
     assert is_disk_error(OSError(errno.ENOSPC, "No space left on device"))
     assert is_disk_error(OSError(errno.EDQUOT, "Disk quota exceeded"))
     assert is_disk_error(OSError(errno.EIO, "Input/output error"))
-    assert is_disk_error(
-        RuntimeError(
-            "[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0"
-            " PytorchStreamWriter failed writing file data/0: file write failed"
-        )
-    )
-    assert not is_disk_error(RuntimeError("shape mismatch"))
     assert not is_disk_error(OSError(errno.ENOENT, "No such file"))
+
+
+def test_a_full_disk_under_the_token_cache_is_one_line_naming_data_cache_dir(tiny_llama, tmp_path, small_fs):
+    """Pretraining tokenizes the corpus into data.cache_dir first: a full disk there is one line."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(("The quick brown fox jumps over the lazy dog. " * 40 + "\n\n") * 200)
+    (small_fs / "cache").mkdir()
+    fill(small_fs)
+    config = make_config(
+        tiny_llama,
+        corpus,
+        tmp_path / "runs",
+        task="pretrain",
+        adapter={"method": "lora", "r": 4, "alpha": 8},
+        data={"train": str(corpus), "max_seq_len": 64, "cache_dir": str(small_fs / "cache"), "check": False},
+    )
+    with pytest.raises(UserError) as caught:
+        api.train(config)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("disk full while writing the token cache"), message
+    assert "data.cache_dir" in message and "MiB free" in message
+    assert list((small_fs / "cache").iterdir()) == []  # no partial entry left

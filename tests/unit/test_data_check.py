@@ -537,3 +537,71 @@ def test_tfidf_similarities_are_scikit_learns() -> None:
         (ours_fit @ ours_fit.T).toarray(), (theirs_fit @ theirs_fit.T).toarray(), atol=1e-12
     )
     assert tfidf_matrices(["", "!!"], ["a b"]) is None  # no words to fit on
+
+
+def _tool_rows() -> list[dict]:
+    """Conversations calling a tool: declared, undeclared (a misspelt name), and with no `tools`."""
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+
+    def calling(name: str, city: str, tools: list | None) -> dict:
+        call = {"type": "function", "function": {"name": name, "arguments": {"city": city}}}
+        row: dict = {
+            "messages": [
+                {"role": "user", "content": f"What is the weather in {city}?"},
+                {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "content": "sunny"},
+                {"role": "assistant", "content": f"It is sunny in {city}."},
+            ]
+        }
+        if tools is not None:
+            row["tools"] = tools
+        return row
+
+    return [calling("get_weather", "Oslo", [weather]), calling("get_wether", "Rome", [weather])] + [
+        calling("get_weather", "Lima", None)
+    ]
+
+
+def test_tool_calls_the_row_does_not_declare_are_reported(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "tools.jsonl", clean_rows(60) + _tool_rows())
+    report = run_check(str(data))[0].report.to_dict()
+    undeclared = finding(report, "undeclared_tool_calls")
+    assert undeclared["severity"] == "warning" and undeclared["count"] == 1
+    assert undeclared["examples"] == [f"{data}:62"] and "get_wether" in undeclared["detail"]
+    without = finding(report, "calls_without_tools")
+    assert without["severity"] == "warning" and without["count"] == 1
+    assert without["examples"] == [f"{data}:63"] and "get_weather" in without["detail"]
+
+
+def test_tool_calls_the_row_does_not_declare_are_warned_in_training(
+    tiny_llama: Path, tmp_path: Path, shared_dir
+) -> None:
+    from tests.reliability.helpers import RecordingProgress
+    from tunesmith import api
+    from tunesmith.config import build_config
+
+    data = write_jsonl(tmp_path / "tools.jsonl", clean_rows(20) + _tool_rows())
+    config = tiny_config(
+        tiny_llama,
+        data,
+        tmp_path / "runs",
+        data__check=True,
+        data__max_seq_len=512,  # the template's tool prompt is long
+        data__chat_template=str(shared_dir / "chat_templates" / "qwen2_5.jinja"),
+        train__max_steps=1,
+    )
+    progress = RecordingProgress()
+    api.train(build_config(config), progress=progress)
+    warnings = [line for line in progress.lines if line.startswith("data warning")]
+    assert any("tool calls to a function missing from the row's `tools`: 1" in w for w in warnings), warnings
+    assert any("tool calls but no `tools`: 1" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("content", ["", "\n\n  \n"], ids=["empty", "blank"])
+def test_an_empty_data_file_is_named_in_its_finding(tmp_path: Path, content: str) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text(content)
+    report = run_check(str(data))[0].report.to_dict()
+    empty = finding(report, "no_usable_records")
+    assert empty["severity"] == "error" and empty["examples"] == [str(data)]
+    assert str(data) in empty["detail"] and "holds no rows" in empty["detail"]

@@ -20,6 +20,7 @@ every core) and appended to disk, so its memory does not grow with the corpus.
 from __future__ import annotations
 
 import codecs
+import errno
 import hashlib
 import itertools
 import json
@@ -498,12 +499,12 @@ def load_or_build(
     if final.exists():  # incomplete or from an older format: never trusted, rebuilt
         shutil.rmtree(final, ignore_errors=True)
     partial = cache_dir / f"{key}{PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    partial.mkdir()
     warnings: list[str] = []
     prefix, eos = special_ids(tokenizer)
     dtype = np.dtype(np.uint16 if len(tokenizer) <= 2**16 else np.uint32)
     files: list[dict[str, Any]] = []
     try:
+        partial.mkdir()
         with _build_progress(progress, sum(s.size for s in sources), what) as advance:
             document_count = [0]
 
@@ -545,8 +546,14 @@ def load_or_build(
             if open_entry(final) is None:
                 raise
             shutil.rmtree(partial, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(
+                f"disk full while writing the token cache in {cache_dir}: "
+                f"{shutil.disk_usage(cache_dir).free / 2**20:.1f} MiB free once the partial entry was removed; "
+                "free space or point data.cache_dir elsewhere"
+            ) from None
         raise
     entry = open_entry(final)
     assert entry is not None, f"cache entry {final} unreadable right after it was written"

@@ -67,6 +67,16 @@ class Conversation:
     source: Source = field(default_factory=lambda: Source("<memory>"))
     tools: list[dict[str, Any]] | None = None  # function schemas, OpenAI form {type, function}
 
+    def tool_names(self) -> list[str]:
+        """The functions `tools` declares."""
+        return [tool["function"]["name"] for tool in self.tools or []]
+
+    def undeclared_tool_calls(self) -> list[str]:
+        """The functions the assistant calls that `tools` does not declare (each once, in order)."""
+        declared = set(self.tool_names())
+        called = [call["function"]["name"] for m in self.messages for call in m.get("tool_calls") or []]
+        return list(dict.fromkeys(name for name in called if name not in declared))
+
 
 @dataclass
 class LabeledText:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from tunesmith.data.formats import LabeledText
-from tunesmith.data.load import Source
+from tunesmith.data.load import ErrorPolicy, Source
 from tunesmith.data.tokenize import Example, check_record_size
 from tunesmith.errors import UserError
 
@@ -206,13 +206,20 @@ def encode_text(tokenizer: Any, text: str, text_pair: str | None, max_seq_len: i
 
 
 def tokenize_labeled(
-    records: Sequence[LabeledText], tokenizer: Any, label_set: LabelSet, max_seq_len: int
+    records: Sequence[LabeledText],
+    tokenizer: Any,
+    label_set: LabelSet,
+    max_seq_len: int,
+    policy: ErrorPolicy | None = None,
 ) -> tuple[list[Example], ClassifyStats]:
+    """`policy` (data.on_error) decides whether an oversized record stops the run or is skipped."""
     stats = ClassifyStats(num_records=len(records))
     examples = []
     counts: Counter[str] = Counter()
     for record in records:
-        check_record_size(record.source, len(record.text) + len(record.text_pair or ""), max_seq_len)
+        num_chars = len(record.text) + len(record.text_pair or "")
+        if not check_record_size(record.source, num_chars, max_seq_len, policy):
+            continue
         encoded = encode_text(tokenizer, record.text, record.text_pair, max_seq_len)
         # A text that fills max_seq_len exactly is counted too: cheaper than encoding twice.
         if len(encoded["input_ids"]) >= max_seq_len:

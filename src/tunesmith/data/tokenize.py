@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from tunesmith.data.formats import Conversation
+from tunesmith.data.load import ErrorPolicy
 from tunesmith.data.templates import IGNORE_INDEX, ChatTemplate, encode_conversations
 from tunesmith.errors import UserError
 
@@ -65,14 +66,22 @@ def record_char_limit(max_seq_len: int) -> int:
     return max(MIN_RECORD_CHAR_LIMIT, MAX_CHARS_PER_TOKEN * max_seq_len)
 
 
-def check_record_size(source: Any, num_chars: int, max_seq_len: int) -> None:
-    """Refuse a record far longer than data.max_seq_len could ever hold, naming it."""
+def check_record_size(
+    source: Any, num_chars: int, max_seq_len: int, policy: ErrorPolicy | None = None
+) -> bool:
+    """Whether a record may be tokenized: one far longer than data.max_seq_len could ever hold is
+    refused naming it, or (data.on_error: skip, through `policy`) skipped and counted."""
     limit = record_char_limit(max_seq_len)
-    if num_chars > limit:
-        raise UserError(
-            f"{source}: a record of {num_chars:,} characters, over the limit of {limit:,} for "
-            f"data.max_seq_len={max_seq_len} (it would be cut to {max_seq_len} tokens); split or remove it"
-        )
+    if num_chars <= limit:
+        return True
+    message = (
+        f"{source}: a record of {num_chars:,} characters, over the limit of {limit:,} for "
+        f"data.max_seq_len={max_seq_len} (it would be cut to {max_seq_len} tokens); split or remove it"
+    )
+    if policy is None:
+        raise UserError(message)
+    policy.bad(message)
+    return False
 
 
 def tokenize_conversations(
@@ -82,15 +91,17 @@ def tokenize_conversations(
     max_seq_len: int,
     what: str = "data.train",
     train_on_reasoning: bool = False,
+    policy: ErrorPolicy | None = None,
 ) -> tuple[list[Example], TokenizeStats]:
     """Examples of every record: one per conversation, or one per assistant turn for templates that
-    rewrite history (see templates.conversation_samples); all keep the record's file:line."""
+    rewrite history (see templates.conversation_samples); all keep the record's file:line.
+    `policy` (data.on_error) decides whether an oversized record stops the run or is skipped."""
     stats = TokenizeStats(num_records=len(records))
     examples = []
     for record in records:
-        check_record_size(
-            record.source, sum(len(str(m.get("content") or "")) for m in record.messages), max_seq_len
-        )
+        num_chars = sum(len(str(m.get("content") or "")) for m in record.messages)
+        if not check_record_size(record.source, num_chars, max_seq_len, policy):
+            continue
         samples = encode_conversations(
             tokenizer, template, record.messages, getattr(record, "tools", None), train_on_reasoning
         )

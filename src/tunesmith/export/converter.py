@@ -32,19 +32,37 @@ def default_converter_dir() -> Path:
     return Path("~/.cache/tunesmith").expanduser() / f"llama.cpp-convert-{CONVERTER_VERSION}"
 
 
+def _missing_parts(directory: Path) -> list[str]:
+    """What of llama.cpp's converter `directory` lacks: the script, its gguf-py and (in llama.cpp
+    versions whose script imports it) its conversion/ package."""
+    script = directory / "convert_hf_to_gguf.py"
+    if not script.is_file():
+        return ["convert_hf_to_gguf.py"]
+    missing = [] if (directory / "gguf-py" / "gguf").is_dir() else ["gguf-py/"]
+    try:
+        uses_package = "from conversion" in script.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        uses_package = False
+    if uses_package and not (directory / "conversion" / "__init__.py").is_file():
+        missing.append("conversion/")
+    return missing
+
+
 def _is_converter(directory: Path) -> bool:
-    return (directory / "convert_hf_to_gguf.py").is_file() and (directory / "gguf-py" / "gguf").is_dir()
+    return not _missing_parts(directory)
 
 
 def find_converter(llama_cpp: str | Path | None = None) -> Path:
     """The folder holding llama.cpp's converter: `llama_cpp` (a llama.cpp checkout or a fetched
     cache) if given, else the cache `fetch_converter` fills."""
     directory = Path(llama_cpp).expanduser() if llama_cpp else default_converter_dir()
-    if _is_converter(directory):
+    missing = _missing_parts(directory)
+    if not missing:
         return directory
     where = f"--llama-cpp {directory}" if llama_cpp else str(directory)
     raise UserError(
-        f"llama.cpp's GGUF converter is not in {where} (it needs convert_hf_to_gguf.py and gguf-py/). "
+        f"llama.cpp's GGUF converter is not complete in {where} (missing {', '.join(missing)}; it needs "
+        "convert_hf_to_gguf.py, its conversion/ package and gguf-py/). "
         f"Fetch it once with `python -m tunesmith.export.converter fetch` (or `make gguf-tools`): it downloads "
         f"the {CONVERTER_PACKAGE}=={CONVERTER_VERSION} source from PyPI and keeps llama.cpp's converter "
         "(MIT) in that folder; or pass --llama-cpp DIR pointing at a llama.cpp checkout"

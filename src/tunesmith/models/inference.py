@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ def load_for_inference(
         check_weight_files,
         load_causal_lm,
         load_tokenizer,
+        read_adapter_config,
         resolve_model_path,
         select_device,
         unsafe_pickle_error,
@@ -39,12 +39,12 @@ def load_for_inference(
     quiet_libraries()
     device = select_device(device)
     target = Path(target)
-    adapter_config = target / "adapter_config.json"
+    adapter_config = read_adapter_config(target)
     model_config = ModelConfig(name=str(target), trust_remote_code=trust_remote_code)
-    if adapter_config.is_file():
+    if adapter_config is not None:
         from peft import PeftModel
 
-        base = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        base = adapter_config["base_model_name_or_path"]
         base_config = ModelConfig(name=base, trust_remote_code=trust_remote_code)
         model = load_causal_lm(resolve_model_path(base), base_config, device)
         check_weight_files(target)

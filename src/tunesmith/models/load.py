@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pickle
@@ -19,6 +20,7 @@ EMBEDDED_MODEL_DIR = ASSETS_DIR / "base-model"
 EMBEDDED_NAMES = ("embedded", "tunesmith/embedded")
 GENERAL_TEXT_PATH = ASSETS_DIR / "general_heldout.txt"
 GGUF_SUFFIX = ".gguf"
+ADAPTER_CONFIG_FILE = "adapter_config.json"
 
 
 def resolve_model_path(name: str) -> str:
@@ -118,6 +120,59 @@ def safetensors_damage(path: Path) -> str | None:
     return None
 
 
+def read_adapter_config(folder: str | Path) -> dict[str, Any] | None:
+    """A PEFT adapter folder's adapter_config.json (None when `folder` holds none); a damaged one
+    (truncated, not an object, no base model) is a UserError naming the file."""
+    path = Path(folder) / ADAPTER_CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(
+            f"{path} is damaged ({_first_line(exc)}); restore it from a copy, or train the run again"
+        ) from None
+    if not isinstance(config, dict) or not isinstance(config.get("base_model_name_or_path"), str):
+        raise UserError(
+            f"{path} names no base model (base_model_name_or_path); restore it from a copy, or train the run again"
+        )
+    return config
+
+
+def gguf_damage(path: str) -> str | None:
+    """Why a .gguf file cannot be read (empty, truncated, a broken header or tensor table), or
+    None. Reads the metadata and the tensor table only: every tensor's bytes must lie in the file."""
+    try:
+        from transformers.integrations.gguf.reader import GgufHeader
+    except ImportError:  # another transformers: its own loading says what is wrong
+        return None
+    try:
+        size = os.path.getsize(path)
+        header = GgufHeader.from_file(path)
+    except FileNotFoundError:
+        return f"{path} is missing"
+    except Exception as exc:  # struct.error, ValueError, UnicodeDecodeError, KeyError ...: a broken header
+        return f"{path} is not a readable GGUF file ({_first_line(exc)})"
+    end = max((header.data_start + t.offset + t.nbytes for t in header.tensors), default=header.data_start)
+    if end > size:
+        return f"{path} is truncated ({size} of {end} bytes)"
+    return None
+
+
+def check_gguf_file(folder: str, file_name: str) -> None:
+    """A damaged GGUF base: exit 2 naming the file, before any library reads it."""
+    path = os.path.join(folder, file_name)
+    stat = os.stat(path)
+    damage = _gguf_damage_cached(path, stat.st_size, stat.st_mtime_ns)
+    if damage:
+        raise UserError(f"model.name: {damage}; re-download or re-convert the model")
+
+
+@functools.lru_cache(maxsize=8)
+def _gguf_damage_cached(path: str, size: int, mtime_ns: int) -> str | None:
+    return gguf_damage(path)  # the config, the tokenizer and the weights each read the same file
+
+
 def check_weight_files(path: str | Path) -> None:
     """A local model or adapter folder whose .safetensors weights are damaged: exit 2 naming the file."""
     folder = Path(path)
@@ -189,6 +244,7 @@ def model_config_dict(path: str, config: ModelConfig) -> dict[str, Any] | None:
         from transformers import AutoConfig
 
         _require_gguf_package()
+        check_gguf_file(*gguf)
         return AutoConfig.from_pretrained(gguf[0], gguf_file=gguf[1]).to_dict()
     config_file = os.path.join(path, "config.json")
     if os.path.isfile(config_file):
@@ -214,6 +270,7 @@ def load_tokenizer(path: str, config: ModelConfig, padding_side: str = "right") 
     try:
         if gguf is not None:
             _require_gguf_package()
+            check_gguf_file(*gguf)
             # The GGUF carries the vocabulary, the special tokens and the chat template.
             tokenizer = AutoTokenizer.from_pretrained(gguf[0], gguf_file=gguf[1])
         else:
@@ -318,6 +375,7 @@ def load_gguf_causal_lm(folder: str, file_name: str, config: ModelConfig, device
     from transformers import AutoModelForCausalLM
 
     _require_gguf_package()
+    check_gguf_file(folder, file_name)
     source = os.path.abspath(os.path.join(folder, file_name))
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file_name, dtype=torch.float32)
     kwargs = model_load_kwargs(config, device)

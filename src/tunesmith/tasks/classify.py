@@ -7,7 +7,6 @@ Multi-class: one label per example, softmax. Multi-label: any number of labels p
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -108,9 +107,11 @@ def prepare_data(
         )
     label_set = build_label_set(records, eval_records, data.labels, data.multi_label)
     warnings += _label_warnings(label_set)
-    train, train_stats = tokenize_labeled(records, tokenizer, label_set, data.max_seq_len)
+    train, train_stats = tokenize_labeled(records, tokenizer, label_set, data.max_seq_len, policy)
     evaluation, eval_stats = (
-        tokenize_labeled(eval_records, tokenizer, label_set, data.max_seq_len) if eval_records else ([], None)
+        tokenize_labeled(eval_records, tokenizer, label_set, data.max_seq_len, policy)
+        if eval_records
+        else ([], None)
     )
     weights = class_weights(label_set, data.class_weights, len(train))
     pad_id = tokenizer.pad_token_id
@@ -407,7 +408,7 @@ TASK = Task(
 def load_classifier(final_dir: Path, device: str = "cpu") -> tuple[Any, Any, dict[str, Any]]:
     """(model, tokenizer, the labels' metadata) of a trained classifier directory (adapter or full model)."""
     from tunesmith.config import ModelConfig
-    from tunesmith.models.load import load_tokenizer, resolve_model_path
+    from tunesmith.models.load import load_tokenizer, read_adapter_config, resolve_model_path
 
     info = read_model_info(final_dir)  # also reads labels.json of runs by earlier versions
     if "labels" not in info:
@@ -416,12 +417,8 @@ def load_classifier(final_dir: Path, device: str = "cpu") -> tuple[Any, Any, dic
             "trained with task: classify"
         )
     tokenizer = load_tokenizer(str(final_dir), ModelConfig(name=str(final_dir)))
-    adapter_config = final_dir / "adapter_config.json"
-    base = (
-        json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        if adapter_config.is_file()
-        else None
-    )
+    adapter_config = read_adapter_config(final_dir)
+    base = adapter_config["base_model_name_or_path"] if adapter_config is not None else None
     path = resolve_model_path(base) if base else str(final_dir)
     model, _ = load_sequence_classifier(
         path,

@@ -71,10 +71,12 @@ def prepare_data(
     template = resolve_chat_template(tokenizer, data.chat_template)
     reasoning = data.train_on_reasoning
     train, train_stats = tokenize_conversations(
-        records, tokenizer, template, data.max_seq_len, train_on_reasoning=reasoning
+        records, tokenizer, template, data.max_seq_len, train_on_reasoning=reasoning, policy=policy
     )
     evaluation, eval_stats = (
-        tokenize_conversations(eval_records, tokenizer, template, data.max_seq_len, "data.eval", reasoning)
+        tokenize_conversations(
+            eval_records, tokenizer, template, data.max_seq_len, "data.eval", reasoning, policy
+        )
         if eval_records
         else ([], None)
     )

@@ -96,9 +96,11 @@ def save_checkpoint(
     except BaseException as exc:
         # Whatever failed (a full disk raises OSError, torch.save's RuntimeError or safetensors'
         # SafetensorError), the half-written folder goes; the older checkpoints stay trusted.
+        # The disk is judged first: removing the folder frees the space a full disk lacked.
+        needed = sum(t.numel() * t.element_size() for t in weights.values()) * 3
+        disk_failed = is_disk_error(exc, temp)
         shutil.rmtree(temp, ignore_errors=True)
-        if isinstance(exc, Exception) and is_disk_error(exc):
-            needed = sum(t.numel() * t.element_size() for t in weights.values()) * 3
+        if disk_failed:
             raise disk_error(final, needed, exc, " (older checkpoints kept)") from None
         raise
     rotate_checkpoints(checkpoints_dir, keep_last)

@@ -12,6 +12,7 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import time
@@ -199,43 +200,74 @@ class RunLock:
 
 # Errors that mean the disk (not the program) failed a write: full, over quota, too big, I/O error.
 DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
-DISK_ERROR_WORDS = (
-    "no space left",
-    "storagefull",
-    "quota",
-    "file write failed",
-    "input/output error",
-    "ioerror",
-    "read-only file system",
-)
+# A write that failed while its filesystem has less than this free failed for lack of space:
+# a full disk leaves at most one buffer's worth behind (torch.save's zip writer and safetensors
+# say so only in words of their own: "iostream error", "unexpected pos").
+FULL_DISK_MARGIN = 2**20
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")  # how safetensors (Rust) gives the errno
 
 
-def is_disk_error(exc: BaseException) -> bool:
-    """An out-of-space / I/O failure, whichever library raised it (OSError, torch.save's RuntimeError,
-    safetensors' SafetensorError)."""
-    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
-        return True
-    if isinstance(exc, (OSError, RuntimeError)) or type(exc).__name__ == "SafetensorError":
-        text = str(exc).lower()
-        return any(word in text for word in DISK_ERROR_WORDS)
-    return False
-
-
-def disk_error(what: Path, needed_bytes: int | None, exc: BaseException, note: str = "") -> UserError:
-    """The one-line message of a failed write: what, the space needed and the space free."""
-    probe = Path(what)
+def free_bytes(path: Path) -> int | None:
+    """The space free to us on the filesystem that holds (or would hold) `path`; None when unknown."""
+    probe = Path(path)
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     try:
-        free = f"{shutil.disk_usage(probe).free / 2**20:.1f} MiB free"
+        return shutil.disk_usage(probe).free
     except OSError:
-        free = "free space unknown"
-    needed = f"needs about {needed_bytes / 2**20:.1f} MiB, " if needed_bytes else ""
-    kind = (
-        "disk full"
-        if "space" in str(exc).lower() or getattr(exc, "errno", None) == errno.ENOSPC
-        else ("disk write failed")
+        return None
+
+
+def _disk_errno(exc: BaseException) -> int | None:
+    """The errno of a disk failure anywhere in the exception's chain (an OSError's own, or the
+    `(os error N)` a Rust library reports), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        code = current.errno if isinstance(current, OSError) else None
+        if code is None:
+            match = _RUST_OS_ERROR.search(str(current))
+            code = int(match.group(1)) if match else None
+        if code in DISK_ERRNOS:
+            return code
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def is_disk_full(target: Path) -> bool:
+    """True when the filesystem of `target` is left with less than FULL_DISK_MARGIN free."""
+    free = free_bytes(target)
+    return free is not None and free < FULL_DISK_MARGIN
+
+
+def is_disk_error(exc: BaseException, target: Path | None = None) -> bool:
+    """Whether a failed write of `target` failed because of the disk, whichever library raised:
+    an errno that says so, or (what torch.save's RuntimeError never says) the filesystem found
+    full once the write failed. Call it before the partial file is removed."""
+    if not isinstance(exc, Exception):
+        return False
+    if _disk_errno(exc) is not None:
+        return True
+    return target is not None and is_disk_full(target)
+
+
+def _size(num_bytes: int) -> str:
+    return (
+        f"{num_bytes / 2**20:.1f} MiB"
+        if num_bytes >= 2**20 // 10
+        else f"{max(1, round(num_bytes / 1024))} KiB"
     )
+
+
+def disk_error(what: Path, needed_bytes: int | None, exc: BaseException, note: str = "") -> UserError:
+    """The one-line message of a write that failed for the disk (see is_disk_error): what, the
+    space needed and the space free."""
+    free_now = free_bytes(what)
+    free = f"{free_now / 2**20:.1f} MiB free" if free_now is not None else "free space unknown"
+    needed = f"needs about {_size(needed_bytes)}, " if needed_bytes else ""
+    # No errno: the full filesystem is what told us.
+    kind = "disk write failed" if _disk_errno(exc) in (errno.EIO, errno.EROFS, errno.EFBIG) else "disk full"
     return UserError(
         f"{kind} while writing {what}: {needed}{free}; free space or point output_dir elsewhere{note}"
     )
@@ -243,13 +275,14 @@ def disk_error(what: Path, needed_bytes: int | None, exc: BaseException, note: s
 
 @contextlib.contextmanager
 def guarded_write(what: Path, needed_bytes: int | None = None, note: str = "") -> Iterator[None]:
-    """Every write of a run goes through here: a disk failure becomes the one-line UserError."""
+    """Every write of a run goes through here: a disk failure becomes the one-line UserError.
+    Wrap the write only, inside its cleanup: the filesystem is looked at before anything is freed."""
     try:
         yield
     except UserError:
         raise
     except Exception as exc:
-        if is_disk_error(exc):
+        if is_disk_error(exc, what):
             raise disk_error(what, needed_bytes, exc, note) from None
         raise
 
@@ -275,18 +308,18 @@ def atomic_write(path: Path, data: str | bytes) -> Path:
     path = Path(path)
     temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    with guarded_write(path, len(payload)):
-        try:
+    try:
+        with guarded_write(path, len(payload)):
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(temp, "wb") as handle:
                 handle.write(payload)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temp, path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        fsync_dir(path.parent)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
     return path
 
 
@@ -336,16 +369,32 @@ def write_model_info(model_dir: Path, info: dict[str, Any]) -> None:
 
 
 def read_model_info(model_dir: Path) -> dict[str, Any]:
-    """final/tunesmith.json, with a previous version's labels.json folded in ({} when neither is there)."""
+    """final/tunesmith.json, with a previous version's labels.json folded in ({} when neither is there).
+    A damaged one is a UserError naming it: what it records (the task, the classifier's labels)
+    decides how the model is used, so it is never guessed."""
     model_dir = Path(model_dir)
     info: dict[str, Any] = {}
     for name in (LEGACY_LABELS_FILE, MODEL_INFO_FILE):
         path = model_dir / name
-        if path.is_file():
-            try:
-                info.update(json.loads(path.read_text(encoding="utf-8")))
-            except (json.JSONDecodeError, OSError):
+        if not path.is_file():
+            continue
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if name == LEGACY_LABELS_FILE:  # any model folder may hold a labels.json of its own
                 continue
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+            raise UserError(
+                f"{path} is damaged ({reason}); it records the model's task, base model and labels: "
+                "restore it from a copy, or train the run again"
+            ) from None
+        if not isinstance(value, dict):
+            if name == LEGACY_LABELS_FILE:
+                continue
+            raise UserError(
+                f"{path} is damaged (not a JSON object); restore it from a copy, or train the run again"
+            )
+        info.update(value)
     return info
 
 

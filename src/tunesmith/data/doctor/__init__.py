@@ -97,7 +97,7 @@ def check_data(
         "num_eval": len(eval_scan),
         "max_seq_len": options.max_seq_len,
     }
-    findings += format_findings(train_scan, eval_scan, options)
+    findings += format_findings(train_scan, eval_scan, options, train)
     findings += duplicate_findings(train_scan, eval_scan, options)
     findings += length_findings(train_scan, eval_scan, options, prepared, stats)
     if options.records is LabeledText:

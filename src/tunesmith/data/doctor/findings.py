@@ -135,7 +135,27 @@ FORMAT_FINDINGS = {
 }
 
 
-def format_findings(train: SplitScan, eval: SplitScan, options: CheckOptions) -> list[Finding]:
+# Tool calls the row does not declare: the chat template renders the `tools` the model may call,
+# so a call outside them teaches the model to call functions it was never shown.
+TOOL_FINDINGS = {
+    "calls_without_tools": (
+        "conversations with tool calls but no `tools`",
+        "The model learns to call functions it was never shown: give each row the `tools` "
+        "(function schemas, OpenAI form) it may call, or drop the calls.",
+    ),
+    "undeclared_tool_calls": (
+        "tool calls to a function missing from the row's `tools`",
+        "The model learns to call a function the row did not declare (a misspelt name?): add it "
+        "to the row's `tools`, or fix the call.",
+    ),
+}
+
+
+def format_findings(
+    train: SplitScan, eval: SplitScan, options: CheckOptions, train_spec: Any = None
+) -> list[Finding]:
+    """Rows that are not records of the format; `train_spec` (what data.train names) is what an
+    empty training split points at."""
     findings = []
     for key, (title, fix) in FORMAT_FINDINGS.items():
         problems = merged([train, eval], key)
@@ -169,6 +189,13 @@ def format_findings(train: SplitScan, eval: SplitScan, options: CheckOptions) ->
                 "encoding somewhere upstream; re-export it as UTF-8.",
             )
         )
+    for key, (title, fix) in TOOL_FINDINGS.items():
+        problems = merged([train, eval], key)
+        if problems.count:
+            first = problems.notes[0] if problems.notes else ""
+            findings.append(
+                finding(key, "warning", title, problems.count, problems.examples, f"First: {first}. {fix}")
+            )
     huge = merged([train, eval], "huge_records")
     if huge.count:
         findings.append(
@@ -184,16 +211,21 @@ def format_findings(train: SplitScan, eval: SplitScan, options: CheckOptions) ->
             )
         )
     if not len(train):
-        findings.append(
-            finding(
-                "no_usable_records",
-                "error",
-                "no usable training records",
-                0,
-                [],
-                "Not one training row could be read as a record; fix the format problems above.",
-            )
+        files = (
+            []
+            if train_spec is None
+            else [train_spec]
+            if isinstance(train_spec, str)
+            else list(map(str, train_spec))
         )
+        named = ", ".join(files) or "data.train"
+        detail = (
+            f"{named} holds no rows (empty or blank); point data.train at the file with your data."
+            if train.num_rows == 0
+            else f"Not one of the {train.num_rows} training rows of {named} could be read as a record; "
+            "fix the format problems above."
+        )
+        findings.append(finding("no_usable_records", "error", "no usable training records", 0, files, detail))
     return findings
 
 

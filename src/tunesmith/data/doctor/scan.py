@@ -307,6 +307,13 @@ def scan_source(
             target.removed[(source.path, source.line or -1)] = "empty message"
             continue
         index = target.add_record(source)
+        if isinstance(record, Conversation):
+            undeclared = record.undeclared_tool_calls()
+            if undeclared:
+                key = "undeclared_tool_calls" if record.tools else "calls_without_tools"
+                declared = ", ".join(record.tool_names()) or "none"
+                note = f"{location} calls {', '.join(undeclared)} (declared: {declared})"
+                target.problems[key].add(location, note)
         if len(whole) > detect.SHINGLE_CHAR_LIMIT:
             target.problems["huge_records"].add(location, f"{location}: {len(whole):,} characters")
         if "\ufffd" in whole or "Ã©" in whole or "â€" in whole:
