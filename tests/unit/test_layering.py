@@ -77,3 +77,28 @@ def test_no_task_name_is_compared_as_a_string_outside_tasks_and_config() -> None
         if compared.search(line)
     ]
     assert offenders == []
+
+
+MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 600
+SIZED_ROOMS = ("train", "tasks", "select")
+# The training loop stays one function read top to bottom (as nanoGPT's does).
+LONG_ON_PURPOSE = {("train/loop.py", "train_loop")}
+
+
+def test_functions_and_modules_of_train_tasks_and_select_stay_small() -> None:
+    import ast
+
+    too_long = []
+    for room in SIZED_ROOMS:
+        for path in sorted((PACKAGE / room).rglob("*.py")):
+            name = str(path.relative_to(PACKAGE))
+            text = path.read_text(encoding="utf-8")
+            if len(text.splitlines()) > MAX_MODULE_LINES:
+                too_long.append(f"{name}: {len(text.splitlines())} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES and (name, node.name) not in LONG_ON_PURPOSE:
+                        too_long.append(f"{name}:{node.lineno} {node.name}: {lines} lines")
+    assert too_long == []

@@ -5,7 +5,8 @@
 The config's data is prepared once (the same held-out split for every size). Each fraction trains
 on the first share of one seeded permutation of the training rows (so the subsets are nested),
 for the config's epochs (steps proportional to the subset; with train.max_steps, that many steps
-scaled by the fraction), through the recipe's own phases (train/run.py), and is scored on the
+scaled by the fraction), through the recipe's entry point for prepared data (train/run.py
+train_prepared), and is scored on the
 held-out data with the task's headline metric (eval loss for instruct/pretrain, accuracy for
 classify). A saturating power law with a 90% band (select/powerlaw.py) predicts the metric with
 all the data, 2x and 4x, and the verdict says whether more data of this kind would help.
@@ -43,8 +44,8 @@ from tunesmith.config import Config, build_config
 from tunesmith.errors import UserError
 from tunesmith.progress import NoProgress, Progress
 from tunesmith.select.powerlaw import RELATIVE_NOISE_FLOOR, fit_power_law, verdict
-from tunesmith.tasks import EvalContext, PreparedData, Task
-from tunesmith.train.rundir import atomic_write_json
+from tunesmith.tasks import PreparedData, Task, get_task
+from tunesmith.train.rundir import RunDir, atomic_write_json
 
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.5)
 DEFAULT_REPEATS = 2  # runs per size: two seeds are the fewest that show the seed noise
@@ -169,30 +170,24 @@ def point_errors(
 
 
 def train_subset(config: Config, tokenizer: Any, prepared: PreparedData) -> dict[str, Any]:
-    """One short run through the recipe's phases on `prepared`; the held-out metrics after it."""
-    from tunesmith.train import run as recipe
+    """One short run on `prepared` (the recipe's entry point for prepared data); the held-out
+    metrics after it."""
+    from tunesmith.train.run import train_prepared
 
     started = time.perf_counter()
-    current = recipe.start(config, False, NoProgress())
-    current.tokenizer, current.prepared = tokenizer, prepared
-    recipe.build_model(current)
-    schedule, total_steps = recipe.plan_steps(current)
-    log = recipe.open_run(current, {"skipped": True})
-    try:
-        state, _ = recipe.fit(current, schedule, total_steps, None, log, {})
-        context = EvalContext(current.model, current.loss_module, prepared, tokenizer, config, current.device)
-        metrics = current.task.evaluate(context, "during")
-    finally:
-        log.close()
-        current.parallel.close()
-    shutil.rmtree(current.run_dir.checkpoints, ignore_errors=True)  # the curve keeps metrics, not weights
+    result = train_prepared(config, tokenizer, prepared)
+    shutil.rmtree(
+        RunDir(result.run_dir).checkpoints, ignore_errors=True
+    )  # the curve keeps metrics, not weights
+    metrics = result.after
     baseline = metrics.get("majority_baseline")  # classify: what predicting the majority class scores
+    headline = get_task(config.task).headline_metric
     return {
-        "steps": state.step,
+        "steps": result.steps,
         "seconds": time.perf_counter() - started,
-        "chance": baseline.get(current.task.headline_metric) if isinstance(baseline, dict) else None,
+        "chance": baseline.get(headline) if isinstance(baseline, dict) else None,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-        "run_dir": str(current.run_dir.path),
+        "run_dir": str(result.run_dir),
     }
 
 

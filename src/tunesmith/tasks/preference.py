@@ -45,7 +45,8 @@ from tunesmith.tasks import (
     no_trained_settings,
     task_info,
 )
-from tunesmith.train.loss import CrossEntropy, PreferenceLoss, batch_to_device, reference_token_kl
+from tunesmith.train.loss import CrossEntropy, batch_to_device
+from tunesmith.train.preference_loss import PreferenceLoss, reference_token_kl
 
 if TYPE_CHECKING:
     from tunesmith.data.formats import Record
