@@ -102,3 +102,40 @@ def test_functions_and_modules_of_train_tasks_and_select_stay_small() -> None:
                     if lines > MAX_FUNCTION_LINES and (name, node.name) not in LONG_ON_PURPOSE:
                         too_long.append(f"{name}:{node.lineno} {node.name}: {lines} lines")
     assert too_long == []
+
+
+def test_no_module_imports_back_the_package_that_imports_it() -> None:
+    """A package's __init__ that imports its submodules, and a submodule that imports from that
+    package (`from tunesmith.data.doctor import detect`), make a package-level cycle: the submodule
+    reads a half-initialised package. Submodules import their siblings by their own names."""
+    import ast
+
+    src = PACKAGE.parent
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        module = ".".join(path.relative_to(src).with_suffix("").parts)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        typing_only = {  # imports under `if TYPE_CHECKING:` never run
+            id(child)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and getattr(block.test, "id", None) == "TYPE_CHECKING"
+            for child in ast.walk(block)
+        }
+        for node in ast.walk(tree):
+            if (
+                not isinstance(node, ast.ImportFrom)
+                or node.level
+                or not node.module
+                or id(node) in typing_only
+            ):
+                continue
+            init = src / node.module.replace(".", "/") / "__init__.py"
+            if module.startswith(node.module + ".") and init.is_file():
+                imported = re.search(
+                    rf"^\s*(from|import) {re.escape(module)}\b", init.read_text(), re.MULTILINE
+                )
+                if imported:
+                    offenders.append(f"{module}:{node.lineno} imports from {node.module}, which imports it")
+    assert offenders == []
