@@ -85,7 +85,7 @@ def prepare_data(
         )
     else:
         pairs, eval_pairs = hold_out(pairs, data.eval_fraction, data.max_eval_examples, config.train.seed)
-    template = resolve_chat_template(tokenizer, data.chat_template)
+    template = resolve_chat_template(tokenizer, data.chat_template, data.chat_template_kwargs)
     train, train_stats = tokenize_pairs(pairs, tokenizer, template, data.max_seq_len)
     evaluation, eval_stats = (
         tokenize_pairs(eval_pairs, tokenizer, template, data.max_seq_len, what="data.eval")
