@@ -34,7 +34,17 @@ from tunesmith.errors import UserError
 from tunesmith.models.adapters import apply_adapter
 from tunesmith.models.heads import classifier_logits, load_sequence_classifier
 from tunesmith.progress import Progress
-from tunesmith.tasks import DataStats, EvalContext, FitContext, Phase, PreparedData, Task, hold_out, lm_epochs
+from tunesmith.tasks import (
+    DataStats,
+    EvalContext,
+    FitContext,
+    Phase,
+    PreparedData,
+    Task,
+    hold_out,
+    lm_epochs,
+    task_info,
+)
 from tunesmith.train.loss import (
     ClassificationLoss,
     CrossEntropy,
@@ -381,8 +391,7 @@ def load_trained(final_dir: Path, device: str) -> tuple[Any, Any]:
 
 
 TASK = Task(
-    name="classify",
-    record_kind="labeled",
+    info=task_info("classify"),
     prepare_data=prepare_data,
     build_model=build_model,
     make_loss=make_loss,
@@ -393,11 +402,8 @@ TASK = Task(
     trained_data_settings=trained_data_settings,
     recommend_epochs=lm_epochs,
     preview_label=preview_label,
-    has_forgetting_probe=False,  # a classifier's head has no next-token perplexity to lose
-    headline_metric="accuracy",
     load_trained=load_trained,
     chat_refusal="a classifier answers with labels, not text: use `tunesmith predict RUN --data FILE --out preds.csv`",
-    higher_is_better=True,
 )
 
 

@@ -33,6 +33,7 @@ from tunesmith.tasks import (
     lm_epochs,
     no_label,
     no_trained_settings,
+    task_info,
 )
 from tunesmith.train.loss import CausalLMLoss, CrossEntropy
 
@@ -68,7 +69,7 @@ def prepare_data(
         records, eval_records = hold_out(
             records, data.eval_fraction, data.max_eval_examples, config.train.seed
         )
-    template = resolve_chat_template(tokenizer, data.chat_template)
+    template = resolve_chat_template(tokenizer, data.chat_template, data.chat_template_kwargs)
     reasoning = data.train_on_reasoning
     train, train_stats = tokenize_conversations(
         records, tokenizer, template, data.max_seq_len, train_on_reasoning=reasoning, policy=policy
@@ -207,9 +208,9 @@ def save_final(
     if causal_lm.generation_config is not None:
         causal_lm.generation_config.eos_token_id = end_of_turn_ids(tokenizer, _template(prepared))
         causal_lm.generation_config.pad_token_id = tokenizer.pad_token_id
-    # The tokenizer carries the template the model was trained with, so plain
-    # `apply_chat_template` gives the same prompts as tunesmith.
-    tokenizer.chat_template = _template(prepared).template
+    # The tokenizer carries the template the model was trained with (data.chat_template_kwargs as its
+    # defaults), so plain `apply_chat_template` gives the same prompts as tunesmith.
+    tokenizer.chat_template = _template(prepared).exported()
     model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     causal_lm.config.use_cache = False
@@ -261,8 +262,7 @@ def measure_fit(ctx: FitContext) -> dict[str, Any]:
 
 
 TASK = Task(
-    name="instruct",
-    record_kind="conversation",
+    info=task_info("instruct"),
     prepare_data=prepare_data,
     build_model=build_model,
     make_loss=make_loss,
@@ -273,7 +273,6 @@ TASK = Task(
     trained_data_settings=no_trained_settings,
     recommend_epochs=lm_epochs,
     preview_label=no_label,
-    has_forgetting_probe=True,
 )
 
 

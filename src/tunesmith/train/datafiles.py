@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,15 @@ def check_unchanged(run_path: Path, config: Config, allow_change: bool) -> list[
             "restore the files, start a new run, or pass --allow-data-change to go on with the new data"
         )
     return changes
+
+
+def check_on_resume(run_path: Path, config: Config, allow_change: bool, warn: Callable[[str], None]) -> bool:
+    """The resume's data check: refused by name (or, allowed, warned about); returns whether the
+    run's data_files.json must be written (a change, or a run of an earlier version without one)."""
+    changes = check_unchanged(run_path, config, allow_change)
+    if changes:
+        warn(
+            f"--allow-data-change: resuming on changed data ({'; '.join(changes[:3])}); "
+            "the rows after the checkpoint are not those of an uninterrupted run"
+        )
+    return bool(changes) or not (Path(run_path) / FINGERPRINT_FILE).is_file()

@@ -62,12 +62,12 @@ def run_ref(roots: list[Path], root: int, name: str) -> RunRef:
 def headline(task_name: str | None) -> tuple[str, bool]:
     """The task's headline held-out metric and whether higher is better: what the list shows
     before -> after (the held-out loss for a task this version does not know)."""
-    from tunesmith.tasks import TASK_NAMES, get_task
+    from tunesmith.tasks import task_info, task_names
 
-    if task_name not in TASK_NAMES:
+    if task_name not in task_names():
         return "loss", False
-    task = get_task(str(task_name))
-    return task.headline_metric, task.higher_is_better
+    info = task_info(str(task_name))  # the registry alone: no task code, no torch
+    return info.headline, info.headline_metric.higher_is_better
 
 
 def _read_json(path: Path) -> Any:
