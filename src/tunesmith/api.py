@@ -62,7 +62,7 @@ def load_for_inference(
 ) -> tuple[Any, Any]:
     """(model, tokenizer) for a run, an adapter directory, a model directory, 'embedded' or a hub id."""
     from tunesmith.models import inference
-    from tunesmith.tasks import refuse_chat
+    from tunesmith.tasks.trained import refuse_chat
 
     target = resolve_trained(model_or_run)
     refuse_chat(target)  # a classifier does not chat: the error names `predict`

@@ -454,7 +454,7 @@ def _generate_in_thread(
 def load_engine(model_or_run: str, device: str = "auto", name: str | None = None) -> Engine:
     """The engine for a run, adapter or model directory (an adapter stays unmerged)."""
     from tunesmith.models.inference import load_for_inference
-    from tunesmith.tasks import refuse_chat
+    from tunesmith.tasks.trained import refuse_chat
     from tunesmith.train.rundir import resolve_trained
 
     target = resolve_trained(model_or_run)

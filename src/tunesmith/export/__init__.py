@@ -178,7 +178,7 @@ def check_exportable(source: Path, given: str | Path) -> None:
 
 def load_trained(source: Path, name: str, device: str = "cpu") -> tuple[Any, Any]:
     """The trained model as its task saved it (a causal LM, or a classifier with its head)."""
-    from tunesmith.tasks import trained_model_task
+    from tunesmith.tasks.trained import trained_model_task
 
     task = trained_model_task(source)
     if task is not None and task.load_trained is not None:

@@ -32,7 +32,7 @@ from tunesmith.export.converter import CONVERTER_PACKAGE, CONVERTER_VERSION, fin
 from tunesmith.export.modelfile import GGUF_FILE, MODELFILE, match_layout, modelfile
 from tunesmith.outputs import claim_output, output_directory
 from tunesmith.progress import NoProgress, Progress
-from tunesmith.tasks import trained_model_task
+from tunesmith.tasks.trained import trained_model_task
 from tunesmith.train.rundir import MODEL_INFO_FILE, guarded_write, resolve_trained
 
 GGUF_PURPOSE = "export-gguf"  # the output marker of a GGUF export folder (tunesmith.outputs)

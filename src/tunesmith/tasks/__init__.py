@@ -311,23 +311,6 @@ def get_task(name: str) -> Task:
     return task
 
 
-def trained_model_task(model_dir: Path) -> Task | None:
-    """The task a trained model directory was made by (final/tunesmith.json), None when unknown."""
-    from tunesmith.train.rundir import read_model_info
-
-    name = read_model_info(Path(model_dir)).get("task")
-    return get_task(name) if isinstance(name, str) and name in _INFOS else None
-
-
-def refuse_chat(model_dir: Path) -> None:
-    """Stop `generate`, `chat` and `serve` on a model that does not generate text (a classifier)."""
-    from tunesmith.errors import UserError
-
-    task = trained_model_task(model_dir)
-    if task is not None and task.chat_refusal is not None:
-        raise UserError(f"{model_dir} was trained with task: {task.name}; {task.chat_refusal}")
-
-
 def metric_value(metrics: dict[str, Any], key: str) -> float | None:
     """The number at `key` of an evaluate result ("general.perplexity" reads a nested dict), or None."""
     value: Any = metrics

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -333,8 +334,6 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     """A folder of a run (final/, merged/): filled in a temporary folder beside it, then renamed
     into place whole. Only a path inside a run directory is replaced (the run is tunesmith's);
     outputs elsewhere go through `tunesmith.outputs` (the output-path rule)."""
-    import tempfile
-
     path = Path(path)
     if path.exists() and not RunDir(path.parent).is_run():
         raise UserError(
@@ -349,13 +348,11 @@ def atomic_directory(path: Path) -> Iterator[Path]:
                 if child.is_file():
                     fsync_file(child)
             fsync_dir(temp)
-            if path.exists():
-                old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+            old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
+            if path.exists():  # the run's own earlier folder: moved out of the way, then removed
                 os.rename(path, old / path.name)
-                os.rename(temp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(temp, path)
+            os.rename(temp, path)
+            shutil.rmtree(old, ignore_errors=True)
             fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
