@@ -24,6 +24,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from tunesmith.data.mix import SourceMix
+from tunesmith.data.mix import summary as mix_summary
+
 if TYPE_CHECKING:
     from peft import PeftModel
     from torch import nn
@@ -64,9 +67,12 @@ class DataStats:
     chat_template: str | None = None  # where the chat template came from (conversation tasks)
     labels: list[str] | None = None  # the label order (classification tasks)
     class_weights: list[float] | None = None
+    mix: list[SourceMix] | None = None  # several data.train sources: what each holds, gives and trained
 
     def summary(self) -> str:
         parts = [f"train: {self.train.summary()}"]
+        if self.mix:
+            parts.append(mix_summary(self.mix))
         if self.eval is not None:
             parts.append(f"eval: {self.eval.summary()}")
         if self.chat_template:
@@ -85,6 +91,7 @@ class DataStats:
             "chat_template": self.chat_template,
             "labels": self.labels,
             "class_weights": self.class_weights,
+            "mix": [source.as_dict() for source in self.mix] if self.mix else None,
         }
         return {k: v for k, v in values.items() if v is not None or k == "eval"}
 
@@ -106,6 +113,7 @@ class PreparedData:
     vocab_size: int | None = None  # classification: len(tokenizer), the embeddings' size
     eval_blocks: Blocks | None = None  # pretrain: the held-out documents as blocks
     pairs: PairData | None = None  # preference: the tokenized pairs (train/eval hold their chosen sides)
+    source_of: Callable[[int], int] | None = None  # a mix: train example index -> its data.train source
 
 
 @dataclass(frozen=True)
