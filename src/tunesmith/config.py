@@ -292,6 +292,29 @@ class TrainConfig(Section):
     )
 
 
+class BenchmarkConfig(Section):
+    """Standard benchmarks through EleutherAI's lm-evaluation-harness (extra: tunesmith[bench])."""
+
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="harness task or group names (its registry, or your YAMLs in include_path); empty: none",
+    )
+    include_path: str | list[str] | None = Field(
+        None, description="folders (or files) of your own harness task YAMLs (offline or private benchmarks)"
+    )
+    # Each scored example is a forward pass (a generation for generate_until tasks): cap it on a CPU.
+    limit: float | None = Field(
+        None, gt=0.0, description="examples per task (a number under 1: a share of them); none = all"
+    )
+    num_fewshot: int | None = Field(None, ge=0, description="few-shot examples; none = each task's own")
+    batch_size: int = Field(8, ge=1, description="requests per forward pass")
+    chat_template: bool = Field(
+        False,
+        description="wrap every prompt in the run's chat template (instruction-tuned models); "
+        "off: the harness's plain prompts",
+    )
+
+
 class EvalConfig(Section):
     before: bool = Field(True, description="evaluate the base model before training")
     after: bool = Field(True, description="evaluate the tuned model after training")
@@ -313,6 +336,9 @@ class EvalConfig(Section):
         description="instruct: held-out tool-call turns scored (well-formed, name, arguments); 0 = off",
     )
     tool_call_max_new_tokens: int = Field(96, ge=8, description="generation length for a scored tool call")
+    benchmarks: BenchmarkConfig = Field(
+        default_factory=BenchmarkConfig, description="lm-evaluation-harness benchmarks before and after"
+    )
 
 
 class LoggingConfig(Section):
@@ -412,6 +438,7 @@ TASK_ONLY_KEYS: dict[str, tuple[str, ...]] = {
     "data.class_weights": ("classify",),
     "data.replay": ("pretrain",),
     "data.cache_dir": ("pretrain",),
+    "eval.benchmarks": ("pretrain", "instruct", "preference"),  # the harness scores causal LMs
 }
 LORA_ONLY_KEYS = ("adapter.r", "adapter.alpha", "adapter.dropout", "adapter.target_modules")
 

@@ -482,6 +482,7 @@ def merge_final(current: Run) -> Path:
 def report(current: Run, steps: int, before: dict[str, Any], after: dict[str, Any]) -> None:
     """summary.json (what the report and `tunesmith export` read) and report.html."""
     from tunesmith.data.mix import count_trained
+    from tunesmith.evaluate.benchmarks import compare_benchmarks
     from tunesmith.report.html import write_report
     from tunesmith.train.prediction import compare, measured_tokens_per_second
 
@@ -513,6 +514,7 @@ def report(current: Run, steps: int, before: dict[str, Any], after: dict[str, An
             "checkpoint_seconds": current.checkpoint_seconds,
             "fit_seconds": current.fit_seconds,
             "prediction": compare(current.predicted, measured),
+            "benchmarks": compare_benchmarks(before.get("benchmarks") or {}, after.get("benchmarks") or {}),
             **peak,
         },
     )
@@ -534,7 +536,7 @@ def _evaluate(current: Run, phase: Phase) -> dict[str, Any]:
         current.config,
         current.device,
     )
-    return evaluate_phase(current.task, context, phase)
+    return evaluate_phase(current.task, context, phase, current.progress)
 
 
 def _elapsed(current: Run) -> float:
