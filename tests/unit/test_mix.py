@@ -102,6 +102,10 @@ def test_a_run_trains_the_configured_proportions_within_sampling_error(tiny_llam
     assert trained == 80
     share = second["num_trained"] / trained
     assert abs(share - 0.25) <= 3 * math.sqrt(0.25 * 0.75 / trained), share
+    # The doctor read each source with its own fields (the general one is question/answer) and the whole.
+    check = json.loads((result.run_dir / "eval" / "data_check.json").read_text())
+    assert [s["num_rows"] for s in check["stats"]["sources"]] == [60, 200]
+    assert check["stats"]["num_train"] + check["stats"]["num_eval"] == 260
     report = (result.run_dir / "report.html").read_text()
     assert "general.jsonl" in report and "Training mix" in report
 
