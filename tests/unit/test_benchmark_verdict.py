@@ -65,3 +65,44 @@ def test_paired_rows_use_the_per_example_differences():
 
 def test_paired_needs_two_common_examples():
     assert paired_stderr({"0": 1.0}, {"0": 0.0, "1": 1.0}) == (None, 1)
+
+
+def test_benchmarks_on_a_classifier_are_warned_about_not_run():
+    from tunesmith.config import build_config, config_warnings
+
+    config = build_config({"task": "classify", "eval": {"benchmarks": {"tasks": ["arc_easy"], "limit": 50}}})
+    assert any(w.startswith("eval.benchmarks applies to task") for w in config_warnings(config))
+    assert config.eval.benchmarks.limit == 50 and not config_warnings(build_config({"task": "instruct"}))
+
+
+def test_the_harness_result_is_kept_with_its_errors_and_per_example_scores():
+    from tunesmith.evaluate.benchmarks import summarize
+
+    harness = {
+        "results": {
+            "gsm8k": {
+                "alias": "gsm8k",
+                "exact_match,strict-match": 0.25,
+                "exact_match_stderr,strict-match": 0.1,
+            }
+        },
+        "higher_is_better": {"gsm8k": {"exact_match": True}},
+        "n-samples": {"gsm8k": {"original": 1319, "effective": 4}},
+        "samples": {
+            "gsm8k": [
+                {
+                    "doc_id": i,
+                    "filter": "strict-match",
+                    "metrics": ["exact_match"],
+                    "exact_match": float(i == 2),
+                }
+                for i in range(4)
+            ]
+        },
+    }
+    kept = summarize(harness)
+    assert kept["tasks"]["gsm8k"] == {
+        "metrics": {"exact_match,strict-match": {"value": 0.25, "stderr": 0.1, "higher_is_better": True}},
+        "num_samples": 4,
+    }
+    assert kept["samples"]["gsm8k"]["exact_match,strict-match"] == {"0": 0.0, "1": 0.0, "2": 1.0, "3": 0.0}

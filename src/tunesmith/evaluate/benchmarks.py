@@ -189,6 +189,7 @@ def run_benchmarks(
     if results is None:  # pragma: no cover - only ranks other than 0 get None
         return {}
     summary = summarize(results)
+    summary["settings"] = {**settings.model_dump(mode="json"), "chat_template": settings.chat_template}
     summary["seconds"] = round(time.perf_counter() - started, 2)
     summary["estimated_seconds"] = round(estimate, 2)
     return summary
@@ -222,11 +223,9 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
                     key = f"{metric},{item.get('filter', 'none')}"
                     per_metric.setdefault(key, {})[str(item["doc_id"])] = float(score)
         samples[name] = per_metric
-    config = results.get("config", {})
     return {
         "tasks": tasks,
         "samples": samples,
-        "settings": {k: config.get(k) for k in ("limit", "num_fewshot", "batch_size") if k in config},
         "versions": results.get("versions", {}),
         "harness": _harness_version(),
     }
