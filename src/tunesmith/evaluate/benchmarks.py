@@ -189,7 +189,7 @@ def run_benchmarks(
     if results is None:  # pragma: no cover - only ranks other than 0 get None
         return {}
     summary = summarize(results)
-    summary["settings"] = {**settings.model_dump(mode="json"), "chat_template": settings.chat_template}
+    summary["settings"] = settings.model_dump(mode="json")
     summary["seconds"] = round(time.perf_counter() - started, 2)
     summary["estimated_seconds"] = round(estimate, 2)
     return summary
