@@ -106,3 +106,15 @@ def test_the_harness_result_is_kept_with_its_errors_and_per_example_scores():
         "num_samples": 4,
     }
     assert kept["samples"]["gsm8k"]["exact_match,strict-match"] == {"0": 0.0, "1": 0.0, "2": 1.0, "3": 0.0}
+
+
+def test_the_model_card_lists_the_benchmark_rows(tmp_path):
+    import json
+
+    from tunesmith.export import model_card
+
+    rows = compare_benchmarks(side(0.5, 0.02), side(0.6, 0.02))
+    (tmp_path / "summary.json").write_text(json.dumps({"task": "instruct", "steps": 3, "benchmarks": rows}))
+    card = model_card(tmp_path, {"method": "lora"}, None)
+    assert "## Benchmarks" in card
+    assert "arc acc,none: 0.5000 ± 0.0200 -> 0.6000 ± 0.0200 (+0.1000, better)" in card
