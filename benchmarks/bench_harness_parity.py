@@ -1,16 +1,17 @@
 """Parity with lm-evaluation-harness's own command line (issue 29).
 
 On SmolLM2-135M-Instruct (the 4-bit GGUF of `make real-model`, dequantised) and a short LoRA run tuned
-from it, the figures tunesmith reports for eval.benchmarks (the harness driven from Python on the model
-in memory, the adapter unmerged) against what `lm_eval --model hf --model_args pretrained=DIR` prints
-for the same weights saved as Hugging Face directories (the base: dequantised and saved; the tuned: the
-run merged by `tunesmith export`), on the same task YAMLs (benchmarks/harness_tasks: SST-2 validation
-as log-likelihood multiple choice, a GSM8K slice as generation, both read from ../shared).
+from it: the figures tunesmith reports (`tunesmith bench`, the code eval.benchmarks runs in a training
+run: the harness driven from Python on the model in memory, the adapter unmerged over the dequantised
+base) against what `lm_eval --model hf --model_args pretrained=DIR` prints for the same weights saved as
+Hugging Face directories (the base: dequantised and saved; the tuned: the run merged by `tunesmith
+export`), on the same task YAMLs (benchmarks/harness_tasks: SST-2 validation as log-likelihood multiple
+choice, a GSM8K slice as generation, both read from ../shared).
 
-    python benchmarks/bench_harness_parity.py [--sst2-limit 200] [--gsm8k-limit 16] [--out runs/parity]
+    python benchmarks/bench_harness_parity.py [--sst2-limit 100] [--gsm8k-limit 8] [--steps 4] [--out runs/parity]
 
 Run from the repository root (the task YAMLs name ../shared/datasets/... relative to it). Prints one
-row per task and metric (tunesmith, harness CLI, difference, per-example agreement) and writes
+row per model, task and metric (tunesmith, harness CLI, difference, examples scored the same) and writes
 OUT/parity.json.
 """
 
