@@ -68,15 +68,19 @@ def describe(names: Sequence[str], weights: Sequence[float], sizes: Sequence[int
     ]
 
 
-def count_trained(mix: Sequence[SourceMix], schedule: Any, steps: int, prepared: Any) -> None:
-    """Set each source's num_trained: the examples of the rows `schedule` gave steps 0..steps-1.
-    `prepared` holds the rows (example indices) and `source_of` (example index -> source index)."""
+def count_trained(schedule: Any, steps: int, prepared: Any) -> None:
+    """A mix of sources: set each source's num_trained to the examples of the rows `schedule` gave steps
+    0..steps-1 (resumed or not: the schedule is fixed). `prepared` (tasks.PreparedData) holds the mix
+    (stats.mix), the rows (example indices) and `source_of` (example index -> source index)."""
+    mix, source_of = prepared.stats.mix, prepared.source_of
+    if not mix or source_of is None:
+        return
     counts = [0] * len(mix)
     for step in range(steps):
         for micro in schedule.rows_for_step(step):
             for row in micro:
                 for example in prepared.rows[row]:
-                    counts[prepared.source_of(example)] += 1
+                    counts[source_of(example)] += 1
     for source, count in zip(mix, counts, strict=True):
         source.num_trained = count
 

@@ -107,9 +107,11 @@ def load_tasks(settings: BenchmarkConfig, manager: Any) -> dict[str, Any]:
     return tasks
 
 
-def count_requests(tasks: dict[str, Any], settings: BenchmarkConfig) -> dict[str, Any]:
-    """How much the harness will ask of the model: requests by kind and the generation length."""
+def count_requests(tasks: dict[str, Any], settings: BenchmarkConfig, tokenizer: Any) -> dict[str, Any]:
+    """How much the harness will ask of the model: requests by kind, their mean length in tokens (from
+    a sample) and the generation length."""
     counts = {"loglikelihood": 0, "generate_until": 0, "loglikelihood_rolling": 0, "max_gen_toks": 0}
+    texts: list[str] = []
     with quiet_harness():
         for task in tasks.values():
             if settings.num_fewshot is not None:
@@ -117,18 +119,24 @@ def count_requests(tasks: dict[str, Any], settings: BenchmarkConfig) -> dict[str
             task.build_all_requests(limit=harness_limit(settings), rank=0, world_size=1)
             for instance in task.instances:
                 counts[instance.request_type] = counts.get(instance.request_type, 0) + 1
+            texts += ["".join(str(a) for a in i.args if isinstance(a, str)) for i in task.instances[:32]]
             kwargs = task.config.generation_kwargs or {}
             if task.OUTPUT_TYPE == "generate_until":
                 counts["max_gen_toks"] = max(counts["max_gen_toks"], int(kwargs.get("max_gen_toks", 256)))
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else [1]
+    counts["mean_tokens"] = max(1, round(sum(lengths) / len(lengths)))
     return counts
 
 
 def estimate_seconds(model: Any, tokenizer: Any, counts: dict[str, Any], batch_size: int) -> float:
-    """A quick upper estimate: one timed forward of a batch and one timed decoding step, scaled."""
+    """A quick estimate: one timed forward of a batch of requests' mean length and one timed decoding
+    step, scaled by the number of batches (generation: every step up to the longest allowed)."""
     import torch
 
     device = next(model.parameters()).device
-    ids = torch.full((batch_size, 256), tokenizer.eos_token_id or 0, device=device)
+    ids = torch.full(
+        (batch_size, min(counts["mean_tokens"], 4096)), tokenizer.eos_token_id or 0, device=device
+    )
     with torch.no_grad():
         started = time.perf_counter()
         model(input_ids=ids)
@@ -136,9 +144,9 @@ def estimate_seconds(model: Any, tokenizer: Any, counts: dict[str, Any], batch_s
         started = time.perf_counter()
         model(input_ids=ids[:, :1])
         step = time.perf_counter() - started
-    scored = counts["loglikelihood"] + counts["loglikelihood_rolling"]
-    generated = math.ceil(counts["generate_until"] / batch_size) * counts["max_gen_toks"]
-    return math.ceil(scored / batch_size) * forward + generated * step
+    scored = math.ceil((counts["loglikelihood"] + counts["loglikelihood_rolling"]) / batch_size)
+    generated = math.ceil(counts["generate_until"] / batch_size)
+    return (scored + generated) * forward + generated * counts["max_gen_toks"] * step
 
 
 def run_benchmarks(
@@ -158,14 +166,14 @@ def run_benchmarks(
 
     progress = progress or NoProgress()
     manager = task_manager(settings)
-    counts = count_requests(load_tasks(settings, manager), settings)
+    counts = count_requests(load_tasks(settings, manager), settings, tokenizer)
     was_training = model.training
     model.eval()
     estimate = estimate_seconds(model, tokenizer, counts, settings.batch_size)
     progress.message(
         f"benchmarks on the {label}: {', '.join(settings.tasks)}: {counts['loglikelihood']:,} scored continuations, "
         f"{counts['generate_until']:,} generations (up to {counts['max_gen_toks']} tokens); about "
-        f"{estimate / 60:.1f} min at most"
+        f"{estimate / 60:.1f} min"
     )
     original_template = getattr(tokenizer, "chat_template", None)
     if settings.chat_template and chat_template:

@@ -487,9 +487,7 @@ def report(current: Run, steps: int, before: dict[str, Any], after: dict[str, An
     from tunesmith.train.prediction import compare, measured_tokens_per_second
 
     run_dir = current.run_dir
-    if current.prepared.stats.mix and current.prepared.source_of is not None:
-        # The examples each source gave the steps the run took (resumed or not: the schedule is fixed).
-        count_trained(current.prepared.stats.mix, plan_steps(current)[0], steps, current.prepared)
+    count_trained(plan_steps(current)[0], steps, current.prepared)  # a mix: what each source gave the steps
     peak = peak_memory(current.device)
     measured = {
         "tokens_per_second": measured_tokens_per_second(rundir.read_metrics(run_dir.path)),
