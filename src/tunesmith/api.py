@@ -184,6 +184,26 @@ def evaluate(
     return evaluate_models(model_or_run, data, task, baseline, out_dir, overrides, progress, overwrite)
 
 
+def benchmark(
+    model_or_run: str,
+    tasks: list[str] | None = None,
+    baseline: str | None = None,
+    out_dir: str | Path | None = None,
+    progress: Progress | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Standard benchmarks (lm-evaluation-harness) for a tuned model and, under the same protocol, its base.
+
+    `tasks` and `settings` (include_path, limit, num_fewshot, batch_size, chat_template: the keys of
+    eval.benchmarks) default to the run's eval.benchmarks. Returns {rows: base vs tuned per task and
+    metric with standard errors and a verdict, tuned, baseline, out_dir}; the files go to `out_dir`
+    (default: <run>/eval/benchmarks-<tasks>/).
+    """
+    from tunesmith.evaluate.runner import benchmark_models
+
+    return benchmark_models(model_or_run, {"tasks": tasks, **settings}, baseline, out_dir, progress)
+
+
 def select(
     task: str, data: Any, candidates: list[str] | None = None, overwrite: bool = False, **options: Any
 ) -> dict[str, Any]:

@@ -314,6 +314,51 @@ def eval_command(
     _run(action)
 
 
+@app.command("bench")
+def bench_command(
+    model: str = typer.Argument(..., help="run directory, adapter or model directory"),
+    tasks: str = typer.Option(
+        None, "--tasks", help="harness tasks or groups, comma-separated (default: the run's eval.benchmarks)"
+    ),
+    include_path: list[str] = typer.Option(
+        None, "--include-path", help="folder or file of your own task YAMLs (repeat for several)"
+    ),
+    limit: float = typer.Option(None, "--limit", help="examples per task (under 1: a share)"),
+    num_fewshot: int = typer.Option(None, "--num-fewshot", help="few-shot examples (default: the task's)"),
+    batch_size: int = typer.Option(None, "--batch-size", help="requests per forward pass"),
+    chat_template: bool = typer.Option(
+        None, "--chat-template/--no-chat-template", help="wrap prompts in the model's chat template"
+    ),
+    baseline: str = typer.Option(
+        None, "--baseline", help="model to compare with (default: the run's base model)"
+    ),
+    out: str = typer.Option(
+        None, "--out", help="folder for the JSON results (default: <run>/eval/benchmarks-*/)"
+    ),
+) -> None:
+    """Standard benchmarks (lm-evaluation-harness) on a tuned model and its base, with a verdict per row."""
+
+    def action() -> None:
+        from tunesmith import api, ui
+
+        console = _console()
+        result = api.benchmark(
+            model,
+            [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
+            baseline,
+            out,
+            _progress(console),
+            include_path=include_path or None,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            batch_size=batch_size,
+            chat_template=chat_template,
+        )
+        ui.print_benchmarks(console, result)
+
+    _run(action)
+
+
 @app.command()
 def report(run: str = typer.Argument(..., help="run directory")) -> None:
     """Rebuild a run's report.html from the files in its directory; prints its path."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -119,9 +119,29 @@ class ReplayConfig(Section):
     ratio: float = Field(0.1, gt=0.0, lt=1.0, description="fraction of training blocks taken from `path`")
 
 
+class TrainSource(Section):
+    """One source of a mix (data.train as a list of sources)."""
+
+    path: str | list[str] = Field(..., description="files, folders, globs or a hub dataset of this source")
+    # An epoch is one pass over the first source; the others are drawn to their weight relative to it.
+    weight: float = Field(
+        1.0, gt=0.0, description="share of the training examples drawn from this source (relative weight)"
+    )
+    format: DataFormat | None = Field(None, description="this source's record format; default data.format")
+    fields: dict[str, str] | None = Field(
+        None, description="this source's column mapping; default data.fields"
+    )
+    name: str | None = Field(None, description="the source's name in the report; default its path")
+
+    def label(self) -> str:
+        return self.name or (self.path if isinstance(self.path, str) else ", ".join(self.path))
+
+
 class DataConfig(Section):
-    train: str | list[str] | None = Field(
-        None, description="training data: files, folders, globs or a hub dataset"
+    train: str | list[str | TrainSource] | None = Field(
+        None,
+        description="training data: files, folders, globs or a hub dataset; or a list of sources "
+        "{path, weight, format, fields} mixed by weight (an epoch is one pass over the first)",
     )
     eval: str | list[str] | None = Field(
         None, description="held-out data; when empty, eval_fraction of train"
@@ -181,7 +201,7 @@ class DataConfig(Section):
 
     @field_validator("train", "eval")
     @classmethod
-    def _non_empty(cls, value: str | list[str] | None) -> str | list[str] | None:
+    def _non_empty(cls, value: Any) -> Any:
         if isinstance(value, list) and not value:
             raise ValueError("is an empty list; give at least one path")
         return value
@@ -196,6 +216,63 @@ class DataConfig(Section):
         if bad:
             raise ValueError(f"{', '.join(map(str, bad))}: not a template variable name")
         return value
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        """A list with {path, weight, ...} entries: each entry a source, errors named by its index."""
+        if isinstance(value, dict):
+            value = [value]
+        if not isinstance(value, list) or not any(isinstance(item, dict) for item in value):
+            return value
+        sources = []
+        for index, item in enumerate(value):
+            try:
+                sources.append(TrainSource.model_validate({"path": item} if isinstance(item, str) else item))
+            except ValidationError as exc:
+                problems = []
+                for error in exc.errors():
+                    key = ".".join(str(p) for p in error["loc"])
+                    if error["type"] == "extra_forbidden":
+                        close = difflib.get_close_matches(key, list(TrainSource.model_fields), n=1)
+                        hint = (
+                            f"did you mean `{close[0]}`?"
+                            if close
+                            else f"use {', '.join(TrainSource.model_fields)}"
+                        )
+                        problems.append(f"unknown key `{key}`; {hint}")
+                    else:
+                        problems.append(f"`{key}`: {error['msg'].removeprefix('Value error, ')}")
+                raise ValueError(f"source {index}: {'; '.join(problems)}") from None
+        return sources
+
+    @field_validator("eval")
+    @classmethod
+    def _eval_paths(cls, value: Any) -> Any:
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise ValueError("takes paths only (weights apply to data.train's sources)")
+        return value
+
+    def train_sources(self) -> list[TrainSource]:
+        """data.train as weighted sources, each with its format and fields resolved. A path or a list
+        of plain paths is one source; a list with any {path, weight} entry makes each entry a source."""
+        if self.train is None:
+            return []
+        items: list[str | TrainSource] = [self.train] if isinstance(self.train, str) else list(self.train)
+        if all(isinstance(item, str) for item in items):
+            items = [TrainSource(path=cast("str | list[str]", self.train))]
+        sources = []
+        for item in items:
+            source = TrainSource(path=item) if isinstance(item, str) else item
+            sources.append(
+                source.model_copy(
+                    update={
+                        "format": source.format or self.format,
+                        "fields": self.fields if source.fields is None else source.fields,
+                    }
+                )
+            )
+        return sources
 
 
 class TrainConfig(Section):
@@ -245,6 +322,29 @@ class TrainConfig(Section):
     )
 
 
+class BenchmarkConfig(Section):
+    """Standard benchmarks through EleutherAI's lm-evaluation-harness (extra: tunesmith[bench])."""
+
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="harness task or group names (its registry, or your YAMLs in include_path); empty: none",
+    )
+    include_path: str | list[str] | None = Field(
+        None, description="folders (or files) of your own harness task YAMLs (offline or private benchmarks)"
+    )
+    # Each scored example is a forward pass (a generation for generate_until tasks): cap it on a CPU.
+    limit: float | None = Field(
+        None, gt=0.0, description="examples per task (a number under 1: a share of them); none = all"
+    )
+    num_fewshot: int | None = Field(None, ge=0, description="few-shot examples; none = each task's own")
+    batch_size: int = Field(8, ge=1, description="requests per forward pass")
+    chat_template: bool = Field(
+        False,
+        description="wrap every prompt in the run's chat template (instruction-tuned models); "
+        "off: the harness's plain prompts",
+    )
+
+
 class EvalConfig(Section):
     before: bool = Field(True, description="evaluate the base model before training")
     after: bool = Field(True, description="evaluate the tuned model after training")
@@ -266,6 +366,9 @@ class EvalConfig(Section):
         description="instruct: held-out tool-call turns scored (well-formed, name, arguments); 0 = off",
     )
     tool_call_max_new_tokens: int = Field(96, ge=8, description="generation length for a scored tool call")
+    benchmarks: BenchmarkConfig = Field(
+        default_factory=BenchmarkConfig, description="lm-evaluation-harness benchmarks before and after"
+    )
 
 
 class LoggingConfig(Section):
@@ -574,8 +677,12 @@ def config_reference() -> str:
             if sub is not None and name != "replay":
                 walk(sub, f"{prefix}{name}.")
                 continue
-            default = field.get_default(call_default_factory=True)
-            rows.append(f"| `{prefix}{name}` | `{default!r}` | {field.description or ''} |")
+            default = (
+                "required" if field.is_required() else f"`{field.get_default(call_default_factory=True)!r}`"
+            )
+            rows.append(f"| `{prefix}{name}` | {default} | {field.description or ''} |")
+            if cls is DataConfig and name == "train":
+                walk(TrainSource, f"{prefix}{name}[].")
 
     walk(Config, "")
     return "\n".join(rows)

@@ -170,6 +170,35 @@ def print_comparison(console: Any, result: dict[str, Any]) -> None:
         console.print(f"results: {result['out_dir']}")
 
 
+def print_benchmarks(console: Any, result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"benchmarks: {result['tuned_model']} vs {result['baseline_model'] or 'no baseline'}")
+    for column in ("task", "metric", "base", "tuned", "change", "verdict"):
+        table.add_column(column, justify="left" if column in ("task", "metric", "verdict") else "right")
+    for row in result["rows"]:
+        style = {"better": "green", "worse": "red"}.get(row["verdict"], "")
+        table.add_row(
+            row["task"],
+            row["metric"],
+            _with_stderr(row["base"], row["base_stderr"]),
+            _with_stderr(row["tuned"], row["tuned_stderr"]),
+            _with_stderr(row["change"], row["change_stderr"]),
+            f"[{style}]{row['verdict']}[/{style}]" if style else row["verdict"],
+        )
+    if not result["rows"]:
+        for task, values in result["tuned"].get("tasks", {}).items():
+            for key, metric in values["metrics"].items():
+                table.add_row(task, key, "", _with_stderr(metric["value"], metric["stderr"]), "", "")
+    console.print(table)
+    if result.get("out_dir"):
+        console.print(f"results: {result['out_dir']}")
+
+
+def _with_stderr(value: float, stderr: float | None) -> str:
+    return f"{value:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
+
+
 def print_selection(console: Any, result: dict[str, Any]) -> None:
     from rich.table import Table
 

@@ -23,7 +23,7 @@ def test_there_are_examples_for_every_task():
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_config_is_valid_and_its_local_paths_exist(path: Path):
     config = load_config(path)
-    specs = [config.data.train, config.data.eval]
+    specs = [source.path for source in config.data.train_sources()] + [config.data.eval]
     for spec in specs:
         for item in [spec] if isinstance(spec, str) else (spec or []):
             if item in PLACEHOLDERS or looks_like_hub_id(item):

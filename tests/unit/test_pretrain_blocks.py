@@ -93,7 +93,7 @@ def test_collate_restarts_positions_and_masks_each_document_start():
 def test_replay_blocks_are_mixed_in_at_the_ratio():
     domain = Blocks(fake_cache([[1] * 7] * 10), np.arange(10), block_len=8)
     general = Blocks(fake_cache([[2] * 7] * 3), np.arange(3), block_len=8)
-    train = TrainBlocks(domain, general, num_replay=5, seed=0)
+    train = TrainBlocks(domain, [(general, 5)], seed=0)
     assert len(train) == 15 and len(BlockRows(len(train))) == 15 and BlockRows(15)[14] == [14]
     replayed = [train.source(i) for i in range(10, 15)]
     assert all(blocks is general for blocks, _ in replayed)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from tunesmith.data.cache import TokenCache
+from tunesmith.data.mix import draw_order
 from tunesmith.data.templates import IGNORE_INDEX
 from tunesmith.data.tokenize import Example
 from tunesmith.errors import UserError
@@ -75,30 +76,40 @@ class Blocks:
 
 
 class TrainBlocks(Sequence[Example]):
-    """The training examples: every domain block, then replay blocks of general text.
+    """The training examples: every block of the first source, then the other sources' blocks.
 
-    Replay block j is general block `order[j % len(order)]` (a seeded shuffle), so any ratio works
-    even when the general text has fewer blocks than the replay needs.
+    `mixed` holds (blocks, count) per other source (data.train's mix, data.replay): its block j is
+    `draw_order(...)[j]`, a seeded shuffle cycled, so any weight works even when the source has
+    fewer blocks than its share (data/mix.py).
     """
 
-    def __init__(self, domain: Blocks, replay: Blocks | None = None, num_replay: int = 0, seed: int = 0):
-        self.domain, self.replay, self.num_replay = domain, replay, num_replay if replay is not None else 0
-        self.order = (
-            np.random.default_rng(seed).permutation(len(replay))
-            if replay is not None and len(replay)
-            else None
-        )
-        if self.num_replay and self.order is None:
-            raise UserError("config key `data.replay.path`: the replay text is empty")
+    def __init__(self, domain: Blocks, mixed: Sequence[tuple[Blocks, int]] = (), seed: int = 0):
+        self.domain = domain
+        self.mixed = [blocks for blocks, _ in mixed]
+        for blocks, count in mixed:
+            if count and not len(blocks):
+                raise UserError("a data.train source (or data.replay.path) has no text to train on")
+        self.orders = [
+            draw_order(len(blocks), count, seed, index + 1) for index, (blocks, count) in enumerate(mixed)
+        ]
+        self.ends = np.cumsum([len(domain)] + [count for _, count in mixed])
+
+    @property
+    def num_replay(self) -> int:
+        return int(self.ends[-1]) - len(self.domain)
 
     def __len__(self) -> int:
-        return len(self.domain) + self.num_replay
+        return int(self.ends[-1])
+
+    def source_index(self, index: int) -> int:
+        """Which source block `index` comes from (0: the first)."""
+        return int(np.searchsorted(self.ends, index, side="right"))
 
     def source(self, index: int) -> tuple[Blocks, int]:
-        if index < len(self.domain):
+        which = self.source_index(index)
+        if which == 0:
             return self.domain, index
-        assert self.replay is not None and self.order is not None
-        return self.replay, int(self.order[(index - len(self.domain)) % len(self.order)])
+        return self.mixed[which - 1], int(self.orders[which - 1][index - int(self.ends[which - 1])])
 
     def __getitem__(self, index: int) -> Example:  # type: ignore[override]
         if index < 0:

@@ -56,6 +56,8 @@ def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Numeric metrics as {name: value}; nested ones (general.perplexity) get dotted names."""
     flat: dict[str, float] = {}
     for key, value in metrics.items():
+        if key == "benchmarks":  # the harness's results: compared by compare_benchmarks, with their errors
+            continue
         if isinstance(value, dict) and key not in ("per_class", "confusion_matrix"):
             flat.update(flat_metrics(value, f"{prefix}{key}."))
         elif (number := _number(value)) is not None:
@@ -183,8 +185,11 @@ def paired_generations(before: dict[str, Any], after: dict[str, Any]) -> list[di
 
 def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """Everything the report and `tunesmith eval` show about two evaluations of the same data."""
+    from tunesmith.evaluate.benchmarks import compare_benchmarks
+
     return {
         "metrics": metric_deltas(before, after),
         "examples": fixed_and_broken(before, after),
         "generations": paired_generations(before, after),
+        "benchmarks": compare_benchmarks(before.get("benchmarks") or {}, after.get("benchmarks") or {}),
     }

@@ -6,17 +6,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tunesmith.config import Config
+from tunesmith.config import BenchmarkConfig, Config
 from tunesmith.errors import UserError
 from tunesmith.progress import NoProgress, Progress
 from tunesmith.tasks import EvalContext, Phase, Task, get_task
 
 
-def evaluate_phase(task: Task, ctx: EvalContext, phase: Phase) -> dict[str, Any]:
-    """The task's metrics for one phase ("before", "after"), with the forgetting probe where it applies."""
+def evaluate_phase(
+    task: Task, ctx: EvalContext, phase: Phase, progress: Progress | None = None
+) -> dict[str, Any]:
+    """The task's metrics for one phase ("before", "after"), with the forgetting probe and the
+    benchmarks (eval.benchmarks) where they apply: both measure general ability, so LM tasks only."""
     metrics = task.evaluate(ctx, phase)
     if ctx.config.eval.forgetting and task.has_forgetting_probe:
         metrics["general"] = general_perplexity(ctx.loss, ctx.tokenizer, ctx.config, ctx.device)
+    if ctx.config.eval.benchmarks.tasks and task.has_forgetting_probe:
+        from tunesmith.evaluate.benchmarks import run_benchmarks
+
+        template = ctx.prepared.template.template if ctx.prepared.template is not None else None
+        label = "base model" if phase == "before" else "tuned model"
+        metrics["benchmarks"] = run_benchmarks(
+            ctx.model, ctx.tokenizer, ctx.config.eval.benchmarks, template, progress, label
+        )
     return metrics
 
 
@@ -115,7 +126,7 @@ def evaluate_models(
         context = EvalContext(
             model, task_module.make_loss(model, config), prepared, tokenizer, config, device
         )
-        metrics = evaluate_phase(task_module, context, phase)
+        metrics = evaluate_phase(task_module, context, phase, progress)
         del model
         return metrics
 
@@ -164,3 +175,74 @@ def _refuse_symlinks_between(root: Path, target: Path) -> None:
         if probe.is_symlink():
             raise UserError(f"{probe} is a symlink; refusing to write evaluation results through it")
         probe = probe.parent
+
+
+def benchmark_settings(model_or_run: str, options: dict[str, Any]) -> BenchmarkConfig:
+    """The run's eval.benchmarks (when `model_or_run` is a run), with the options given over it."""
+    from pydantic import ValidationError
+
+    from tunesmith.config import _format_validation_error
+    from tunesmith.train.rundir import RunDir, read_saved_config
+
+    run = RunDir(Path(model_or_run).expanduser())
+    saved = read_saved_config(run).get("eval", {}).get("benchmarks", {}) if run.final.is_dir() else {}
+    values = {**saved, **{k: v for k, v in options.items() if v is not None}}
+    try:
+        settings = BenchmarkConfig.model_validate(values)
+    except ValidationError as exc:
+        raise UserError(_format_validation_error(exc, "tunesmith bench")) from None
+    if not settings.tasks:
+        raise UserError("tunesmith bench: name the benchmarks with --tasks (e.g. --tasks arc_easy,hellaswag)")
+    return settings
+
+
+def benchmark_models(
+    model_or_run: str,
+    options: dict[str, Any],
+    baseline: str | None = None,
+    out_dir: str | Path | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """The harness's benchmarks for a tuned model and its baseline under one protocol (see api.benchmark)."""
+    from tunesmith.evaluate.benchmarks import compare_benchmarks, require_harness, run_benchmarks
+    from tunesmith.models.inference import load_for_inference
+    from tunesmith.train import rundir
+
+    progress = progress or NoProgress()
+    settings = benchmark_settings(model_or_run, options)
+    require_harness()
+    baseline = baseline or rundir.base_model_of(model_or_run)
+    model, tokenizer = load_for_inference(rundir.resolve_trained(model_or_run), model_or_run)
+    # One protocol for both: the tuned model's tokenizer and chat template (as in training).
+    template = getattr(tokenizer, "chat_template", None)
+    tuned = run_benchmarks(model, tokenizer, settings, template, progress, "tuned model")
+    del model
+    base: dict[str, Any] = {}
+    if baseline:
+        model, _ = load_for_inference(rundir.resolve_trained(baseline), baseline)
+        base = run_benchmarks(model, tokenizer, settings, template, progress, "base model")
+        del model
+    else:
+        progress.message("warning: no base model recorded for this model; pass --baseline MODEL", "warning")
+    result: dict[str, Any] = {
+        "tuned_model": str(model_or_run),
+        "baseline_model": baseline,
+        "settings": settings.model_dump(mode="json"),
+        "rows": compare_benchmarks(base, tuned),
+        "tuned": tuned,
+        "baseline": base,
+    }
+    run = rundir.RunDir(Path(model_or_run).expanduser())
+    if out_dir is None and run.final.is_dir():
+        out_dir = run.eval_dir / ("benchmarks-" + "-".join(settings.tasks))[:120]
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        if out_dir.is_relative_to(run.path):
+            _refuse_symlinks_between(run.path, out_dir)
+        rundir.write_json(out_dir / "tuned.json", tuned)
+        rundir.write_json(out_dir / "baseline.json", base)
+        rundir.write_json(
+            out_dir / "comparison.json", {k: v for k, v in result.items() if k not in ("tuned", "baseline")}
+        )
+        result["out_dir"] = str(out_dir)
+    return result

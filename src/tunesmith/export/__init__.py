@@ -90,6 +90,16 @@ def model_card(
             lines.append(
                 f"- general-text perplexity (forgetting probe): {general_before:.2f} -> {general_after:.2f}"
             )
+        if summary.get("benchmarks"):
+            from tunesmith.evaluate.benchmarks import NOISE_Z, benchmark_lines
+
+            lines += [
+                "",
+                f"## Benchmarks (lm-evaluation-harness; base -> tuned, verdict at {NOISE_Z} standard errors)",
+                "",
+            ]
+            lines += [f"- {line}" for line in benchmark_lines(summary["benchmarks"])]
+            lines.append("")
     if parity is not None:
         lines.append(f"- parity check: merged vs base + adapter, max |logit difference| {parity:.2e}")
     auto = (

@@ -15,6 +15,7 @@ from typing import Any
 
 from tunesmith.evaluate.compare import compare
 from tunesmith.outputs import claim_output, generator_tag
+from tunesmith.report.benchmarks import benchmarks_section
 from tunesmith.report.format import fmt  # noqa: F401  (re-exported: the CLI's number format)
 from tunesmith.report.read import load_run
 from tunesmith.report.sections import (
@@ -102,6 +103,7 @@ def render(run: dict[str, Any]) -> str:
         _training_curves(run),
         _metrics_section(run, rows),
         _forgetting_section(run),
+        benchmarks_section(run),
         _generations_section(comparison),
         _classify_section(run),  # empty unless the evaluations hold confusion matrices or per-class scores
         _examples_section(comparison),
@@ -116,6 +118,7 @@ def render(run: dict[str, Any]) -> str:
         "curves": "Curves",
         "metrics": "Before/after",
         "forgetting": "Forgetting",
+        "benchmarks": "Benchmarks",
         "generations": "Generations",
         "classes": "Classes",
         "examples": "Fixed/broken",

@@ -461,12 +461,33 @@ def _data_section(run: dict[str, Any]) -> str:
             parts.append("<h3>Statistics</h3>" + _key_values(stats))
     data_stats = run["summary"].get("data")
     if isinstance(data_stats, dict):
+        if isinstance(data_stats.get("mix"), list):
+            parts.append(_mix_table(data_stats["mix"]))
         for split in ("train", "eval"):
             if isinstance(data_stats.get(split), dict):
                 parts.append(f"<h3>Tokenized {split} data</h3>" + _key_values(data_stats[split]))
         if data_stats.get("chat_template"):
             parts.append(f"<p>Chat template: <code>{escape(str(data_stats['chat_template']))}</code></p>")
     return _section("data", "Data", "".join(parts))
+
+
+def _mix_table(mix: list[dict[str, Any]]) -> str:
+    """data.train's sources: their weight, what each holds, gives one pass and gave the run's steps."""
+    weights = sum(_number(s.get("weight")) or 0 for s in mix) or 1
+    trained = sum(_number(s.get("num_trained")) or 0 for s in mix) or 1
+    rows = [
+        [
+            _text(s.get("name")),
+            f"{fmt(s.get('weight'))} ({(_number(s.get('weight')) or 0) / weights:.0%})",
+            fmt(s.get("num_available")),
+            fmt(s.get("num_drawn")),
+            f"{fmt(s.get('num_trained'))} ({(_number(s.get('num_trained')) or 0) / trained:.0%})",
+        ]
+        for s in mix
+        if isinstance(s, dict)
+    ]
+    header = ["source", "weight (share)", "examples held", "per pass", "trained (share)"]
+    return "<h3>Training mix</h3>" + _table(header, rows, "numbers")
 
 
 def _short(value: Any, limit: int = 240) -> str:

@@ -59,6 +59,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from tunesmith.data.mix import SourceMix
+from tunesmith.data.mix import summary as mix_summary
+
 if TYPE_CHECKING:
     from peft import PeftModel
     from torch import nn
@@ -134,9 +137,12 @@ class DataStats:
     chat_template: str | None = None  # where the chat template came from (conversation tasks)
     labels: list[str] | None = None  # the label order (classification tasks)
     class_weights: list[float] | None = None
+    mix: list[SourceMix] | None = None  # several data.train sources: what each holds, gives and trained
 
     def summary(self) -> str:
         parts = [f"train: {self.train.summary()}"]
+        if self.mix:
+            parts.append(mix_summary(self.mix))
         if self.eval is not None:
             parts.append(f"eval: {self.eval.summary()}")
         if self.chat_template:
@@ -155,6 +161,7 @@ class DataStats:
             "chat_template": self.chat_template,
             "labels": self.labels,
             "class_weights": self.class_weights,
+            "mix": [source.as_dict() for source in self.mix] if self.mix else None,
         }
         return {k: v for k, v in values.items() if v is not None or k == "eval"}
 
@@ -176,6 +183,7 @@ class PreparedData:
     vocab_size: int | None = None  # classification: len(tokenizer), the embeddings' size
     eval_blocks: Blocks | None = None  # pretrain: the held-out documents as blocks
     pairs: PairData | None = None  # preference: the tokenized pairs (train/eval hold their chosen sides)
+    source_of: Callable[[int], int] | None = None  # a mix: train example index -> its data.train source
 
 
 @dataclass(frozen=True)
@@ -391,6 +399,7 @@ register(
             _FORGETTING,
         ),
         headline="loss",
+        config_keys=("eval.benchmarks",),  # the harness scores causal LMs
         four_bit_base=True,
         catalogue_needs=("causal_lm", "chat"),
         has_forgetting_probe=True,
@@ -405,7 +414,7 @@ register(
         step_unit="token",
         metrics=(*_LM_METRICS, _FORGETTING),
         headline="loss",
-        config_keys=("data.replay", "data.cache_dir"),
+        config_keys=("data.replay", "data.cache_dir", "eval.benchmarks"),
         four_bit_base=True,
         catalogue_needs=("causal_lm", "base"),
         has_forgetting_probe=True,
@@ -446,7 +455,7 @@ register(
             _FORGETTING,
         ),
         headline="reward_accuracy",
-        config_keys=("preference",),
+        config_keys=("preference", "eval.benchmarks"),
         catalogue_needs=("causal_lm", "chat"),
         has_forgetting_probe=True,
     )

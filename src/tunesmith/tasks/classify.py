@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from tunesmith.config import Config
+from tunesmith.config import Config, TrainSource
 from tunesmith.data.formats import LabeledText, normalize
 from tunesmith.data.labels import (
     LabelSet,
@@ -41,10 +41,10 @@ from tunesmith.tasks import (
     Phase,
     PreparedData,
     Task,
-    hold_out,
     lm_epochs,
     task_info,
 )
+from tunesmith.tasks.mixing import load_mixed, source_of_examples
 from tunesmith.train.loss import (
     ClassificationLoss,
     CrossEntropy,
@@ -60,14 +60,23 @@ MAX_REPORTED_EXAMPLES = 200  # per-example predictions kept in eval/*.json
 ZERO_SHOT_PROMPT = "Text: {text}\nLabel:"  # select's zero-shot probe of a base model
 
 
-def load_labeled(spec: str | list[str], config: Config, policy: ErrorPolicy, what: str) -> list[LabeledText]:
+def load_labeled(
+    spec: str | list[str],
+    config: Config,
+    policy: ErrorPolicy,
+    what: str,
+    source: TrainSource | None = None,
+) -> list[LabeledText]:
+    """Labelled records of `spec`, read with `source`'s format and fields (default: data's)."""
     data = config.data
     rows = iter_rows(spec, policy, what)
     if data.label_columns:
         rows = columns_to_label_lists(rows, data.label_columns)
+    data_format = source.format if source is not None and source.format else data.format
+    fields = source.fields if source is not None and source.fields is not None else data.fields
     # One format only, so a missing column is reported as such, with the mapping that fixes it.
-    fmt = "labeled" if data.format == "auto" else data.format
-    records = list(normalize(rows, "labeled", fmt, data.fields, None, policy))
+    fmt = "labeled" if data_format == "auto" else data_format
+    records = list(normalize(rows, "labeled", fmt, fields, None, policy))
     if not records:
         shown = spec if isinstance(spec, str) else ", ".join(spec)
         raise UserError(f"{what}: no usable records in {shown}; the data is empty")
@@ -104,17 +113,16 @@ def prepare_data(
     config: Config, tokenizer: PreTrainedTokenizerBase, progress: Progress | None = None
 ) -> PreparedData:
     data = config.data
-    if data.train is None:
-        raise UserError("config key `data.train` is missing; point it at your labelled data (text + label)")
     warnings = _check_settings(config)
     policy = ErrorPolicy(data.on_error, data.max_skipped)
-    records = load_labeled(data.train, config, policy, "data.train")
+    mixed = load_mixed(
+        config,
+        "point it at your labelled data (text + label)",
+        lambda source, what: load_labeled(source.path, config, policy, what, source),
+    )
+    records, eval_records = mixed.train, mixed.eval or []
     if data.eval is not None:
         eval_records = load_labeled(data.eval, config, policy, "data.eval")
-    else:
-        records, eval_records = hold_out(
-            records, data.eval_fraction, data.max_eval_examples, config.train.seed
-        )
     label_set = build_label_set(records, eval_records, data.labels, data.multi_label)
     warnings += _label_warnings(label_set)
     train, train_stats = tokenize_labeled(records, tokenizer, label_set, data.max_seq_len, policy)
@@ -137,12 +145,14 @@ def prepare_data(
             warnings=warnings,
             labels=label_set.names,
             class_weights=weights,
+            mix=mixed.mix,
         ),
         pad_id=pad_id,
         eval_records=eval_records,
         label_set=label_set,
         class_weights=weights,
         vocab_size=len(tokenizer),
+        source_of=source_of_examples(train, mixed.origin),
     )
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, cast
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from tunesmith.config import Config
+from tunesmith.config import Config, TrainSource
 from tunesmith.data.formats import Conversation, Record, load_records
 from tunesmith.data.load import ErrorPolicy
 from tunesmith.data.pack import collate_rows, make_rows
@@ -29,12 +29,12 @@ from tunesmith.tasks import (
     Phase,
     PreparedData,
     Task,
-    hold_out,
     lm_epochs,
     no_label,
     no_trained_settings,
     task_info,
 )
+from tunesmith.tasks.mixing import load_mixed, source_of_examples
 from tunesmith.train.loss import CausalLMLoss, CrossEntropy
 
 if TYPE_CHECKING:
@@ -48,11 +48,14 @@ def prepare_data(
 ) -> PreparedData:
     data = config.data
     policy = ErrorPolicy(data.on_error, data.max_skipped)
-    if data.train is None:
-        raise UserError("config key `data.train` is missing; point it at your instruction data file")
-    records = _conversations(
-        load_records(data.train, "conversation", data.format, data.fields, data.system_prompt, policy)
-    )
+
+    def load(source: TrainSource, what: str) -> list[Conversation]:
+        fmt, fields = source.format or data.format, source.fields or {}
+        records = load_records(source.path, "conversation", fmt, fields, data.system_prompt, policy, what)
+        return _conversations(records)
+
+    mixed = load_mixed(config, "point it at your instruction data file", load)
+    records, eval_records = mixed.train, mixed.eval or []
     if data.eval is not None:
         eval_records = _conversations(
             load_records(
@@ -64,10 +67,6 @@ def prepare_data(
                 policy,
                 what="data.eval",
             )
-        )
-    else:
-        records, eval_records = hold_out(
-            records, data.eval_fraction, data.max_eval_examples, config.train.seed
         )
     template = resolve_chat_template(tokenizer, data.chat_template, data.chat_template_kwargs)
     reasoning = data.train_on_reasoning
@@ -88,11 +87,16 @@ def prepare_data(
         rows=make_rows(train, data.max_seq_len, data.packing),
         collate=lambda rows: collate_rows(rows, train, pad_id),
         stats=DataStats(
-            train_stats, eval_stats, skipped_records=list(policy.skipped), chat_template=template.origin
+            train_stats,
+            eval_stats,
+            skipped_records=list(policy.skipped),
+            chat_template=template.origin,
+            mix=mixed.mix,
         ),
         pad_id=pad_id,
         template=template,
         eval_records=eval_records,
+        source_of=source_of_examples(train, mixed.origin),
     )
 
 

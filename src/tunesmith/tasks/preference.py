@@ -40,11 +40,11 @@ from tunesmith.tasks import (
     Phase,
     PreparedData,
     Task,
-    hold_out,
     lm_epochs,
     no_trained_settings,
     task_info,
 )
+from tunesmith.tasks.mixing import load_mixed, source_of_examples
 from tunesmith.train.loss import CrossEntropy, batch_to_device
 from tunesmith.train.preference_loss import PreferenceLoss, reference_token_kl
 
@@ -75,16 +75,19 @@ def prepare_data(
 ) -> PreparedData:
     data = config.data
     policy = ErrorPolicy(data.on_error, data.max_skipped)
-    if data.train is None:
-        raise UserError("config key `data.train` is missing; point it at your preference pairs file")
     reference_mode(config)  # a bad combination fails before anything loads
-    pairs = load_pairs(data.train, data.format, data.fields, data.system_prompt, policy)
+    mixed = load_mixed(
+        config,
+        "point it at your preference pairs file",
+        lambda source, what: load_pairs(
+            source.path, source.format or data.format, source.fields, data.system_prompt, policy, what
+        ),
+    )
+    pairs, eval_pairs = mixed.train, mixed.eval or []
     if data.eval is not None:
         eval_pairs = load_pairs(
             data.eval, data.format, data.fields, data.system_prompt, policy, what="data.eval"
         )
-    else:
-        pairs, eval_pairs = hold_out(pairs, data.eval_fraction, data.max_eval_examples, config.train.seed)
     template = resolve_chat_template(tokenizer, data.chat_template, data.chat_template_kwargs)
     train, train_stats = tokenize_pairs(pairs, tokenizer, template, data.max_seq_len)
     evaluation, eval_stats = (
@@ -100,12 +103,17 @@ def prepare_data(
         rows=make_pair_rows(train, data.max_seq_len, data.packing),
         collate=lambda rows: collate_pairs([list(row) for row in rows], train, pad_id),
         stats=DataStats(
-            train_stats, eval_stats, skipped_records=list(policy.skipped), chat_template=template.origin
+            train_stats,
+            eval_stats,
+            skipped_records=list(policy.skipped),
+            chat_template=template.origin,
+            mix=mixed.mix,
         ),
         pad_id=pad_id,
         template=template,
         eval_records=eval_pairs,
         pairs=PairData(train=train, eval=evaluation, train_records=pairs),
+        source_of=source_of_examples(train, mixed.origin),
     )
 
 

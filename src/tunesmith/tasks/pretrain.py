@@ -19,7 +19,7 @@ import numpy as np
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from tunesmith.config import Config
+from tunesmith.config import Config, TrainSource
 from tunesmith.data.blocks import (
     BlockExamples,
     BlockRows,
@@ -30,6 +30,7 @@ from tunesmith.data.blocks import (
 )
 from tunesmith.data.cache import TokenCache, load_or_build
 from tunesmith.data.load import ErrorPolicy
+from tunesmith.data.mix import describe
 from tunesmith.data.templates import IGNORE_INDEX
 from tunesmith.errors import UserError
 from tunesmith.evaluate.metrics import batch_metrics
@@ -49,6 +50,7 @@ from tunesmith.tasks import (
     task_info,
 )
 from tunesmith.tasks.instruct import build_model, lm_fit, load_for_eval, make_loss
+from tunesmith.tasks.mixing import source_what
 
 if TYPE_CHECKING:
     from tunesmith.tasks import TrainedModel
@@ -78,15 +80,18 @@ def prepare_data(
     config: Config, tokenizer: PreTrainedTokenizerBase, progress: Progress | None = None
 ) -> PreparedData:
     data = config.data
-    if data.train is None:
+    sources = data.train_sources()
+    if not sources:
         raise UserError("config key `data.train` is missing; point it at your text files, folder or JSONL")
     policy = ErrorPolicy(data.on_error, data.max_skipped)
     show = progress if config.logging.progress else None  # the token cache's build, over the corpus bytes
 
-    def cache(spec: str | list[str], what: str) -> TokenCache:
-        return load_or_build(spec, tokenizer, data.cache_dir, data.format, data.fields, policy, what, show)
+    def cache(spec: str | list[str], what: str, source: TrainSource | None = None) -> TokenCache:
+        fmt = source.format if source is not None and source.format else data.format
+        fields = source.fields if source is not None and source.fields is not None else data.fields
+        return load_or_build(spec, tokenizer, data.cache_dir, fmt, fields, policy, what, show)
 
-    train_cache = cache(data.train, "data.train")
+    train_cache = cache(sources[0].path, source_what(0, len(sources)), sources[0])
     warnings = list(train_cache.warnings)
     eval_cache, train_documents, eval_documents = _held_out_documents(config, train_cache, cache, warnings)
     domain = Blocks(train_cache, train_documents, data.max_seq_len, data.packing)
@@ -94,8 +99,8 @@ def prepare_data(
     # Evaluation cost is bounded: the first max_eval_examples blocks of the held-out documents.
     num_eval_blocks = min(len(evaluation), data.max_eval_examples)
 
-    replay, num_replay = _replay_blocks(config, cache, len(domain), warnings)
-    train = TrainBlocks(domain, replay, num_replay, config.train.seed)
+    train, mix = _mixed_blocks(config, sources, cache, domain, warnings)
+    num_replay = train.num_replay
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else train_cache.meta["eos_id"]
     length = data.max_seq_len
 
@@ -115,9 +120,11 @@ def prepare_data(
             eval_stats,
             skipped_records=list(policy.skipped),
             warnings=warnings,
+            mix=mix if len(mix) > 1 else None,
         ),
         pad_id=pad_id,
         eval_blocks=evaluation,
+        source_of=train.source_index if len(mix) > 1 else None,
     )
 
 
@@ -143,24 +150,50 @@ def _held_out_documents(
     return train_cache, train_documents, eval_documents
 
 
-def _replay_blocks(
-    config: Config, cache: Any, num_domain: int, warnings: list[str]
-) -> tuple[Blocks | None, int]:
-    """data.replay: general-text blocks mixed into training (ratio = replay / (domain + replay))."""
+def _mixed_blocks(
+    config: Config, sources: list[TrainSource], cache: Any, domain: Blocks, warnings: list[str]
+) -> tuple[TrainBlocks, Any]:
+    """The training blocks: data.train's first source (`domain`) with the other sources and
+    data.replay mixed in by weight (data/mix.py), drawn reproducibly from the seed."""
     data = config.data
-    if data.replay is None:
-        return None, 0
-    replay_cache = cache(data.replay.path, "data.replay.path")
-    warnings += replay_cache.warnings
-    replay = Blocks(replay_cache, np.arange(replay_cache.num_documents), data.max_seq_len, data.packing)
-    num_replay = max(1, round(data.replay.ratio / (1 - data.replay.ratio) * num_domain))
-    probe = data.general_text or GENERAL_TEXT_PATH
-    if config.eval.forgetting and _same_file(data.replay.path, probe):
-        warnings.append(
-            f"data.replay.path is the forgetting probe's text ({probe}): training on it makes the general "
-            "perplexity look better than it is; set data.general_text to other general text"
+    others: list[tuple[str | list[str], str, TrainSource | None]] = [
+        (s.path, source_what(i, len(sources)), s) for i, s in enumerate(sources) if i
+    ]
+    weights = [s.weight for s in sources]
+    names = [s.label() for s in sources]
+    if data.replay is not None:
+        # data.replay is one more source, weighted to be `ratio` of all training blocks.
+        others.append((data.replay.path, "data.replay.path", None))
+        weights.append(data.replay.ratio / (1 - data.replay.ratio) * sum(weights))
+        names.append(f"replay: {data.replay.path}")
+    mixed_blocks = []
+    for spec, what, source in others:
+        other_cache = cache(spec, what, source)
+        warnings += other_cache.warnings
+        mixed_blocks.append(
+            Blocks(other_cache, np.arange(other_cache.num_documents), data.max_seq_len, data.packing)
         )
-    return replay, num_replay
+    warnings += _probe_warnings(config, [spec for spec, _, _ in others])
+    mix = describe(names, weights, [len(domain)] + [len(blocks) for blocks in mixed_blocks])
+    train = TrainBlocks(
+        domain,
+        [(blocks, m.num_drawn) for blocks, m in zip(mixed_blocks, mix[1:], strict=True)],
+        config.train.seed,
+    )
+    return train, mix
+
+
+def _probe_warnings(config: Config, specs: list[str | list[str]]) -> list[str]:
+    """A mixed-in source that is the forgetting probe's text makes the probe look better than it is."""
+    probe = config.data.general_text or GENERAL_TEXT_PATH
+    if not config.eval.forgetting:
+        return []
+    return [
+        f"the mixed-in source {spec} is the forgetting probe's text ({probe}): training on it makes the general "
+        "perplexity look better than it is; set data.general_text to other general text"
+        for spec in specs
+        if isinstance(spec, str) and _same_file(spec, probe)
+    ]
 
 
 def block_metrics(

@@ -519,10 +519,13 @@ def merge_final(current: Run) -> Path:
 
 def report(current: Run, steps: int, before: dict[str, Any], after: dict[str, Any]) -> None:
     """summary.json (what the report and `tunesmith export` read) and report.html."""
+    from tunesmith.data.mix import count_trained
+    from tunesmith.evaluate.benchmarks import compare_benchmarks
     from tunesmith.report.html import write_report
     from tunesmith.train.prediction import compare, measured_tokens_per_second
 
     run_dir = current.run_dir
+    count_trained(plan_steps(current)[0], steps, current.prepared)  # a mix: what each source gave the steps
     peak = peak_memory(current.device)
     measured = {
         "tokens_per_second": measured_tokens_per_second(rundir.read_metrics(run_dir.path)),
@@ -547,6 +550,7 @@ def report(current: Run, steps: int, before: dict[str, Any], after: dict[str, An
             "checkpoint_seconds": current.checkpoint_seconds,
             "fit_seconds": current.fit_seconds,
             "prediction": compare(current.predicted, measured),
+            "benchmarks": compare_benchmarks(before.get("benchmarks") or {}, after.get("benchmarks") or {}),
             **peak,
         },
     )
@@ -558,21 +562,15 @@ def report(current: Run, steps: int, before: dict[str, Any], after: dict[str, An
 
 
 def _context(current: Run) -> EvalContext:
-    return EvalContext(
-        current.model,
-        current.loss_module,
-        current.prepared,
-        current.tokenizer,
-        current.config,
-        current.device,
-    )
+    c = current
+    return EvalContext(c.model, c.loss_module, c.prepared, c.tokenizer, c.config, c.device)
 
 
 def _evaluate(current: Run, phase: Phase) -> dict[str, Any]:
     """A phase's metrics as eval/*.json holds them (the task's and the forgetting probe)."""
     from tunesmith.evaluate.runner import evaluate_phase
 
-    return evaluate_phase(current.task, _context(current), phase)
+    return evaluate_phase(current.task, _context(current), phase, current.progress)
 
 
 def _evaluate_metrics(current: Run, phase: Phase) -> dict[str, Any]:
@@ -587,11 +585,9 @@ def _elapsed(current: Run) -> float:
 class _NoLog:
     """The metrics logger of ranks other than 0: they compute the same records, rank 0 writes them."""
 
-    def __call__(self, record: dict[str, Any]) -> None:
-        pass
+    def __call__(self, record: dict[str, Any]) -> None: ...
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None: ...
 
 
 def metrics_line(task: Task, metrics: dict[str, Any]) -> str:

@@ -287,9 +287,10 @@ def preflight(plan: Plan, num_samples: int = 3) -> dict[str, Any]:
         max_seq_len=config.data.max_seq_len,
     )
     # `data check` takes one path (a file, folder or glob) for each split: a list shows its first.
+    sources = config.data.train_sources()  # a mix is checked through its first source here
     train, held_out = (
         spec if isinstance(spec, str) or spec is None else spec[0]
-        for spec in (config.data.train, config.data.eval)
+        for spec in (sources[0].path if sources else None, config.data.eval)
     )
     check_args = ["tunesmith", "data", "check", str(train), *(["--eval", held_out] if held_out else [])]
     check_args += ["--task", config.task, "--model", config.model.name]

@@ -13,6 +13,7 @@ pairs (the "preference" record kind) have their own checks, in `pairs.py`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,9 +85,20 @@ def check_data(
     eval_scan = SplitScan("eval", compare, options.seed + 1, options.max_coverage_inputs)
     counter = TokenCounter(tokenizer, options.records, chat_template) if tokenizer is not None else None
     held_out = held_out or set()
-    scan_source(
-        train, lambda s: eval_scan if str(s) in held_out else train_scan, options, counter, "data.train"
-    )
+    route = lambda s: eval_scan if str(s) in held_out else train_scan  # noqa: E731
+    # Several sources (data.train's mix): each read with its own format and fields, checked as one whole.
+    sources = train if isinstance(train, list) and any(hasattr(item, "path") for item in train) else [train]
+    source_rows = []
+    for index, source in enumerate(sources):
+        spec, source_options = source, options
+        if hasattr(source, "path"):
+            spec = source.path
+            source_options = replace(options, data_format=source.format, fields=dict(source.fields or {}))
+        before = train_scan.num_rows + eval_scan.num_rows
+        what = "data.train" if len(sources) == 1 else f"data.train[{index}]"
+        scan_source(spec, route, source_options, counter, what)
+        label = source.label() if hasattr(source, "label") else str(spec)
+        source_rows.append({"source": label, "num_rows": train_scan.num_rows + eval_scan.num_rows - before})
     if eval is not None:
         scan_source(eval, lambda s: eval_scan, options, counter, "data.eval")
     target_inputs = read_target_inputs(target) if target is not None else []
@@ -97,6 +109,8 @@ def check_data(
         "num_eval": len(eval_scan),
         "max_seq_len": options.max_seq_len,
     }
+    if len(sources) > 1:
+        stats["sources"] = source_rows
     findings += format_findings(train_scan, eval_scan, options, train)
     findings += duplicate_findings(train_scan, eval_scan, options)
     findings += length_findings(train_scan, eval_scan, options, prepared, stats)
@@ -197,9 +211,9 @@ def preflight(data: DataConfig, prepared: Any, kind: str, task: str) -> CheckRep
         format_severity="warning" if data.on_error == "skip" else "error",
         leakage_severity="error" if data.eval is not None else "warning",
     )
-    result = check_data(
-        data.train, data.eval, None, options, tokenizer=None, held_out=held_out, prepared=prepared
-    )
+    sources = data.train_sources()
+    train = sources if len(sources) > 1 else data.train
+    result = check_data(train, data.eval, None, options, tokenizer=None, held_out=held_out, prepared=prepared)
     return _stop_on_errors(result.report)
 
 

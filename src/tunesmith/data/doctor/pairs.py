@@ -300,10 +300,13 @@ def preflight(data: Any, prepared: Any, task: str) -> CheckReport:
     pairs = prepared.pairs
     stats = prepared.stats
     splits = [s for s in (stats.train, stats.eval) if s is not None]
+    # A mix of sources repeats pairs (the same object drawn again): each is checked once.
+    records = list({id(pair): pair for pair in pairs.train_records}.values())
+    examples = list({example.source: example for example in pairs.train}.values())
     findings = pair_findings(
-        pairs.train_records,
+        records,
         prepared.eval_records,
-        pairs.train,
+        examples,
         pairs.eval,
         data.max_seq_len,
         sum(s.num_dropped_no_supervised for s in splits),
