@@ -145,4 +145,4 @@ def test_paired_generations_pair_by_prompt():
     assert rows[0]["reference"] == "r1" and rows[0]["rouge_l_after"] == 0.5
     only_before = paired_generations(before, {})
     assert [(r["before"], r["after"]) for r in only_before] == [("old2", None), ("old1", None)]
-    assert set(compare(before, after)) == {"metrics", "examples", "generations"}
+    assert set(compare(before, after)) == {"metrics", "examples", "generations", "benchmarks"}
