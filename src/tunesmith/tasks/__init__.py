@@ -13,6 +13,7 @@ name; adding a task touches this package and config.py only.
     measure_fit(FitContext) -> dict                         select's probe of a base model's fit
     trained_data_settings(target) -> dict                   data settings a trained model fixes
     headline_metric, higher_is_better                       the held-out metric `data curve` predicts
+    on_policy                                               fits in train/rl.py (samples while it trains)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from tunesmith.data.formats import Record
     from tunesmith.data.labels import ClassifyStats, LabelSet
     from tunesmith.data.preference import PairData, PairStats
+    from tunesmith.data.prompts import PromptExample, PromptStats
     from tunesmith.data.templates import ChatTemplate
     from tunesmith.data.tokenize import Example, TokenizeStats
     from tunesmith.progress import Progress
@@ -46,6 +48,7 @@ TASK_MODULES = {
     "pretrain": "tunesmith.tasks.pretrain",
     "classify": "tunesmith.tasks.classify",
     "preference": "tunesmith.tasks.preference",
+    "reward": "tunesmith.tasks.reward",
 }
 TASK_NAMES = tuple(TASK_MODULES)
 
@@ -57,8 +60,8 @@ Collate = Callable[[Sequence[Sequence[int]]], dict[str, Any]]  # rows of example
 class DataStats:
     """What the run trains and evaluates on: the data line, summary.json's `data` and the report."""
 
-    train: TokenizeStats | ClassifyStats | CorpusStats | PairStats
-    eval: TokenizeStats | ClassifyStats | CorpusStats | PairStats | None = None
+    train: TokenizeStats | ClassifyStats | CorpusStats | PairStats | PromptStats
+    eval: TokenizeStats | ClassifyStats | CorpusStats | PairStats | PromptStats | None = None
     skipped_records: list[str] = field(default_factory=list)  # bad records skipped (data.on_error)
     warnings: list[str] = field(default_factory=list)
     chat_template: str | None = None  # where the chat template came from (conversation tasks)
@@ -90,6 +93,14 @@ class DataStats:
 
 
 @dataclass(frozen=True)
+class PromptData:
+    """An on-policy task's prompts, ready to sample from (train) and to score under the fixed protocol."""
+
+    train: list[PromptExample]
+    eval: list[PromptExample]
+
+
+@dataclass(frozen=True)
 class PreparedData:
     """A task's tokenized data. Typed fields only; those a task does not use stay None."""
 
@@ -106,6 +117,7 @@ class PreparedData:
     vocab_size: int | None = None  # classification: len(tokenizer), the embeddings' size
     eval_blocks: Blocks | None = None  # pretrain: the held-out documents as blocks
     pairs: PairData | None = None  # preference: the tokenized pairs (train/eval hold their chosen sides)
+    prompts: PromptData | None = None  # reward: the prompts answers are sampled for (train/eval: as examples)
 
 
 @dataclass(frozen=True)
@@ -169,6 +181,8 @@ class Task:
     # whether larger is better (accuracy) or smaller (loss).
     headline_metric: str = "loss"
     higher_is_better: bool = False
+    # Trained on its own samples (train/rl.py's fit phase) instead of the supervised loop on fixed batches.
+    on_policy: bool = False
 
 
 def get_task(name: str) -> Task:

@@ -105,7 +105,12 @@ def _run_phases(current: Run, resume: bool, merge: bool, resume_from: str | Path
     try:
         before = evaluate_before(current, checkpoint)
         fit_started = time.perf_counter()
-        state, before = fit(current, schedule, total_steps, checkpoint, log, before)
+        fit_phase = fit
+        if current.task.on_policy:  # a task that samples while it trains: the on-policy recipe's fit
+            from tunesmith.train.rl import fit_on_policy
+
+            fit_phase = fit_on_policy
+        state, before = fit_phase(current, schedule, total_steps, checkpoint, log, before)
         current.fit_seconds = time.perf_counter() - fit_started
         # What a prediction (seconds per step x steps) is checked against: the steps alone.
         current.train_seconds = current.fit_seconds - current.eval_seconds - current.checkpoint_seconds
@@ -596,7 +601,7 @@ def peak_memory(device: str) -> dict[str, int]:
 def metrics_line(metrics: dict[str, Any]) -> str:
     """The before/after line: the task's headline metrics and the forgetting probe."""
     shown = []
-    for key in ("loss", "perplexity", "token_accuracy", "accuracy", "macro_f1"):
+    for key in ("loss", "perplexity", "token_accuracy", "accuracy", "macro_f1", "reward_mean"):
         if isinstance(metrics.get(key), (int, float)):
             shown.append(f"{key} {metrics[key]:.4f}")
     if isinstance(metrics.get("general"), dict):
