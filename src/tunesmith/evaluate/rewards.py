@@ -95,6 +95,19 @@ def extract_answer(text: str) -> str | None:
     return numbers[-1] if numbers else None
 
 
+def reference_answer(value: Any) -> str | None:
+    """A reference's answer: after `####`, inside `\\boxed{}`, else the whole value (`18`, `\\frac{1}{2}`)."""
+    if value is None:
+        return None
+    text = str(value)
+    match = _GSM8K_ANSWER.search(text)
+    if match:
+        return match.group(1).strip()
+    boxed = _boxed(text)
+    answer = (boxed if boxed is not None else text).strip()
+    return answer or None
+
+
 def answers_equal(answer: str, reference: str) -> bool:
     """Numbers compared as numbers; LaTeX through math-verify where installed; else normalised text."""
     number, expected = normalize_number(answer), normalize_number(reference)
@@ -112,7 +125,7 @@ def answers_equal(answer: str, reference: str) -> bool:
 
 def reference_parses(value: Any) -> bool:
     """Whether answer_match can read a reference (the data doctor counts the ones it cannot)."""
-    return value is not None and extract_answer(str(value)) is not None
+    return reference_answer(value) is not None
 
 
 def answer_match(reference_column: str) -> RewardFunction:
@@ -120,7 +133,7 @@ def answer_match(reference_column: str) -> RewardFunction:
         references = _column(columns, reference_column, "answer_match")
         scores: list[float | None] = []
         for completion, reference in zip(completions, references, strict=True):
-            expected = extract_answer(str(reference)) if reference is not None else None
+            expected = reference_answer(reference)
             if expected is None:
                 scores.append(None)  # no reference to compare with: the reward does not apply
                 continue
