@@ -18,7 +18,20 @@ from tunesmith.errors import TrainingInterrupted
 from tunesmith.train.rundir import read_metrics
 
 STORIES = SHARED / "models" / "stories260k"
-SUBJECTS = ["a cat", "a dog", "Lily", "Tom", "the sun", "a ball", "a tree", "a bird", "a frog", "a car", "Sue", "Ben"]
+SUBJECTS = [
+    "a cat",
+    "a dog",
+    "Lily",
+    "Tom",
+    "the sun",
+    "a ball",
+    "a tree",
+    "a bird",
+    "a frog",
+    "a car",
+    "Sue",
+    "Ben",
+]
 SUBJECTS += ["a cake", "the sea", "a fish", "a hat"]
 
 
@@ -68,7 +81,13 @@ def test_a_programmatic_reward_rises_on_held_out_prompts(tmp_path: Path) -> None
     assert preflight["prompts"] == 8 and 0 < preflight["groups_with_spread"] <= 1
     records = [r for r in read_metrics(result.run_dir) if "loss" in r]
     assert len(records) == 24
-    for key in ("reward/regex/mean", "reward/regex/std", "zero_spread_share", "seconds_sampling", "clip_fraction"):
+    for key in (
+        "reward/regex/mean",
+        "reward/regex/std",
+        "zero_spread_share",
+        "seconds_sampling",
+        "clip_fraction",
+    ):
         assert key in records[0], key
     early = sum(r["reward/mean"] for r in records[:4]) / 4
     late = sum(r["reward/mean"] for r in records[-4:]) / 4
@@ -126,7 +145,9 @@ def test_resume_mid_run_equals_the_uninterrupted_run(tiny_llama: Path, tmp_path:
     assert all(bool((final_a[k] == final_b[k]).all()) for k in final_a)
 
 
-def test_the_cli_trains_from_a_config_file_and_says_what_the_preflight_found(tiny_llama: Path, tmp_path: Path) -> None:
+def test_the_cli_trains_from_a_config_file_and_says_what_the_preflight_found(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
     import yaml
 
     values = reward_config(
@@ -139,7 +160,10 @@ def test_the_cli_trains_from_a_config_file_and_says_what_the_preflight_found(tin
     config_file = tmp_path / "reward.yaml"
     config_file.write_text(yaml.safe_dump(values))
     done = subprocess.run(
-        [sys.executable, "-m", "tunesmith.cli", "train", str(config_file)], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "tunesmith.cli", "train", str(config_file)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     output = done.stdout + done.stderr

@@ -25,7 +25,9 @@ def _tokens(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     total = sum(LENGTHS)
     old = -torch.rand(total, generator=generator, dtype=torch.float64) * 2
-    logps = old + (torch.rand(total, generator=generator, dtype=torch.float64) - 0.5) * 0.8  # ratios ~0.67-1.5
+    logps = (
+        old + (torch.rand(total, generator=generator, dtype=torch.float64) - 0.5) * 0.8
+    )  # ratios ~0.67-1.5
     ref = old + (torch.rand(total, generator=generator, dtype=torch.float64) - 0.5) * 0.4
     return logps, old, ref
 
@@ -79,7 +81,9 @@ def _ours(settings: PolicySettings, logps, old, ref, micro_batches: list[list[in
         starts = [sum(LENGTHS[:i]) for i in indices]
         take = torch.tensor([s + t for s, n in zip(starts, lengths, strict=True) for t in range(n)])
         weights = torch.tensor(token_weights(lengths, settings, LENGTHS), dtype=torch.float64)
-        advantages = torch.tensor([ADVANTAGES[i] for i in indices for _ in range(LENGTHS[i])], dtype=torch.float64)
+        advantages = torch.tensor(
+            [ADVANTAGES[i] for i in indices for _ in range(LENGTHS[i])], dtype=torch.float64
+        )
         index = torch.tensor([k for k, n in enumerate(lengths) for _ in range(n)])
         loss, _ = policy_objective(
             logps[take], old[take], advantages, weights, index, settings, len(LENGTHS), ref[take]

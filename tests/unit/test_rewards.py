@@ -30,7 +30,9 @@ def _score(rewards, completions: list[str], rows: list[dict], ids: list[list[int
         ("no number here", None),
     ],
 )
-def test_the_final_answer_is_read_as_gsm8k_then_boxed_then_the_last_number(text: str, answer: str | None) -> None:
+def test_the_final_answer_is_read_as_gsm8k_then_boxed_then_the_last_number(
+    text: str, answer: str | None
+) -> None:
     assert extract_answer(text) == answer
 
 
@@ -55,7 +57,9 @@ def test_answer_match_normalises_numbers_and_skips_rows_without_a_reference() ->
 
 def test_label_match_wants_exactly_the_labels_word() -> None:
     rewards = _rewards({"function": "label_match", "labels": {"0": "negative", "1": "positive"}})
-    scores = _score(rewards, ["Positive.", " negative", "It is positive", "negative"], [{"label": 1}] * 3 + [{"label": 0}])
+    scores = _score(
+        rewards, ["Positive.", " negative", "It is positive", "negative"], [{"label": 1}] * 3 + [{"label": 0}]
+    )
     assert scores.per_reward[0] == [1.0, 0.0, 0.0, 1.0]
 
 
@@ -78,7 +82,11 @@ def test_tool_call_must_parse_and_fit_the_rows_schema() -> None:
             "type": "function",
             "function": {
                 "name": "get_weather",
-                "parameters": {"type": "object", "properties": {"city": {}, "unit": {}}, "required": ["city"]},
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {}, "unit": {}},
+                    "required": ["city"],
+                },
             },
         }
     ]

@@ -30,7 +30,9 @@ def test_greedy_completions_equal_generate_on_each_prompt_alone(model_and_tokeni
     """Left padding, the prompt's cache repeated for the group, positions: the same tokens as generate."""
     model, tokenizer = model_and_tokenizer
     end_id = tokenizer.eos_token_id
-    settings = SamplingSettings(max_new_tokens=12, temperature=0.0, end_ids=(end_id,), pad_id=tokenizer.pad_token_id)
+    settings = SamplingSettings(
+        max_new_tokens=12, temperature=0.0, end_ids=(end_id,), pad_id=tokenizer.pad_token_id
+    )
     rollout = HFSampler(model, tokenizer, settings).sample(_prompt_ids(tokenizer), group_size=2)
     assert len(rollout.completion_ids) == 2 * len(PROMPTS)
     for index, ids in enumerate(_prompt_ids(tokenizer)):

@@ -27,6 +27,7 @@ def test_every_task_fills_every_field_of_the_contract(name: str) -> None:
             "has_forgetting_probe",
             "headline_metric",
             "higher_is_better",
+            "on_policy",
         ):
             assert callable(value), field.name
 
@@ -37,6 +38,7 @@ def test_only_the_language_model_tasks_have_the_forgetting_probe() -> None:
         "pretrain": True,
         "classify": False,
         "preference": True,
+        "reward": False,
     }
 
 
@@ -48,6 +50,7 @@ def test_the_headline_metric_data_curve_predicts() -> None:
         "pretrain": ("loss", False),
         "classify": ("accuracy", True),
         "preference": ("reward_accuracy", True),
+        "reward": ("reward_mean", True),
     }
 
 

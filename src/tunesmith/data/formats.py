@@ -201,8 +201,9 @@ def _tool_call(raw: Any, index: int, source: Source) -> dict[str, Any]:
 
 
 def _normalize_messages(
-    raw: Any, source: Source, role_key: str, content_key: str, sharegpt: bool
+    raw: Any, source: Source, role_key: str, content_key: str, sharegpt: bool, needs_answer: bool = True
 ) -> list[dict[str, Any]]:
+    """`needs_answer`: an assistant turn to train on is required (false for prompts, task reward)."""
     if not isinstance(raw, list) or not raw:
         raise ValueError(f"{source}: `messages` must be a non-empty list of {{role, content}} objects")
     messages: list[dict[str, Any]] = []
@@ -256,6 +257,8 @@ def _normalize_messages(
                 raise ValueError(f"{source}: message {index}: `weight` applies to assistant messages only")
             normalized["weight"] = message["weight"]
         messages.append(normalized)
+    if not needs_answer:
+        return messages
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError(f"{source}: conversation has no assistant turn, so nothing to train on")
     if not any(m["role"] == "assistant" and m.get("weight", 1) for m in messages):

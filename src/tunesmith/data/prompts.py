@@ -75,9 +75,11 @@ def _prompt_messages(row: dict[str, Any], template: str | None, source: Source) 
         prompt = row["prompt"]
         if isinstance(prompt, str) and prompt.strip():
             return [{"role": "user", "content": prompt}]
-        return _normalize_messages(prompt, source, "role", "content", sharegpt=False)
+        return _normalize_messages(prompt, source, "role", "content", sharegpt=False, needs_answer=False)
     if "messages" in row:
-        messages = _normalize_messages(row["messages"], source, "role", "content", sharegpt=False)
+        messages = _normalize_messages(
+            row["messages"], source, "role", "content", sharegpt=False, needs_answer=False
+        )
         while messages and messages[-1]["role"] == "assistant":  # the reference answer is not the prompt
             messages.pop()
         if not messages:

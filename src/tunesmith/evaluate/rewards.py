@@ -250,7 +250,21 @@ def load_user_function(spec: str, key: str) -> RewardFunction:
     function = getattr(module, name, None)
     if not callable(function):
         raise UserError(f"config key `{key}`: {where} has no function {name!r}")
-    return function  # type: ignore[no-any-return]  # the user's function, called with TRL's signature
+    return function  # the user's function, called with TRL's signature
+
+
+def _builtin(spec: RewardFunctionConfig, max_completion_tokens: int) -> RewardFunction | None:
+    if spec.function == "answer_match":
+        return answer_match(spec.reference or "answer")
+    if spec.function == "label_match":
+        return label_match(spec.reference or "label", spec.labels)
+    if spec.function == "regex":
+        return regex(spec.pattern or "")
+    if spec.function == "tool_call":
+        return tool_call
+    if spec.function == "length":
+        return length(spec.max_tokens or max(1, max_completion_tokens // 2))
+    return None
 
 
 def build_rewards(specs: Sequence[RewardFunctionConfig], max_completion_tokens: int) -> list[Reward]:
@@ -258,16 +272,9 @@ def build_rewards(specs: Sequence[RewardFunctionConfig], max_completion_tokens: 
     rewards = []
     for index, spec in enumerate(specs):
         key = f"reward.functions[{index}].function"
-        builders: dict[str, Callable[[], RewardFunction]] = {
-            "answer_match": lambda s=spec: answer_match(s.reference or "answer"),
-            "label_match": lambda s=spec: label_match(s.reference or "label", s.labels),
-            "regex": lambda s=spec: regex(s.pattern or ""),
-            "tool_call": lambda: tool_call,
-            "length": lambda s=spec: length(s.max_tokens or max(1, max_completion_tokens // 2)),
-        }
-        builder = builders.get(spec.function)
-        function = builder() if builder else load_user_function(spec.function, key)
-        name = spec.name or (spec.function if builder else spec.function.rpartition(":")[2])
+        builtin = _builtin(spec, max_completion_tokens)
+        function = builtin or load_user_function(spec.function, key)
+        name = spec.name or (spec.function if builtin else spec.function.rpartition(":")[2])
         rewards.append(Reward(name, spec.weight, function))
     names = [r.name for r in rewards]
     if len(set(names)) != len(names):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -82,7 +82,7 @@ def prepare_data(
     stats = DataStats(
         train_stats, eval_stats, skipped_records=list(policy.skipped), chat_template=template.origin
     )
-    stats.warnings += data_warnings(config, train, evaluation, train_stats, eval_stats)
+    stats.warnings += data_warnings(config, train)
     return PreparedData(
         train=[_as_example(e) for e in train],
         eval=[_as_example(e) for e in evaluation],
@@ -98,24 +98,10 @@ def prepare_data(
     )
 
 
-def data_warnings(
-    config: Config, train: list[PromptExample], evaluation: list[PromptExample], stats: Any, eval_stats: Any
-) -> list[str]:
-    """The prompt data's problems, said before training: over the budget, duplicates, leakage,
-    references an answer_match reward cannot read."""
+def data_warnings(config: Config, train: list[PromptExample]) -> list[str]:
+    """Prompts whose reference an answer_match reward cannot read (they earn no reward); the rest of
+    the prompt data's problems (length budget, duplicates, leakage) are the data doctor's."""
     warnings = []
-    for what, counts in (("data.train", stats), ("held-out", eval_stats)):
-        if counts is not None and counts.num_over_budget:
-            warnings.append(
-                f"{what}: {counts.num_over_budget} prompts over the length budget left out "
-                f"(e.g. {', '.join(counts.over_budget_sources[:2])}); raise data.max_seq_len"
-            )
-        if counts is not None and counts.num_duplicates:
-            warnings.append(f"{what}: {counts.num_duplicates} duplicate prompts")
-    if eval_stats is not None and eval_stats.num_leaked:
-        warnings.append(
-            f"{eval_stats.num_leaked} held-out prompts are also training prompts: the after-score flatters the model"
-        )
     for spec in config.reward.functions:
         if spec.function != "answer_match":
             continue
@@ -284,7 +270,7 @@ TASK = Task(
 
 def _prompt_data(prepared: PreparedData) -> PromptData:
     assert prepared.prompts is not None, "reward's prepare_data sets the prompts"
-    return cast(PromptData, prepared.prompts)
+    return prepared.prompts
 
 
 def _template(prepared: PreparedData) -> ChatTemplate:

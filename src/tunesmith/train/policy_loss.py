@@ -181,7 +181,7 @@ class PolicyLoss(nn.Module):
         if use_reference and self.reference == "frozen_copy":
             model = self.frozen[0]
         elif use_reference and hasattr(self.model, "disable_adapter"):
-            context = self.model.disable_adapter()
+            context = self.model.disable_adapter()  # type: ignore[operator]  # a PeftModel's context
         with context:
             return completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
 

@@ -188,7 +188,9 @@ def preflight(current: Run, rewards: list[Reward]) -> dict[str, Any]:
     sampler = make_sampler(current.model, current.tokenizer, current.prepared.template, config)
     generator = step_generator(config.train.seed, -1, current.parallel.rank)
     batch = max(1, config.train.batch_size)
-    spreads, per_reward, totals = [], {name: [] for name in (r.name for r in rewards)}, []
+    spreads: list[bool] = []
+    totals: list[float] = []
+    per_reward: dict[str, list[float]] = {r.name: [] for r in rewards}
     for start in range(0, len(prompts), batch):
         chunk = prompts[start : start + batch]
         rollout = sampler.sample([p.prompt_ids for p in chunk], config.reward.group_size, generator)
