@@ -14,9 +14,12 @@ from typing import Any
 
 import typer
 
+from tunesmith.tasks import task_names  # the registry alone: no torch, `--help` stays quick
+
+TASKS_HELP = " | ".join(task_names())
 app = typer.Typer(
     name="tunesmith",
-    help="Finetune pre-trained language models on your own data (pretrain, classify, instruct).",
+    help=f"Finetune pre-trained language models on your own data ({', '.join(task_names())}).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -178,9 +181,12 @@ def demo(
         table.add_column("metric")
         table.add_column("before", justify="right")
         table.add_column("after", justify="right")
-        for key in ("loss", "token_accuracy", "perplexity"):
-            if key in result.before and key in result.after:
-                table.add_row(key, f"{result.before[key]:.4f}", f"{result.after[key]:.4f}")
+        from tunesmith.tasks import metric_value, task_info
+
+        for metric in task_info(result.task).metrics:  # what the task declares
+            old, new = metric_value(result.before, metric.key), metric_value(result.after, metric.key)
+            if old is not None and new is not None:
+                table.add_row(metric.label, f"{old:.4f}", f"{new:.4f}")
         console.print(table)
         gens = Table(title="generations on held-out prompts", show_lines=True)
         gens.add_column("prompt")
@@ -263,9 +269,7 @@ def eval_command(
     data: list[str] = typer.Option(
         ..., "--data", "-d", help="evaluation data (file or folder; repeat for several)"
     ),
-    task: str = typer.Option(
-        None, "--task", help="pretrain | classify | instruct | preference (default: the run's task)"
-    ),
+    task: str = typer.Option(None, "--task", help=f"{TASKS_HELP} (default: the run's task)"),
     baseline: str = typer.Option(
         None, "--baseline", help="model to compare with (default: the run's base model)"
     ),
@@ -413,9 +417,7 @@ def data_preview(
 def data_check(
     data: str = typer.Argument(..., help="training data: file, folder or glob"),
     eval: str = typer.Option(None, "--eval", help="held-out data, checked for leakage and coverage"),
-    task: str = typer.Option(
-        None, "--task", help="instruct | classify | pretrain | preference (default: from the fields)"
-    ),
+    task: str = typer.Option(None, "--task", help=f"{TASKS_HELP} (default: from the fields)"),
     model: str = typer.Option(
         "embedded", "--model", help="whose tokenizer counts tokens (weights never load)"
     ),
@@ -443,19 +445,16 @@ def data_check(
         from tunesmith import ui
         from tunesmith.config import ModelConfig
         from tunesmith.data import doctor
-        from tunesmith.errors import UserError
         from tunesmith.models.load import load_tokenizer, resolve_model_path
         from tunesmith.report.findings import findings_page
-        from tunesmith.tasks import TASK_NAMES, get_task
+        from tunesmith.tasks import task_info
 
-        if task is not None and task not in TASK_NAMES:
-            raise UserError(f"--task {task!r}: use {', '.join(TASK_NAMES)}")
         console = _console()
         if task is None:  # the task whose records the data looks like
             kind = doctor.detect_kind(data)
-            name = next(n for n in TASK_NAMES if get_task(n).record_kind == kind)
+            name = next(n for n in task_names() if task_info(n).record_kind == kind)
         else:
-            name, kind = task, get_task(task).record_kind
+            name, kind = task, task_info(task).record_kind
         # Only the tokenizer, to count tokens: the model's weights never load.
         tokenizer = load_tokenizer(resolve_model_path(model), ModelConfig(name=model))
         result, fixed = doctor.run_check(
@@ -534,7 +533,7 @@ def data_curve(
 
 @app.command("select")
 def select_command(
-    task: str = typer.Option(..., "--task", help="instruct | pretrain | classify | preference"),
+    task: str = typer.Option(..., "--task", help=TASKS_HELP),
     data: list[str] = typer.Option(..., "--data", "-d", help="your training data (repeat for several)"),
     candidates: list[str] = typer.Option(
         None, "--candidates", help="model dirs, 'embedded' or hub ids (default: the catalogue, filtered)"

@@ -15,8 +15,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunesmith.errors import UserError
+from tunesmith.tasks import task_info, task_names
 
-Task = Literal["instruct", "pretrain", "classify", "preference", "reward"]
 DataFormat = Literal[
     "auto",
     "messages",
@@ -389,7 +389,9 @@ class RewardConfig(Section):
 
 
 class Config(Section):
-    task: Task = Field("instruct", description="pretrain | classify | instruct | preference | reward")
+    task: str = Field(
+        "instruct", description="a registered task (tasks/__init__.py): " + " | ".join(task_names())
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -405,11 +407,19 @@ class Config(Section):
     output_dir: str = Field("runs", description="folder that holds run directories")
     run_name: str | None = Field(None, description="run directory name; default: <task>-<date>-<time>")
 
+    @field_validator("task")
+    @classmethod
+    def _check_task(cls, value: str) -> str:
+        if value not in task_names():
+            raise ValueError(f"use one of {', '.join(task_names())}")
+        return value
+
     @model_validator(mode="after")
     def _check_qlora_task(self) -> Config:
-        if self.adapter.method == "qlora" and self.task not in ("instruct", "pretrain"):
+        if self.adapter.method == "qlora" and not task_info(self.task).four_bit_base:
+            takes = " or ".join(n for n in task_names() if task_info(n).four_bit_base)
             raise ValueError(
-                f"adapter.method: qlora trains causal LMs (task instruct or pretrain); use lora for {self.task}"
+                f"adapter.method: qlora trains causal LMs on a 4-bit base (task {takes}); use lora for {self.task}"
             )
         return self
 
@@ -431,21 +441,17 @@ class Config(Section):
         return self
 
 
-# Keys that only mean something for some tasks or adapter methods: set elsewhere, they are ignored
-# (and warned about by config_warnings).
-TASK_ONLY_KEYS: dict[str, tuple[str, ...]] = {
-    "data.labels": ("classify",),
-    "data.multi_label": ("classify",),
-    "data.label_columns": ("classify",),
-    "data.threshold": ("classify",),
-    "data.class_weights": ("classify",),
-    "data.replay": ("pretrain",),
-    "data.cache_dir": ("pretrain",),
-    "reward.functions": ("reward",),
-    "reward.loss": ("reward",),
-    "reward.group_size": ("reward",),
-    "reward.beta": ("reward",),
-}
+def task_only_keys() -> dict[str, tuple[str, ...]]:
+    """Keys that only mean something for some tasks (each task declares its own, TaskInfo.config_keys):
+    key -> the tasks that read it. Set for another task, they are ignored and warned about."""
+    keys: dict[str, tuple[str, ...]] = {}
+    for name in task_names():
+        for key in task_info(name).config_keys:
+            keys[key] = (*keys.get(key, ()), name)
+    return keys
+
+
+# Keys that only mean something for some adapter methods (warned about by config_warnings).
 LORA_ONLY_KEYS = ("adapter.r", "adapter.alpha", "adapter.dropout", "adapter.target_modules")
 
 
@@ -456,12 +462,21 @@ def _set_to_non_default(section: BaseModel, name: str) -> bool:
     return name in section.model_fields_set and getattr(section, name) != default
 
 
+def _key_is_set(config: Config, key: str) -> bool:
+    """Whether the user set `key` (a dotted key, or a whole section: any of its keys) to a non-default."""
+    section_name, _, name = key.partition(".")
+    section = getattr(config, section_name, None)
+    if not isinstance(section, BaseModel):
+        return False
+    names = [name] if name else list(type(section).model_fields)
+    return any(_set_to_non_default(section, n) for n in names)
+
+
 def config_warnings(config: Config) -> list[str]:
     """Keys the user set that do not apply to this task or adapter method (they are ignored)."""
     warnings = []
-    for key, tasks in TASK_ONLY_KEYS.items():
-        section, name = key.split(".")
-        if _set_to_non_default(getattr(config, section), name) and config.task not in tasks:
+    for key, tasks in task_only_keys().items():
+        if config.task not in tasks and _key_is_set(config, key):
             warnings.append(
                 f"{key} applies to task {' or '.join(tasks)} only; ignored for task {config.task}"
             )

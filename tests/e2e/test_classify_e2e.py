@@ -202,6 +202,10 @@ def test_multi_label_end_to_end(tiny_llama, tmp_path):
     assert set(after["per_class"]) == {"plain", "red", "round"}
     assert isinstance(after["examples"][0]["label"], list)
     assert after["loss"] < result.before["loss"]
+    # A classify step's targets are examples: its accuracy is logged as such, never as token accuracy.
+    steps = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in steps if "loss" in r and "lr" in r]
+    assert steps and all("example_accuracy" in r and "token_accuracy" not in r for r in steps)
 
     # A column per label gives the same labels as the lists.
     columns = [

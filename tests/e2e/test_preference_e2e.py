@@ -95,6 +95,14 @@ def test_dpo_lora_trains_and_reports_before_after(tiny_llama, pairs_file, tmp_pa
     # DPO at step 1 with policy == reference: -log sigmoid(0) = log 2 per pair.
     assert steps[0]["loss"] == pytest.approx(0.6931, abs=1e-3)
     assert steps[0]["num_targets"] == 2  # pairs, not tokens
+    # The loop logs what the DPO loss returns, per pair of the step (TRL's rewards/* every step):
+    # at step 1 the policy is its reference, so every reward and the margin are 0.
+    for record in steps:
+        assert {"chosen_reward", "rejected_reward", "reward_margin", "pair_accuracy"} <= set(record)
+        assert "token_accuracy" not in record
+        assert record["reward_margin"] == pytest.approx(record["chosen_reward"] - record["rejected_reward"])
+    assert steps[0]["reward_margin"] == 0.0 and steps[-1]["reward_margin"] != 0.0
+    assert 'id="plot-loss-scalars"' in html and "reward margin" in html
     assert (result.run_dir / "eval" / "data_check.json").is_file()
 
 

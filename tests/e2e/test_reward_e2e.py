@@ -49,7 +49,14 @@ def reward_config(model: Path, train_file: Path, output: Path, **sections: dict)
         "model": {"name": str(model), "device": "cpu"},
         "adapter": {"method": "full"},
         "data": {"train": str(train_file), "max_seq_len": 128, "check": False, "eval_fraction": 0.25},
-        "train": {"max_steps": 24, "batch_size": 4, "learning_rate": 5e-4, "eval_every": 0, "seed": 0}
+        "train": {
+            "max_steps": 24,
+            "batch_size": 4,
+            "learning_rate": 5e-4,
+            "eval_every": 0,
+            "seed": 0,
+            "num_threads": 1,
+        }
         | {"warmup_ratio": 0.0, "lr_scheduler": "constant"},
         "reward": {
             "functions": [{"function": "regex", "pattern": r"^\s*One day"}],

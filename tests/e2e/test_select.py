@@ -142,3 +142,30 @@ def test_bad_flags_are_user_errors(general_text: Path) -> None:
     )
     assert result.exit_code == 2
     assert "--gpu-memory" in result.output
+
+
+def test_preference_without_candidates_ranks_the_catalogue_models(tmp_path: Path) -> None:
+    """The catalogue offers what each task needs (issue 27): preference needs a chat-capable causal
+    LM, and no filter was given, so the catalogue's models are tried (hub ids are skipped here)."""
+    if not (ASSETS / "base-model" / "model.safetensors").is_file():
+        pytest.skip("the embedded base model's weights are not built")
+    colours = ["red", "blue", "green", "yellow"]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps({"prompt": f"Name colour {i}.", "chosen": colours[i % 4], "rejected": "No."}) + "\n"
+            for i in range(16)
+        ),
+        encoding="utf-8",
+    )
+    result = CliRunner().invoke(
+        app,
+        ["select", "--task", "preference", "--data", str(pairs), "--cpu", "--max-seq-len", "64"]
+        + ["--sample", "4", "--probe-seconds", "1", "--json"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{") :])
+    assert [c["name"] for c in report["ranked"]] == ["embedded"]
+    skipped = {c["name"] for c in report["skipped"]}
+    assert "Qwen/Qwen2.5-0.5B-Instruct" in skipped and "google-bert/bert-base-uncased" not in skipped
+    assert report["recommendation"]["model"] == "embedded"

@@ -34,10 +34,10 @@ def embedded_tokenizer() -> Any:
 
 def run_check(data: str, *args: Any, **kwargs: Any) -> tuple[doctor.CheckResult, dict | None]:
     """`tunesmith data check` as the CLI runs it: the task the data looks like, the embedded tokenizer."""
-    from tunesmith.tasks import TASK_NAMES, get_task
+    from tunesmith.tasks import task_info, task_names
 
     kind = doctor.detect_kind(data)
-    task = next(name for name in TASK_NAMES if get_task(name).record_kind == kind)
+    task = next(name for name in task_names() if task_info(name).record_kind == kind)
     return doctor.run_check(data, *args, kind=kind, task=task, tokenizer=embedded_tokenizer(), **kwargs)
 
 

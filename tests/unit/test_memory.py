@@ -39,7 +39,7 @@ def test_catalogue_shapes_give_the_published_sizes() -> None:
         entry = find(name)
         assert entry is not None and entry.shape is not None
         assert entry.shape.num_parameters == pytest.approx(entry.params, rel=0.05), name
-    small = filter_catalog("instruct", max_params=1e9, license="apache-2.0", min_context=8192)
+    small = filter_catalog(("causal_lm", "chat"), max_params=1e9, license="apache-2.0", min_context=8192)
     assert small and all(e.params <= 1e9 and e.context >= 8192 for e in small)
 
 

@@ -18,9 +18,9 @@ from tunesmith.report.html import fmt, write_report
 from tunesmith.train import metrics_log
 
 
-def make_run(path, before=None, after=None, metrics=None, **files):
+def make_run(path, before=None, after=None, metrics=None, task="instruct", **files):
     path.mkdir(parents=True, exist_ok=True)
-    (path / "tunesmith-run.json").write_text(json.dumps({"task": "instruct"}))
+    (path / "tunesmith-run.json").write_text(json.dumps({"task": task}))
     if metrics is not None:
         (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     for name, value in (("eval/before.json", before), ("eval/after.json", after), *files.items()):
@@ -186,7 +186,16 @@ def test_wandb_and_mlflow_receive_the_same_scalars(tmp_path, monkeypatch):
 
 def test_report_of_a_preference_run_plots_pair_metrics_and_shows_both_replies(tmp_path):
     metrics = [
-        {"step": s, "loss": 0.7 - 0.05 * s, "token_accuracy": 0.5 + 0.05 * s, "lr": 1e-3} for s in range(1, 5)
+        {
+            "step": s,
+            "loss": 0.7 - 0.05 * s,
+            "pair_accuracy": 0.5 + 0.05 * s,
+            "lr": 1e-3,
+            "chosen_reward": 0.1 * s,
+            "rejected_reward": -0.1 * s,
+            "reward_margin": 0.2 * s,
+        }
+        for s in range(1, 5)
     ]
     metrics += [{"step": 2, "eval_accuracy": 0.6, "eval_margin": 0.4, "eval_num_pairs": 8}]
     pair = {"prompt": "Name a colour.", "chosen": "Blue.", "reference": "Blue.", "rejected": "I refuse."}
@@ -195,9 +204,12 @@ def test_report_of_a_preference_run_plots_pair_metrics_and_shows_both_replies(tm
         before={"accuracy": 0.5, "margin": 0.0, "num_pairs": 8, "generations": [{**pair, "output": "Um"}]},
         after={"accuracy": 0.75, "margin": 1.2, "num_pairs": 8, "generations": [{**pair, "output": "Red."}]},
         metrics=metrics,
+        task="preference",
     )
     html = write_report(run).read_text()
     assert "train pair accuracy" in html and "train token accuracy" not in html
+    # The rewards and margin the DPO loss logs each step are drawn.
+    assert 'id="plot-loss-scalars"' in html and "reward margin" in html and "chosen reward" in html
     assert 'id="plot-margin"' in html and 'id="plot-accuracy"' in html
     assert "<th>rejected</th>" in html and "I refuse." in html and "Red." in html and "Um" in html
 

@@ -9,27 +9,55 @@ import pytest
 from tunesmith.data.formats import KIND_FORMATS
 from tunesmith.data.tokenize import TokenizeStats
 from tunesmith.errors import UserError
-from tunesmith.tasks import TASK_NAMES, DataStats, Task, get_task, held_out_count, hold_out
+from tunesmith.tasks import (
+    STEP_UNITS,
+    DataStats,
+    Task,
+    TaskInfo,
+    get_task,
+    held_out_count,
+    hold_out,
+    task_info,
+    task_names,
+)
 from tunesmith.tasks.pretrain import split_documents
+
+TASK_NAMES = ("instruct", "pretrain", "classify", "preference", "reward")
+
+
+def test_the_built_in_tasks_are_registered() -> None:
+    assert task_names()[: len(TASK_NAMES)] == TASK_NAMES
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_every_task_fills_every_field_of_the_contract(name: str) -> None:
     task = get_task(name)
-    assert isinstance(task, Task) and task.name == name
+    assert isinstance(task, Task) and task.name == name and task.info is task_info(name)
     assert task.record_kind in KIND_FORMATS
     for field in dataclasses.fields(Task):
         value = getattr(task, field.name)
         assert value is not None, field.name
-        if field.name not in (
-            "name",
-            "record_kind",
-            "has_forgetting_probe",
-            "headline_metric",
-            "higher_is_better",
-            "on_policy",
-        ):
+        if field.name != "info":
             assert callable(value), field.name
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_every_task_declares_its_metrics_unit_and_needs(name: str) -> None:
+    info = task_info(name)
+    assert isinstance(info, TaskInfo) and info.step_unit in STEP_UNITS
+    assert info.headline_metric.key == info.headline and info.metrics[0].key == info.headline
+    assert len({m.key for m in info.metrics}) == len(info.metrics) and all(m.label for m in info.metrics)
+    assert info.catalogue_needs and info.description
+
+
+def test_each_step_accuracy_is_named_by_its_unit() -> None:
+    assert {name: task_info(name).step_accuracy for name in TASK_NAMES} == {
+        "instruct": "token_accuracy",
+        "pretrain": "token_accuracy",
+        "classify": "example_accuracy",
+        "preference": "pair_accuracy",
+        "reward": "completion_accuracy",
+    }
 
 
 def test_only_the_language_model_tasks_have_the_forgetting_probe() -> None:

@@ -41,9 +41,11 @@ def parity_error(before: torch.Tensor, after: torch.Tensor) -> float:
     return float((before - after).abs().max())
 
 
-def _format_metrics(metrics: dict[str, Any]) -> str:
-    keys = ("loss", "perplexity", "token_accuracy", "accuracy", "macro_f1", "rouge_l")
-    return ", ".join(f"{k} {metrics[k]:.4f}" for k in keys if isinstance(metrics.get(k), (int, float)))
+def _format_metrics(task: str, metrics: dict[str, Any]) -> str:
+    """The metrics the task declares (tasks/__init__.py); none for a task this version does not know."""
+    from tunesmith.tasks import metrics_line, task_info, task_names
+
+    return metrics_line(task_info(task), metrics) if task in task_names() else ""
 
 
 def model_card(run_dir: Path | None, info: dict[str, Any], parity: float | None) -> str:
@@ -70,9 +72,9 @@ def model_card(run_dir: Path | None, info: dict[str, Any], parity: float | None)
         )
         before, after = summary.get("before") or {}, summary.get("after") or {}
         if before:
-            lines.append(f"- held-out before: {_format_metrics(before)}")
+            lines.append(f"- held-out before: {_format_metrics(task, before)}")
         if after:
-            lines.append(f"- held-out after: {_format_metrics(after)}")
+            lines.append(f"- held-out after: {_format_metrics(task, after)}")
         general_before = (before.get("general") or {}).get("perplexity")
         general_after = (after.get("general") or {}).get("perplexity")
         if general_before and general_after:

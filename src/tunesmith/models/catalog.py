@@ -24,7 +24,7 @@ class CatalogEntry:
     languages: list[str]
     training_data: str
     chat_template: bool
-    tasks: list[str]
+    offers: list[str]  # causal_lm, chat, base, classification (catalog.yaml's header)
     context: int = 0
     shape: ModelShape | None = None
 
@@ -73,7 +73,7 @@ def _entry(item: dict[str, Any]) -> CatalogEntry:
         languages=list(item.get("languages", [])),
         training_data=item.get("training_data", ""),
         chat_template=bool(item.get("chat_template", False)),
-        tasks=list(item.get("tasks", [])),
+        offers=list(item.get("offers", [])),
         context=context,
         shape=shape,
     )
@@ -92,12 +92,16 @@ def find(name: str) -> CatalogEntry | None:
 
 
 def filter_catalog(
-    task: str, max_params: float | None = None, license: str | None = None, min_context: int | None = None
+    needs: tuple[str, ...] | list[str],
+    max_params: float | None = None,
+    license: str | None = None,
+    min_context: int | None = None,
 ) -> list[CatalogEntry]:
+    """The entries that offer everything in `needs` (a task's catalogue_needs) and pass the filters."""
     return [
         e
         for e in load_catalog()
-        if task in e.tasks
+        if all(need in e.offers for need in needs)
         and (max_params is None or e.params <= max_params)
         and (license is None or e.license.lower() == license.lower())
         and (min_context is None or e.context >= min_context)

@@ -5,22 +5,13 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Sequence
 from html import escape
 from typing import Any
 
 from tunesmith.evaluate.compare import format_number
 
 MAX_TEXT_CHARS = 1200  # a prompt or generation longer than this is cut in the tables
-HEADLINE_METRICS = (
-    "loss",
-    "perplexity",
-    "token_accuracy",
-    "exact_match",
-    "rouge_l",
-    "accuracy",
-    "macro_f1",
-    "general.perplexity",
-)
 BASE_COLOR, TUNED_COLOR, LR_COLOR = "#94a3b8", "#2563eb", "#d97706"
 
 # --------------------------------------------------------------------------------------------
@@ -164,14 +155,11 @@ def _curves(
     return _svg(figure, name)
 
 
-def _headline_bars(rows: list[dict[str, Any]], name: str) -> str:
-    """Small multiples: one pair of bars (base, tuned) per headline metric, each on its own scale."""
+def _headline_bars(rows: list[dict[str, Any]], name: str, keys: Sequence[str]) -> str:
+    """Small multiples: one pair of bars (base, tuned) per metric of `keys` (the task's declared ones),
+    each on its own scale."""
     plt = _pyplot()
-    shown = [
-        r
-        for r in rows
-        if r["metric"] in HEADLINE_METRICS and r["before"] is not None and r["after"] is not None
-    ]
+    shown = [r for r in rows if r["metric"] in keys and r["before"] is not None and r["after"] is not None]
     if plt is None or not shown:
         return ""
     figure, axes_list = plt.subplots(1, len(shown), figsize=(min(2.2 * len(shown), 11), 2.7), squeeze=False)

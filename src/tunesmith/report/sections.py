@@ -9,7 +9,6 @@ from typing import Any
 
 from tunesmith.report.findings import render_findings
 from tunesmith.report.format import (
-    HEADLINE_METRICS,
     TUNED_COLOR,
     _bytes,
     _curves,
@@ -24,6 +23,30 @@ from tunesmith.report.format import (
     _text,
     fmt,
 )
+from tunesmith.tasks import TaskInfo, task_info, task_names
+
+# What the loop itself logs each step (train/loop.py); every other number in a step record is the loss's.
+LOOP_KEYS = ("step", "loss", "lr", "grad_norm", "num_targets", "tokens_per_second")
+LOSS_SCALAR_COLORS = ("#2563eb", "#dc2626", "#15803d", "#7c3aed", "#0891b2", "#d97706")
+
+
+def _task(run: dict[str, Any]) -> TaskInfo | None:
+    """The run's task's declarations (tasks/__init__.py); None for a task this version does not know."""
+    name = run["summary"].get("task") or run["task"].get("task")
+    return task_info(name) if name in task_names() else None
+
+
+def _shown_metrics(run: dict[str, Any]) -> list[str]:
+    """The metric keys the cards and bars show: the task's declared ones (any task's when unknown)."""
+    info = _task(run)
+    infos = [info] if info is not None else [task_info(n) for n in task_names()]
+    return list(dict.fromkeys(m.key for i in infos for m in i.metrics))
+
+
+def _metric_label(run: dict[str, Any], key: str) -> str:
+    info = _task(run)
+    metric = info.metric(key) if info is not None else None
+    return metric.label if metric is not None else key.replace("_", " ")
 
 
 def _summary(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -44,19 +67,19 @@ def _summary(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         )
     fact_html = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in facts)
     cards = []
-    for row in rows:
-        if row["metric"] not in HEADLINE_METRICS or row["after"] is None:
+    shown = _shown_metrics(run)
+    for row in sorted(rows, key=lambda r: shown.index(r["metric"]) if r["metric"] in shown else 0):
+        if row["metric"] not in shown or row["after"] is None:
             continue
         change = ""
         if row["delta"] is not None:
             relative = f" ({_percent(row['relative'])})" if row["relative"] is not None else ""
             change = f'<div class="change {row["verdict"]}">{fmt(row["before"])} → {fmt(row["after"])}{relative}</div>'
-        label = (
-            "general-text perplexity (forgetting)" if row["metric"] == "general.perplexity" else row["metric"]
-        )
+        label = _metric_label(run, row["metric"])
+        label = "general-text perplexity (forgetting)" if row["metric"] == "general.perplexity" else label
         label = "held-out " + label if not row["metric"].startswith("general") else label
         cards.append(
-            f'<div class="card"><div class="label">{escape(label.replace("_", " "))}</div>'
+            f'<div class="card"><div class="label">{escape(label)}</div>'
             f'<div class="value">{fmt(row["after"])}</div>{change}</div>'
         )
     if not cards:
@@ -114,42 +137,10 @@ def _training_curves(run: dict[str, Any]) -> str:
         )
     lr_records = [r for r in train if _number(r.get("lr")) is not None]
     lr = ([r["step"] for r in lr_records], [r["lr"] for r in lr_records]) if lr_records else None
-    body = _curves(series, lr, "loss (nats per target token)", "loss")
-    # The loop's accuracy is the share of its targets it got right: pairs ranked right when the
-    # targets are preference pairs (the held-out metrics count them).
-    pairs = _counts_pairs(run)
-    train_accuracy = "train pair accuracy" if pairs else "train token accuracy"
-    accuracy = [
-        (k, label)
-        for k, label in (("token_accuracy", train_accuracy), ("accuracy", "train accuracy"))
-        if any(k in r for r in train)
-    ]
-    accuracy_series = [
-        (
-            label,
-            [r["step"] for r in train if k in r],
-            [r[k] for r in train if k in r],
-            {"color": TUNED_COLOR, "linewidth": 1.2},
-        )
-        for k, label in accuracy
-    ]
-    for key, color in (
-        ("eval_token_accuracy", "#dc2626"),
-        ("eval_accuracy", "#dc2626"),
-        ("eval_macro_f1", "#7c3aed"),
-    ):
-        points = [r for r in records if _number(r.get(key)) is not None]
-        if points:
-            accuracy_series.append(
-                (
-                    key.replace("eval_", "held-out ").replace("_", " "),
-                    [r["step"] for r in points],
-                    [r[key] for r in points],
-                    {"color": color, "linewidth": 2, "marker": "o", "markersize": 4},
-                )
-            )
-    if accuracy_series:
-        body += _curves(accuracy_series, None, "accuracy", "accuracy")
+    info = _task(run)
+    unit = info.step_unit if info is not None else "token"
+    body = _curves(series, lr, f"loss (nats per target {unit})", "loss")
+    body += _accuracy_curves(records, train, unit)
     margins = [r for r in records if _number(r.get("eval_margin")) is not None]
     if margins:
         margin_series = [
@@ -161,17 +152,68 @@ def _training_curves(run: dict[str, Any]) -> str:
             )
         ]
         body += _curves(margin_series, None, "margin (chosen - rejected)", "margin")
+    body += _loss_scalar_curves(train)
     note = (
-        "Train loss is the mean over each optimizer step's target tokens; held-out loss is measured "
-        "on the evaluation set (step 0 = the base model). The dotted line is the learning rate."
+        f"Train loss is the mean over each optimizer step's target {unit}s; train {unit} accuracy is the share "
+        f"of them the model got right. Held-out figures are measured on the evaluation set (step 0 = the "
+        "base model). The dotted line is the learning rate."
     )
-    if pairs:
-        note = (
-            "Train loss is the mean over each optimizer step's preference pairs; pair accuracy is the share "
-            "of them whose chosen reply the model ranks above the rejected one. Held-out accuracy and margin "
-            "are measured on the held-out pairs. The dotted line is the learning rate."
-        )
     return _section("curves", "Training curves", body, note)
+
+
+def _accuracy_curves(records: list[dict[str, Any]], train: list[dict[str, Any]], unit: str) -> str:
+    """The step's accuracy, labelled by its unit (the loop logs f"{unit}_accuracy"), and held-out accuracies."""
+    key = f"{unit}_accuracy"
+    series = [
+        (
+            f"train {unit} accuracy",
+            [r["step"] for r in train if k in r],
+            [r[k] for r in train if k in r],
+            {"color": TUNED_COLOR, "linewidth": 1.2},
+        )
+        # runs logged before the unit named the key called every step's accuracy token_accuracy
+        for k in (key if any(key in r for r in train) else "token_accuracy",)
+        if any(k in r for r in train)
+    ]
+    for name, color in (
+        ("eval_token_accuracy", "#dc2626"),
+        ("eval_accuracy", "#dc2626"),
+        ("eval_macro_f1", "#7c3aed"),
+    ):
+        points = [r for r in records if _number(r.get(name)) is not None]
+        if points:
+            series.append(
+                (
+                    name.replace("eval_", "held-out ").replace("_", " "),
+                    [r["step"] for r in points],
+                    [r[name] for r in points],
+                    {"color": color, "linewidth": 2, "marker": "o", "markersize": 4},
+                )
+            )
+    return _curves(series, None, "accuracy", "accuracy") if series else ""
+
+
+def _loss_scalar_curves(train: list[dict[str, Any]]) -> str:
+    """Every other number the loss logged each step (DPO: the chosen and rejected rewards, their margin)."""
+    keys = [
+        k
+        for k in dict.fromkeys(k for r in train for k in r)
+        if k not in LOOP_KEYS
+        and not k.endswith("_accuracy")
+        and any(_number(r.get(k)) is not None for r in train)
+    ]
+    if not keys:
+        return ""
+    series = [
+        (
+            key.replace("_", " "),
+            [r["step"] for r in train if _number(r.get(key)) is not None],
+            [r[key] for r in train if _number(r.get(key)) is not None],
+            {"color": LOSS_SCALAR_COLORS[i % len(LOSS_SCALAR_COLORS)], "linewidth": 1.2},
+        )
+        for i, key in enumerate(keys)
+    ]
+    return _curves(series, None, "per step, as the loss reports it", "loss-scalars")
 
 
 def _metrics_section(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -209,7 +251,7 @@ def _metrics_section(run: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     note = "Base = the model before finetuning, tuned = after, both on the same held-out data."
     if sides:
         note += " Note: " + "; ".join(sides) + "."
-    body = _headline_bars(rows, "headline") + _table(
+    body = _headline_bars(rows, "headline", _shown_metrics(run)) + _table(
         ["metric", "base", "tuned", "change", ""], table_rows, "numbers"
     )
     return _section("metrics", "Before and after", body, note)
@@ -245,12 +287,6 @@ def _forgetting_section(run: dict[str, Any]) -> str:
     return _section(
         "forgetting", "Forgetting probe", verdict + _table(["", "base", "tuned"], rows, "numbers"), note
     )
-
-
-def _counts_pairs(run: dict[str, Any]) -> bool:
-    """Whether the run's targets are preference pairs: its held-out metrics count pairs."""
-    measured = [run["before"] or {}, run["after"] or {}, *run["metrics"]]
-    return any("num_pairs" in m or "eval_num_pairs" in m for m in measured)
 
 
 def _generations_section(comparison: dict[str, Any]) -> str:

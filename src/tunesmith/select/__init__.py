@@ -39,7 +39,7 @@ from tunesmith.select.recommend import (
     recommend_hyperparameters,
     recommended_values,
 )
-from tunesmith.tasks import TASK_NAMES, FitContext, PreparedData, get_task
+from tunesmith.tasks import FitContext, PreparedData, get_task, task_info
 from tunesmith.train.probe import measure_throughput
 from tunesmith.train.rundir import atomic_write
 
@@ -341,8 +341,7 @@ def select(
     from tunesmith.models.catalog import filter_catalog, find, parse_count
     from tunesmith.models.inference import quiet_libraries
 
-    if task not in TASK_NAMES:
-        raise UserError(f"--task {task!r}: use {', '.join(TASK_NAMES)}")
+    info = task_info(task)  # an unknown task: a UserError naming the registered ones
     quiet_libraries()
     if gpu_memory and cpu:
         raise UserError("--gpu-memory and --cpu: give one (the memory of the GPU you will train on, or CPU)")
@@ -368,10 +367,21 @@ def select(
     notes: list[str] = []
     names = list(candidates or [])
     if not names:
-        entries = filter_catalog(task, params_cap, license, min_context)
+        entries = filter_catalog(info.catalogue_needs, params_cap, license, min_context)
         if not entries:
+            given = [
+                f
+                for f, v in (
+                    ("--max-params", max_params),
+                    ("--license", license),
+                    ("--min-context", min_context),
+                )
+                if v
+            ]
             raise UserError(
-                "no catalogue model matches --max-params/--license/--min-context; relax them or pass --candidates"
+                f"no catalogue model offers what task {task} needs ({', '.join(info.catalogue_needs)})"
+                + (f" and matches {'/'.join(given)}; relax them" if given else "")
+                + " or pass --candidates"
             )
         names = [e.id for e in entries]
         notes.append("no --candidates given: trying the catalogue models that match the filters")

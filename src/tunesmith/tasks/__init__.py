@@ -1,19 +1,53 @@
-"""The typed task contract: what each kind of finetuning provides, as plain functions.
+"""The typed task contract: everything about a kind of finetuning, declared by the task.
 
-`get_task(name)` gives a `Task`: a frozen bundle of the task's functions and facts. The recipe
-(train/run.py), evaluation, `select` and the previews call these and never branch on the task's
-name; adding a task touches this package and config.py only.
+A task is two things, both registered here by name (`register`):
+
+- `TaskInfo`: what the task declares, cheap to read (no torch): the readers outside tasks/ ask it
+  instead of knowing tasks by name. `task_info(name)` gives it.
+
+    name, module                the task's name and the module that holds its code (its `TASK`)
+    description                 one line for help texts: what trains
+    record_kind                 the canonical record its data converts into (data/formats.py)
+    step_unit                   what a training step's targets are: "token" | "example" | "pair";
+                                the loop logs the step's accuracy as f"{step_unit}_accuracy"
+    metrics                     the held-out metrics people read (`Metric`: key, label,
+                                higher_is_better), in order: the before/after line, the report's
+                                cards and bars, the model card, `tunesmith demo`
+    headline                    the one metric `data curve` predicts (a key of `metrics`)
+    config_keys                 config keys (dotted, or a whole section) only this task reads;
+                                set for another task they are warned about and ignored
+    four_bit_base               whether adapter.method: qlora (LoRA on a 4-bit base) applies
+    catalogue_needs             what a catalogue model must offer (models/catalog.yaml `offers`)
+    has_forgetting_probe        the general-text perplexity before/after (LM tasks)
+    on_policy                   trains on its own samples: train/rl.py's fit phase instead of the
+                                supervised loop on fixed batches (train/run.py picks it)
+
+- `Task`: the task's functions, in its module as `TASK = Task(info=task_info(NAME), ...)`.
+  `get_task(name)` imports the module and gives it. The recipe (train/run.py), evaluation,
+  `select` and the previews call these and never branch on the task's name:
 
     prepare_data(config, tokenizer, progress) -> PreparedData  load, normalize, split, tokenize
     build_model(model_path, config, device, prepared)       base model (+ head) with the adapter
-    make_loss(model, config, cross_entropy) -> nn.Module    returns {loss_sum, num_targets, num_correct}
+    make_loss(model, config, cross_entropy) -> nn.Module    the loss module (below)
     evaluate(EvalContext, phase) -> dict                    the task's metrics before/during/after
     save_final(model, tokenizer, out_dir, prepared, config) HF/PEFT directory
     load_for_eval(target, name, config, device, prepared)   a trained (or base) model ready for evaluate
     measure_fit(FitContext) -> dict                         select's probe of a base model's fit
     trained_data_settings(target) -> dict                   data settings a trained model fixes
-    headline_metric, higher_is_better                       the held-out metric `data curve` predicts
-    on_policy                                               fits in train/rl.py (samples while it trains)
+    recommend_epochs, preview_label                         select's epochs; what previews show
+
+The loss module's forward returns sums over its micro-batch, which the loop (train/loop.py) adds
+up over the step's micro-batches and the ranks:
+
+    loss_sum      the loss summed over the targets (the loop divides by the step's num_targets)
+    num_targets   targets in the micro-batch (tokens, examples or pairs: the task's step_unit)
+    num_correct   targets predicted right (logged as f"{step_unit}_accuracy")
+    logged        optional {name: (sum, count)}: any other scalar to log each step; the loop sums
+                  both over micro-batches and ranks and logs sum / count under `name`
+
+Adding a task touches this package (its module and one `register` call below) and config.py (its
+config section, if it has one) only; tests/unit/test_tasks_contract.py registers a throwaway task
+to prove it.
 """
 
 from __future__ import annotations
@@ -43,17 +77,52 @@ if TYPE_CHECKING:
 
     TrainedModel = PreTrainedModel | PeftModel  # what build_model gives: a transformers model, maybe adapted
 
-TASK_MODULES = {
-    "instruct": "tunesmith.tasks.instruct",
-    "pretrain": "tunesmith.tasks.pretrain",
-    "classify": "tunesmith.tasks.classify",
-    "preference": "tunesmith.tasks.preference",
-    "reward": "tunesmith.tasks.reward",
-}
-TASK_NAMES = tuple(TASK_MODULES)
-
 Phase = Literal["before", "during", "after"]
 Collate = Callable[[Sequence[Sequence[int]]], dict[str, Any]]  # rows of example indices -> batch
+
+
+STEP_UNITS = ("token", "example", "pair", "completion")
+StepUnit = Literal["token", "example", "pair", "completion"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A held-out metric a task declares: a key of its evaluate result ("general.perplexity" for a
+    nested one), what people read, and which way is better."""
+
+    key: str
+    label: str
+    higher_is_better: bool
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a task declares (see the module docstring); cheap to import, no torch."""
+
+    name: str
+    module: str
+    description: str
+    record_kind: str
+    step_unit: StepUnit
+    metrics: tuple[Metric, ...]
+    headline: str
+    config_keys: tuple[str, ...] = ()
+    four_bit_base: bool = False
+    catalogue_needs: tuple[str, ...] = ("causal_lm",)
+    has_forgetting_probe: bool = False
+    on_policy: bool = False
+
+    @property
+    def step_accuracy(self) -> str:
+        """The key the loop logs a step's share of targets predicted right under."""
+        return f"{self.step_unit}_accuracy"
+
+    @property
+    def headline_metric(self) -> Metric:
+        return next(m for m in self.metrics if m.key == self.headline)
+
+    def metric(self, key: str) -> Metric | None:
+        return next((m for m in self.metrics if m.key == key), None)
 
 
 @dataclass
@@ -160,8 +229,7 @@ class MakeLoss(Protocol):
 class Task:
     """One kind of finetuning (see the module docstring for each function's job)."""
 
-    name: str
-    record_kind: str  # the canonical record the data converts into (data/formats.py RECORD_KINDS)
+    info: TaskInfo  # what the task declares (task_info(name))
     prepare_data: PrepareData
     build_model: Callable[[str, Config, str, PreparedData], TrainedModel]
     make_loss: MakeLoss
@@ -176,22 +244,101 @@ class Task:
     recommend_epochs: Callable[[int, int], tuple[int, str]]
     # What a training example's label shows as in previews (LM examples have none: None).
     preview_label: Callable[[PreparedData, Example], Any]
-    has_forgetting_probe: bool  # the general-text perplexity before/after (LM tasks)
-    # The held-out metric (a key of evaluate's result) that `data curve` fits and predicts, and
-    # whether larger is better (accuracy) or smaller (loss).
-    headline_metric: str = "loss"
-    higher_is_better: bool = False
-    # Trained on its own samples (train/rl.py's fit phase) instead of the supervised loop on fixed batches.
-    on_policy: bool = False
+
+    # The declarations, read through the task (TaskInfo holds them).
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def record_kind(self) -> str:
+        return self.info.record_kind
+
+    @property
+    def has_forgetting_probe(self) -> bool:
+        return self.info.has_forgetting_probe
+
+    @property
+    def headline_metric(self) -> str:
+        """The held-out metric (a key of evaluate's result) that `data curve` fits and predicts."""
+        return self.info.headline
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.info.headline_metric.higher_is_better
+
+    @property
+    def on_policy(self) -> bool:
+        return self.info.on_policy
+
+
+# --------------------------------------------------------------------------------------------
+# The registry: every task by name
+
+_INFOS: dict[str, TaskInfo] = {}
+_TASKS: dict[str, Task] = {}  # tasks registered with their code (others: their module's TASK)
+
+
+def register(info: TaskInfo, task: Task | None = None) -> None:
+    """Make a task known by its name: its declarations, and its code (`task`, or later from
+    `info.module`'s TASK). Registering a name again replaces it."""
+    if info.headline not in {m.key for m in info.metrics}:
+        raise ValueError(f"task {info.name!r}: headline {info.headline!r} is not one of its metrics")
+    if info.step_unit not in STEP_UNITS:
+        raise ValueError(f"task {info.name!r}: step_unit {info.step_unit!r}; use one of {STEP_UNITS}")
+    _INFOS[info.name] = info
+    _TASKS.pop(info.name, None)
+    if task is not None:
+        _TASKS[info.name] = task
+
+
+def unregister(name: str) -> None:
+    """Forget a task (a test's throwaway task)."""
+    _INFOS.pop(name, None)
+    _TASKS.pop(name, None)
+
+
+def task_names() -> tuple[str, ...]:
+    """The registered tasks' names, in registration order."""
+    return tuple(_INFOS)
+
+
+def task_info(name: str) -> TaskInfo:
+    """What task `name` declares; a UserError naming the choices for an unknown name."""
+    if name not in _INFOS:
+        from tunesmith.errors import UserError
+
+        raise UserError(f"task {name!r}: use one of {', '.join(_INFOS)}")
+    return _INFOS[name]
 
 
 def get_task(name: str) -> Task:
-    if name not in TASK_MODULES:
-        from tunesmith.errors import UserError
-
-        raise UserError(f"task {name!r}: use one of {', '.join(TASK_NAMES)}")
-    task: Task = importlib.import_module(TASK_MODULES[name]).TASK
+    """Task `name`'s functions (its module is imported on first use)."""
+    info = task_info(name)
+    if name in _TASKS:
+        return _TASKS[name]
+    task: Task = importlib.import_module(info.module).TASK  # read each time: the module's TASK is the truth
     return task
+
+
+def metric_value(metrics: dict[str, Any], key: str) -> float | None:
+    """The number at `key` of an evaluate result ("general.perplexity" reads a nested dict), or None."""
+    value: Any = metrics
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def metrics_line(info: TaskInfo, metrics: dict[str, Any]) -> str:
+    """The task's declared metrics as one line ("loss 1.2345, perplexity 3.4361, ...")."""
+    shown = []
+    for metric in info.metrics:
+        value = metric_value(metrics, metric.key)
+        if value is not None:
+            shown.append(f"{metric.label} {value:.4f}")
+    return ", ".join(shown)
 
 
 def held_out_count(num_items: int, fraction: float, max_items: int) -> int:
@@ -228,3 +375,108 @@ def no_label(prepared: PreparedData, example: Example) -> Any:
 
 def no_trained_settings(target: Path) -> dict[str, Any]:
     return {}
+
+
+# --------------------------------------------------------------------------------------------
+# The built-in tasks' declarations (their code: the module each names)
+
+_LM_METRICS = (
+    Metric("loss", "loss", False),
+    Metric("perplexity", "perplexity", False),
+    Metric("token_accuracy", "token accuracy", True),
+)
+_FORGETTING = Metric("general.perplexity", "general perplexity", False)
+
+register(
+    TaskInfo(
+        name="instruct",
+        module="tunesmith.tasks.instruct",
+        description="conversations: a causal LM trained on the assistant's tokens",
+        record_kind="conversation",
+        step_unit="token",
+        metrics=(
+            *_LM_METRICS,
+            Metric("exact_match", "exact match", True),
+            Metric("rouge_l", "ROUGE-L", True),
+            _FORGETTING,
+        ),
+        headline="loss",
+        four_bit_base=True,
+        catalogue_needs=("causal_lm", "chat"),
+        has_forgetting_probe=True,
+    )
+)
+register(
+    TaskInfo(
+        name="pretrain",
+        module="tunesmith.tasks.pretrain",
+        description="unlabelled text: continued pretraining of a causal LM on every token",
+        record_kind="text",
+        step_unit="token",
+        metrics=(*_LM_METRICS, _FORGETTING),
+        headline="loss",
+        config_keys=("data.replay", "data.cache_dir"),
+        four_bit_base=True,
+        catalogue_needs=("causal_lm", "base"),
+        has_forgetting_probe=True,
+    )
+)
+register(
+    TaskInfo(
+        name="classify",
+        module="tunesmith.tasks.classify",
+        description="labelled text: a classification head (+ LoRA or the full body)",
+        record_kind="labeled",
+        step_unit="example",
+        metrics=(Metric("accuracy", "accuracy", True), Metric("macro_f1", "macro-F1", True)),
+        headline="accuracy",
+        config_keys=(
+            "data.labels",
+            "data.multi_label",
+            "data.label_columns",
+            "data.threshold",
+            "data.class_weights",
+        ),
+        catalogue_needs=("classification",),
+        has_forgetting_probe=False,  # a classifier's head has no next-token perplexity to lose
+    )
+)
+register(
+    TaskInfo(
+        name="preference",
+        module="tunesmith.tasks.preference",
+        description="pairs of a better and a worse reply: DPO / IPO / SimPO",
+        record_kind="preference",
+        step_unit="pair",
+        metrics=(
+            # held-out pairs the implicit reward ranks right: what `data curve` predicts
+            Metric("reward_accuracy", "reward accuracy", True),
+            Metric("reward_margin", "reward margin", True),
+            Metric("logp_accuracy", "log-prob accuracy", True),
+            _FORGETTING,
+        ),
+        headline="reward_accuracy",
+        config_keys=("preference",),
+        catalogue_needs=("causal_lm", "chat"),
+        has_forgetting_probe=True,
+    )
+)
+register(
+    TaskInfo(
+        name="reward",
+        module="tunesmith.tasks.reward",
+        description="prompts and reward functions: the policy trained on its own sampled answers (GRPO family)",
+        record_kind="prompt",
+        step_unit="completion",
+        metrics=(
+            # held-out prompts, one greedy answer each, scored by the run's rewards (the fixed protocol)
+            Metric("reward_mean", "held-out reward", True),
+            Metric("truncated_share", "truncated answers", False),
+        ),
+        headline="reward_mean",
+        config_keys=("reward",),
+        catalogue_needs=("causal_lm", "chat"),
+        has_forgetting_probe=False,  # the policy loss scores sampled answers, not plain text
+        on_policy=True,
+    )
+)

@@ -35,7 +35,17 @@ from tunesmith.errors import UserError
 from tunesmith.models.adapters import apply_adapter
 from tunesmith.models.heads import classifier_logits, load_sequence_classifier
 from tunesmith.progress import Progress
-from tunesmith.tasks import DataStats, EvalContext, FitContext, Phase, PreparedData, Task, hold_out, lm_epochs
+from tunesmith.tasks import (
+    DataStats,
+    EvalContext,
+    FitContext,
+    Phase,
+    PreparedData,
+    Task,
+    hold_out,
+    lm_epochs,
+    task_info,
+)
 from tunesmith.train.loss import (
     ClassificationLoss,
     CrossEntropy,
@@ -374,8 +384,7 @@ def zero_shot_labels(
 
 
 TASK = Task(
-    name="classify",
-    record_kind="labeled",
+    info=task_info("classify"),
     prepare_data=prepare_data,
     build_model=build_model,
     make_loss=make_loss,
@@ -386,9 +395,6 @@ TASK = Task(
     trained_data_settings=trained_data_settings,
     recommend_epochs=lm_epochs,
     preview_label=preview_label,
-    has_forgetting_probe=False,  # a classifier's head has no next-token perplexity to lose
-    headline_metric="accuracy",
-    higher_is_better=True,
 )
 
 

@@ -33,6 +33,7 @@ from tunesmith.tasks import (
     lm_epochs,
     no_label,
     no_trained_settings,
+    task_info,
 )
 from tunesmith.train.loss import CausalLMLoss, CrossEntropy
 
@@ -259,8 +260,7 @@ def measure_fit(ctx: FitContext) -> dict[str, Any]:
 
 
 TASK = Task(
-    name="instruct",
-    record_kind="conversation",
+    info=task_info("instruct"),
     prepare_data=prepare_data,
     build_model=build_model,
     make_loss=make_loss,
@@ -271,7 +271,6 @@ TASK = Task(
     trained_data_settings=no_trained_settings,
     recommend_epochs=lm_epochs,
     preview_label=no_label,
-    has_forgetting_probe=True,
 )
 
 

@@ -43,6 +43,7 @@ from tunesmith.tasks import (
     hold_out,
     lm_epochs,
     no_trained_settings,
+    task_info,
 )
 from tunesmith.train.loss import CrossEntropy, PreferenceLoss, batch_to_device, reference_token_kl
 
@@ -317,8 +318,7 @@ def preview_label(prepared: PreparedData, example: Example) -> Any:
 
 
 TASK = Task(
-    name="preference",
-    record_kind="preference",
+    info=task_info("preference"),
     prepare_data=prepare_data,
     build_model=build_model,
     make_loss=make_loss,
@@ -329,9 +329,6 @@ TASK = Task(
     trained_data_settings=no_trained_settings,
     recommend_epochs=lm_epochs,
     preview_label=preview_label,
-    has_forgetting_probe=True,
-    headline_metric="reward_accuracy",  # held-out pairs the implicit reward ranks right
-    higher_is_better=True,
 )
 
 

@@ -46,6 +46,7 @@ from tunesmith.tasks import (
     held_out_count,
     no_label,
     no_trained_settings,
+    task_info,
 )
 from tunesmith.tasks.instruct import build_model, lm_fit, load_for_eval, make_loss
 
@@ -211,8 +212,7 @@ def recommend_epochs(num_examples: int, num_tokens: int) -> tuple[int, str]:
 
 
 TASK = Task(
-    name="pretrain",
-    record_kind="text",
+    info=task_info("pretrain"),
     prepare_data=prepare_data,
     build_model=build_model,
     make_loss=make_loss,
@@ -223,5 +223,4 @@ TASK = Task(
     trained_data_settings=no_trained_settings,
     recommend_epochs=recommend_epochs,
     preview_label=no_label,
-    has_forgetting_probe=True,
 )

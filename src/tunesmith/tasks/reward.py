@@ -2,8 +2,8 @@
 
 The user brings prompts (a `prompt` as text or messages, plus any columns: a reference answer, a
 label, tools) and rewards (`reward.functions`: built-ins or their own Python functions). The
-task declares `on_policy`: train/run.py's recipe runs every phase as for any task but the fit,
-which is train/rl.py's (rollout -> rewards -> group advantages -> clipped policy loss).
+task declares `on_policy` (tasks/__init__.py): train/run.py's recipe runs every phase as for any
+task but the fit, which is train/rl.py's (rollout -> rewards -> group advantages -> clipped policy loss).
 
 Evaluation follows one fixed protocol before and after: the first `reward.eval_prompts` held-out
 prompts, one greedy completion each (same budget, stop strings and rewards as training), each
@@ -40,6 +40,7 @@ from tunesmith.tasks import (
     Task,
     hold_out,
     no_trained_settings,
+    task_info,
 )
 from tunesmith.train.policy_loss import PolicyLoss, PolicySettings
 from tunesmith.train.rl import make_sampler, score_rollout
@@ -249,8 +250,7 @@ def preview_label(prepared: PreparedData, example: Example) -> Any:
 
 
 TASK = Task(
-    name="reward",
-    record_kind="prompt",
+    info=task_info("reward"),
     prepare_data=prepare_data,
     build_model=build_model,
     make_loss=make_loss,
@@ -261,10 +261,6 @@ TASK = Task(
     trained_data_settings=no_trained_settings,
     recommend_epochs=recommend_epochs,
     preview_label=preview_label,
-    has_forgetting_probe=False,  # the policy loss scores sampled answers, not plain text
-    headline_metric="reward_mean",  # the held-out greedy reward under the fixed protocol
-    higher_is_better=True,
-    on_policy=True,
 )
 
 

@@ -2,6 +2,11 @@
 
 It receives a loss module (model + loss), an optimizer, a scheduler and a function that gives
 the micro-batches of each step. It knows nothing about file formats, tasks or tokenizers.
+
+Each step's record holds the loop's own figures (loss, the step's accuracy under
+`LoopSettings.accuracy_key`, lr, grad_norm, num_targets, tokens_per_second) and every scalar the
+loss returned under `logged` ({name: (sum, count)}): both summed over the step's micro-batches and
+the ranks, then logged as sum / count (tasks/__init__.py describes the loss's output).
 """
 
 from __future__ import annotations
@@ -33,6 +38,9 @@ class LoopSettings:
     save_every: int = 0
     on_nonfinite: str = "stop"
     max_skipped_steps: int = 10
+    # The step's share of targets predicted right is logged under this key: its unit's name
+    # (token_accuracy, example_accuracy, pair_accuracy: the task's step_unit).
+    accuracy_key: str = "token_accuracy"
 
 
 class StopFlag:
@@ -95,6 +103,31 @@ def _step_sums(losses: list[torch.Tensor], corrects: list[Any]) -> tuple[float, 
     return step_loss, step_correct
 
 
+def _logged_sums(logged: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """{name: [sum, count]} of the scalars the loss returned over the step's micro-batches, read from
+    the device once (each micro-batch's `logged` is {name: (sum, count)}, tensors or numbers)."""
+    flat = [
+        (name, i, value) for item in logged for name, pair in item.items() for i, value in enumerate(pair)
+    ]
+    tensors = [v.detach().reshape(()).float() for _, _, v in flat if isinstance(v, torch.Tensor)]
+    read = iter(torch.stack(tensors).tolist() if tensors else [])
+    totals: dict[str, list[float]] = {}
+    for name, i, value in flat:
+        totals.setdefault(name, [0.0, 0.0])[i] += float(
+            next(read) if isinstance(value, torch.Tensor) else value
+        )
+    return totals
+
+
+def _logged_over_ranks(totals: dict[str, list[float]], parallel: Parallel) -> dict[str, float]:
+    """Each logged scalar's sum over the ranks divided by its count over the ranks (0 for no count)."""
+    names = sorted(totals)  # every rank runs the same loss: the same names, in the same order
+    summed = parallel.sum_over_ranks([v for name in names for v in totals[name]]) if names else []
+    return {
+        name: summed[2 * i] / summed[2 * i + 1] if summed[2 * i + 1] else 0.0 for i, name in enumerate(names)
+    }
+
+
 def _rng_devices(device: str) -> list[int]:
     return [torch.cuda.current_device()] if device.startswith("cuda") else []
 
@@ -132,6 +165,7 @@ def train_loop(
         # micro-batch); they are read once per step by _step_sums.
         losses: list[torch.Tensor] = []
         corrects: list[Any] = []
+        logged: list[dict[str, Any]] = []  # the loss's own scalars, {name: (sum, count)} per micro-batch
         step_tokens: float = 0
         for index, batch in enumerate(micro_batches):
             # DDP/FSDP: gradients are synchronised once, after the step's last micro-batch.
@@ -144,11 +178,13 @@ def train_loop(
                 (out["loss_sum"] * parallel.gradient_scale / max(step_targets, 1.0)).backward()
             losses.append(out["loss_sum"].detach())
             corrects.append(out["num_correct"])
+            logged.append(out.get("logged") or {})
             step_tokens += int(batch["input_ids"].numel())
             del out  # free the graph's outputs before the next micro-batch
         step_loss, step_correct = _step_sums(losses, corrects)
         # Every rank logs and decides (non-finite, stop) on the same numbers: the sums over ranks.
         step_loss, step_correct, step_tokens = parallel.sum_over_ranks([step_loss, step_correct, step_tokens])
+        step_logged = _logged_over_ranks(_logged_sums(logged), parallel)
         window_tokens += int(step_tokens)
 
         grad_norm = _as_float(torch.nn.utils.clip_grad_norm_(parameters, clip_to))
@@ -168,10 +204,11 @@ def train_loop(
             record = {
                 "step": state.step,
                 "loss": loss_value,
-                "token_accuracy": step_correct / max(step_targets, 1.0),
+                settings.accuracy_key: step_correct / max(step_targets, 1.0),
                 "lr": lr,
                 "grad_norm": grad_norm,
                 "num_targets": int(step_targets),
+                **step_logged,
             }
             if state.step % settings.log_every == 0 or state.step == settings.total_steps:
                 elapsed = time.perf_counter() - window_start

@@ -512,7 +512,7 @@ class PreferenceLoss(nn.Module):
         sequence_index: torch.Tensor | None = None,
         num_pairs: int | torch.Tensor | None = None,
         reference_logps: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, Any]:
         if sequence_index is None:
             return CausalLMLoss.forward(self, input_ids, labels, position_ids, attention_mask)  # type: ignore[arg-type]
         pairs = int(num_pairs) if num_pairs is not None else int(sequence_index.max()) // 2 + 1
@@ -552,6 +552,14 @@ class PreferenceLoss(nn.Module):
             "chosen_rewards": chosen_rewards,
             "rejected_rewards": rejected_rewards,
             "reply_tokens": counts.detach(),
+            # Logged by the loop each step, per pair (TRL's rewards/chosen, rewards/rejected, rewards/margins).
+            "logged": {
+                "chosen_reward": (chosen_rewards.sum(), pairs),
+                "rejected_reward": (rejected_rewards.sum(), pairs),
+                "reward_margin": ((chosen_rewards - rejected_rewards).sum(), pairs),
+                "chosen_logps": (sums[:pairs].detach().sum(), pairs),
+                "rejected_logps": (sums[pairs:].detach().sum(), pairs),
+            },
         }
         if reference is not None:
             out["reference_logps"] = reference.detach()

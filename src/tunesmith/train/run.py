@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunesmith import tasks
 from tunesmith.config import Config, config_warnings
 from tunesmith.errors import UserError
 from tunesmith.progress import NoProgress, Progress
@@ -47,6 +48,7 @@ class RunResult:
     after: dict[str, Any] = field(default_factory=dict)
     steps: int = 0
     seconds: float = 0.0
+    task: str = ""  # the task's name (its declarations: tasks.task_info)
 
 
 @dataclass
@@ -117,7 +119,14 @@ def _run_phases(current: Run, resume: bool, merge: bool, resume_from: str | Path
         if not gather_final(current):
             # Ranks other than 0 are done once they helped gather the weights.
             return RunResult(
-                current.run_dir.path, current.run_dir.final, None, before, {}, state.step, _elapsed(current)
+                current.run_dir.path,
+                current.run_dir.final,
+                None,
+                before,
+                {},
+                state.step,
+                _elapsed(current),
+                current.config.task,
             )
         save(current)
         after = evaluate_after(current)
@@ -131,6 +140,7 @@ def _run_phases(current: Run, resume: bool, merge: bool, resume_from: str | Path
             after,
             state.step,
             _elapsed(current),
+            current.config.task,
         )
     finally:
         log.close()
@@ -339,7 +349,7 @@ def evaluate_before(current: Run, checkpoint: Path | None) -> dict[str, Any]:
     current.progress.message("evaluating the base model ...")
     before = _evaluate(current, "before")
     rundir.write_json(current.run_dir.eval_file("before"), before)
-    current.progress.message(f"before: {metrics_line(before)}")
+    current.progress.message(f"before: {metrics_line(current.task, before)}")
     return before
 
 
@@ -410,6 +420,7 @@ def fit(
         save_every=config.train.save_every,
         on_nonfinite=config.train.on_nonfinite,
         max_skipped_steps=config.train.max_skipped_steps,
+        accuracy_key=current.task.info.step_accuracy,
     )
     progress.start(total_steps, state.step, "train")
     try:
@@ -470,7 +481,7 @@ def evaluate_after(current: Run) -> dict[str, Any]:
         return {}
     after = _evaluate(current, "after")
     rundir.write_json(current.run_dir.eval_file("after"), after)
-    current.progress.message(f"after:  {metrics_line(after)}")
+    current.progress.message(f"after:  {metrics_line(current.task, after)}")
     return after
 
 
@@ -598,12 +609,6 @@ def peak_memory(device: str) -> dict[str, int]:
     return peak
 
 
-def metrics_line(metrics: dict[str, Any]) -> str:
-    """The before/after line: the task's headline metrics and the forgetting probe."""
-    shown = []
-    for key in ("loss", "perplexity", "token_accuracy", "accuracy", "macro_f1", "reward_mean"):
-        if isinstance(metrics.get(key), (int, float)):
-            shown.append(f"{key} {metrics[key]:.4f}")
-    if isinstance(metrics.get("general"), dict):
-        shown.append(f"general perplexity {metrics['general']['perplexity']:.2f}")
-    return ", ".join(shown) or "(no held-out data)"
+def metrics_line(task: Task, metrics: dict[str, Any]) -> str:
+    """The before/after line: the metrics the task declares (tasks/__init__.py), with the forgetting probe."""
+    return tasks.metrics_line(task.info, metrics) or "(no held-out data)"
