@@ -38,6 +38,7 @@ from tunesmith.train.rollout import HFSampler, Rollout, Sampler, SamplingSetting
 
 if TYPE_CHECKING:
     from tunesmith.config import Config
+    from tunesmith.tasks import PreparedData
     from tunesmith.train.run import Run
 
 PREFLIGHT_MIN_SPREAD = 0.1  # under this share of groups with differing rewards, RL has little to learn from
@@ -66,6 +67,22 @@ def score_rollout(rewards: list[Reward], rollout: Rollout, prompts: list[PromptE
         rollout.texts,
         rollout.completion_ids,
         [{**p.record.columns, "tools": p.record.tools} for p in owners],
+    )
+
+
+def sample_in_chunks(
+    sampler: Sampler, prompts: list[PromptExample], config: Config, generator: Any
+) -> Rollout:
+    """The step's rollout, train.batch_size prompts (and their groups) at a time: the KV cache of
+    one micro-batch's worth of answers at most, as the memory estimate counts."""
+    size, group = max(1, config.train.batch_size), config.reward.group_size
+    parts = [sampler.sample([p.prompt_ids for p in prompts[i : i + size]], group, generator)
+             for i in range(0, len(prompts), size)]  # fmt: skip
+    return Rollout(
+        group,
+        [ids for part in parts for ids in part.completion_ids],
+        [cut for part in parts for cut in part.truncated],
+        [text for part in parts for text in part.texts],
     )
 
 
@@ -180,13 +197,15 @@ def _shape_of(count: int, total: int) -> list[int]:
 # The pre-flight
 
 
-def preflight(current: Run, rewards: list[Reward]) -> dict[str, Any]:
-    """Sample a group for up to `reward.preflight_prompts` prompts with the base model: each
-    reward's rate and the share of groups whose rewards differ; a verdict when too few do."""
-    config = current.config
-    prompts = list(_prompts(current).train[: config.reward.preflight_prompts])
-    sampler = make_sampler(current.model, current.tokenizer, current.prepared.template, config)
-    generator = step_generator(config.train.seed, -1, current.parallel.rank)
+def preflight(
+    model: Any, tokenizer: Any, prepared: PreparedData, config: Config, rewards: list[Reward]
+) -> dict[str, Any]:
+    """Sample a group for up to `reward.preflight_prompts` training prompts with the model as it is:
+    each reward's rate and the share of groups whose rewards differ; a verdict when too few do."""
+    assert prepared.prompts is not None, "an on-policy task's prepare_data sets the prompts"
+    prompts = list(prepared.prompts.train[: config.reward.preflight_prompts])
+    sampler = make_sampler(model, tokenizer, prepared.template, config)
+    generator = step_generator(config.train.seed, -1, 0)
     batch = max(1, config.train.batch_size)
     spreads: list[bool] = []
     totals: list[float] = []
@@ -257,7 +276,8 @@ def fit_on_policy(
         before = json.loads(before_file.read_text()) if before_file.is_file() else {}
     rewards = build_rewards(config.reward.functions, config.reward.max_completion_tokens)
     if checkpoint is None and config.reward.preflight_prompts and parallel.is_main:
-        report_preflight(current, preflight(current, rewards))
+        found = preflight(current.model, current.tokenizer, current.prepared, config, rewards)
+        report_preflight(current, found)
     sampler = make_sampler(current.model, current.tokenizer, current.prepared.template, config)
     step = OnPolicyStep(current, train_module, optimizer, scheduler, sampler, rewards, schedule)
 
@@ -345,7 +365,7 @@ class OnPolicyStep:
         prompts = [_prompts(current).train[j] for i in rows for j in prepared.rows[i]]
         generator = step_generator(config.train.seed, state.step, parallel.rank)
         # The rollout: sampled by the policy as it is now (eval mode: no dropout in the answers).
-        rollout = self.sampler.sample([p.prompt_ids for p in prompts], config.reward.group_size, generator)
+        rollout = sample_in_chunks(self.sampler, prompts, config, generator)
         sampled = time.perf_counter()
         scores = score_rollout(self.rewards, rollout, prompts)
         scored = time.perf_counter()
