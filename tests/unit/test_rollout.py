@@ -70,3 +70,41 @@ def test_sampling_is_seeded_ends_on_the_end_token_and_stop_strings(model_and_tok
     assert stop in tokenizer.decode(cut, skip_special_tokens=True)
     assert stop not in tokenizer.decode(cut[:-1], skip_special_tokens=True) and not rollout.truncated[1]
     assert cut == first.completion_ids[1][: len(cut)]  # the sampled ids, cut, never re-tokenised
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "cpu_varlen"])
+def test_answers_on_their_prompts_shared_cache_equal_each_answer_after_its_own_prompt(
+    tiny_llama: Path, attention: str
+) -> None:
+    """The update runs each prompt once and its answers on its KV cache: log-probs and gradients equal
+    running every answer after its own copy of the prompt (groups of different sizes, lengths 1..5)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.train.fastpath import use_attention
+    from tunesmith.train.policy_loss import CompletionBatch, _concatenated_logps, completion_logps
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama, attn_implementation="sdpa")
+    if attention == "cpu_varlen":
+        use_attention(model, attention)
+    prompts = _prompt_ids(tokenizer)[:2]
+    completions = [[5, 6, 7], [8], [9, 10, 11, 12, 13], [14, 15], [16]]
+    owner = torch.tensor([0, 0, 1, 1, 1])
+    width, length = max(map(len, prompts)), max(map(len, completions))
+    batch = CompletionBatch(
+        torch.tensor([[0] * (width - len(p)) + p for p in prompts]),
+        torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts]),
+        torch.tensor([c + [0] * (length - len(c)) for c in completions]),
+        torch.tensor([[1] * len(c) + [0] * (length - len(c)) for c in completions]),
+        owner,
+    )
+    shared = completion_logps(model, batch)
+    shared.sum().backward()
+    shared_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    plain = _concatenated_logps(model, batch, 4096)
+    plain.sum().backward()
+    assert shared.shape == (sum(map(len, completions)),)
+    assert torch.allclose(shared, plain, atol=1e-5)
+    for got, expected in zip(shared_grads, (p.grad for p in model.parameters()), strict=True):
+        assert torch.allclose(got, expected, atol=1e-5)

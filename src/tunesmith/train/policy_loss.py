@@ -133,22 +133,87 @@ def policy_objective(
     return loss, metrics
 
 
-def completion_logps(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    labels: torch.Tensor,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-) -> torch.Tensor:
-    """log p(token) of every completion token (labels != -100), flat in row order.
+@dataclass(frozen=True)
+class CompletionBatch:
+    """A micro-batch of completions grouped by prompt: each prompt once (left-padded), its answers
+    as sampled (right-padded); `owner[i]` is completion i's prompt (row of `prompt_ids`)."""
 
-    The LM head runs only on the completion positions (selected from the hidden states)."""
+    prompt_ids: torch.Tensor  # [P, Lp]
+    prompt_mask: torch.Tensor  # [P, Lp], 0 on the left padding
+    completion_ids: torch.Tensor  # [N, Lc]
+    completion_mask: torch.Tensor  # [N, Lc], 0 after a completion's end
+    owner: torch.Tensor  # [N]
+
+
+def completion_logps(
+    model: nn.Module, batch: CompletionBatch, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> torch.Tensor:
+    """log p(token) of every completion token, flat in row order (completion by completion).
+
+    Each prompt runs through the decoder once; its KV cache is then repeated for its answers, which
+    run on top of it (the gradient reaches the prompt's positions through the cache). A group of 8
+    short answers to one long prompt costs about one prompt, not eight. The LM head runs only on
+    the completion positions. With gradient checkpointing (no cache in training) every answer runs
+    with its prompt, concatenated."""
     causal_lm = unwrap_causal_lm(model)
+    if _checkpointing(causal_lm) and torch.is_grad_enabled():
+        return _concatenated_logps(causal_lm, batch, chunk_size)
     decoder = getattr(causal_lm, causal_lm.base_model_prefix)
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = decoder(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False
-    )[0]
+    positions = (batch.prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    out = decoder(
+        input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, position_ids=positions, use_cache=True
+    )
+    # The last prompt position predicts each answer's first token (left padding: the last column).
+    hidden = [out.last_hidden_state[:, -1:].index_select(0, batch.owner)]
+    if batch.completion_ids.shape[1] > 1:
+        cache_key = "cache" if "cache" in out else "past_key_values"  # transformers 5 renamed it
+        cache = out[cache_key]
+        cache.reorder_cache(batch.owner)  # index_select: each answer gets its prompt's keys and values
+        mask = torch.cat(
+            [batch.prompt_mask.index_select(0, batch.owner), batch.completion_mask[:, :-1]], dim=1
+        )
+        start = batch.prompt_mask.sum(-1, keepdim=True).index_select(0, batch.owner)
+        steps = start + torch.arange(batch.completion_ids.shape[1] - 1, device=start.device)[None]
+        rest = decoder(
+            input_ids=batch.completion_ids[:, :-1],
+            attention_mask=mask,
+            position_ids=steps,
+            use_cache=True,
+            **{cache_key: cache},
+        )
+        hidden.append(rest.last_hidden_state)
+    states = torch.cat(hidden, dim=1)
+    keep = batch.completion_mask.bool()
+    logps, _ = target_logps(
+        states[keep], causal_lm.get_output_embeddings(), batch.completion_ids[keep], chunk_size
+    )
+    return logps
+
+
+def _checkpointing(model: Any) -> bool:
+    """Whether activation checkpointing is on (transformers 5.x renamed the flag)."""
+    flag = getattr(model, "is_activation_checkpointing", None)
+    return bool(flag if flag is not None else getattr(model, "is_gradient_checkpointing", False))
+
+
+def _concatenated_logps(causal_lm: Any, batch: CompletionBatch, chunk_size: int) -> torch.Tensor:
+    """The same log-probs with each answer run after its own copy of its prompt (right-padded rows)."""
+    rows = []
+    for index in range(batch.completion_ids.shape[0]):
+        prompt = batch.prompt_ids[batch.owner[index]][batch.prompt_mask[batch.owner[index]].bool()]
+        completion = batch.completion_ids[index][batch.completion_mask[index].bool()]
+        rows.append((prompt, completion))
+    width = max(len(p) + len(c) for p, c in rows)
+    input_ids = torch.zeros((len(rows), width), dtype=torch.long, device=batch.prompt_ids.device)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
+    mask = torch.zeros_like(input_ids)
+    for row, (prompt, completion) in enumerate(rows):
+        input_ids[row, : len(prompt) + len(completion)] = torch.cat([prompt, completion])
+        labels[row, len(prompt) : len(prompt) + len(completion)] = completion
+        mask[row, : len(prompt) + len(completion)] = 1
+    decoder = getattr(causal_lm, causal_lm.base_model_prefix)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    hidden = decoder(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False)[0]
     keep = labels[:, 1:] != IGNORE_INDEX
     logps, _ = target_logps(
         hidden[:, :-1][keep], causal_lm.get_output_embeddings(), labels[:, 1:][keep], chunk_size
@@ -183,13 +248,15 @@ class PolicyLoss(nn.Module):
         elif use_reference and hasattr(self.model, "disable_adapter"):
             context = self.model.disable_adapter()  # type: ignore[operator]  # a PeftModel's context
         with context:
-            return completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+            return completion_logps(model, _completions(batch))
 
     def forward(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        labels: torch.Tensor,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        completion_ids: torch.Tensor,
+        completion_mask: torch.Tensor,
+        owner: torch.Tensor,
         advantages: torch.Tensor,
         weights: torch.Tensor,
         sequence_index: torch.Tensor,
@@ -197,10 +264,21 @@ class PolicyLoss(nn.Module):
         old_logps: torch.Tensor | None = None,
         ref_logps: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        logps = completion_logps(self.model, input_ids, attention_mask, labels)
+        batch = CompletionBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, owner)
+        logps = completion_logps(self.model, batch)
         # One pass over the rollout: the sampling policy is this one (ratio 1, the same gradient).
         old = old_logps if old_logps is not None else logps.detach()
         loss, metrics = policy_objective(
             logps, old, advantages, weights, sequence_index, self.settings, num_step_completions, ref_logps
         )
         return {"loss": loss, "num_tokens": torch.tensor(float(logps.numel())), **metrics}
+
+
+def _completions(batch: dict[str, Any]) -> CompletionBatch:
+    return CompletionBatch(
+        batch["prompt_ids"],
+        batch["prompt_mask"],
+        batch["completion_ids"],
+        batch["completion_mask"],
+        batch["owner"],
+    )

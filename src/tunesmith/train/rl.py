@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from tunesmith.data.prompts import PromptExample
-from tunesmith.data.templates import IGNORE_INDEX, end_of_turn_ids
+from tunesmith.data.templates import end_of_turn_ids
 from tunesmith.errors import NonFiniteError, TrainingInterrupted
 from tunesmith.evaluate.rewards import Reward, RewardScores, build_rewards, score
 from tunesmith.train.checkpoint import TrainerState
@@ -97,6 +97,7 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
 
 @dataclass
 class Completion:
+    prompt_index: int  # the prompt's place in the step (its group)
     prompt_ids: list[int]
     completion_ids: list[int]
     advantage: float
@@ -117,7 +118,9 @@ def keep_completions(
             continue
         if not ids:
             continue
-        kept.append(Completion(prompts[index // group].prompt_ids, ids, float(advantages[index])))
+        kept.append(
+            Completion(index // group, prompts[index // group].prompt_ids, ids, float(advantages[index]))
+        )
     counts = {
         "zero_spread_groups": float(flat.sum()),
         "groups": float(flat.numel()),
@@ -131,26 +134,33 @@ def keep_completions(
 def collate_completions(
     completions: list[Completion], weights: list[list[float]], num_step_completions: int, pad_id: int
 ) -> dict[str, Any]:
-    """Right-padded prompt + completion rows; per completion token (flat, row order): its
-    advantage, weight and completion index. The completion is trained as sampled (its ids)."""
-    width = max(len(c.prompt_ids) + len(c.completion_ids) for c in completions)
-    input_ids = torch.full((len(completions), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(completions), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(completions), width), dtype=torch.long)
+    """Each prompt once (left-padded) and its completions as sampled (right-padded), see
+    policy_loss.CompletionBatch; per completion token (flat, row order): its advantage, weight and
+    completion index."""
+    order = list(dict.fromkeys(c.prompt_index for c in completions))
+    prompts = {c.prompt_index: c.prompt_ids for c in completions}
+    prompt_width = max(len(ids) for ids in prompts.values())
+    prompt_ids = torch.full((len(order), prompt_width), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(order), prompt_width), dtype=torch.long)
+    for row, index in enumerate(order):
+        prompt_ids[row, prompt_width - len(prompts[index]) :] = torch.tensor(prompts[index])
+        prompt_mask[row, prompt_width - len(prompts[index]) :] = 1
+    width = max(len(c.completion_ids) for c in completions)
+    completion_ids = torch.full((len(completions), width), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((len(completions), width), dtype=torch.long)
     advantages: list[float] = []
     sequence_index: list[int] = []
     for row, completion in enumerate(completions):
-        ids = completion.prompt_ids + completion.completion_ids
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, len(completion.prompt_ids) : len(ids)] = torch.tensor(completion.completion_ids)
-        mask[row, : len(ids)] = 1
-        # The first token is never a target (nothing predicts it): prompts are never empty.
+        completion_ids[row, : len(completion.completion_ids)] = torch.tensor(completion.completion_ids)
+        completion_mask[row, : len(completion.completion_ids)] = 1
         advantages += [completion.advantage] * len(completion.completion_ids)
         sequence_index += [row] * len(completion.completion_ids)
     return {
-        "input_ids": input_ids,
-        "attention_mask": mask,
-        "labels": labels,
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "owner": torch.tensor([order.index(c.prompt_index) for c in completions], dtype=torch.long),
         "advantages": torch.tensor(advantages),
         "weights": torch.tensor([w for row in weights for w in row]),
         "sequence_index": torch.tensor(sequence_index, dtype=torch.long),
@@ -161,8 +171,8 @@ def collate_completions(
 def micro_batches(
     completions: list[Completion], config: Config, parallel: Any, pad_id: int
 ) -> list[dict[str, Any]]:
-    """The step's completions in micro-batches of train.batch_size groups' worth, weights normalised
-    over the completions of every rank (so accumulation and ranks sum exactly)."""
+    """The step's completions in micro-batches of train.batch_size prompts' groups, weights
+    normalised over the completions of every rank (so accumulation and ranks sum exactly)."""
     from tunesmith.train.policy_loss import PolicySettings
 
     reward = config.reward
@@ -172,10 +182,12 @@ def micro_batches(
     num_completions, num_tokens = parallel.sum_over_ranks([float(len(lengths)), float(sum(lengths))])
     # token_weights needs only the step's count and total tokens: a stand-in list of that shape.
     step_lengths = _shape_of(int(num_completions), int(num_tokens))
-    size = max(1, config.train.batch_size * reward.group_size)
+    prompts = list(dict.fromkeys(c.prompt_index for c in completions))
+    size = max(1, config.train.batch_size)
     batches = []
-    for start in range(0, len(completions), size):
-        chunk = completions[start : start + size]
+    for start in range(0, len(prompts), size):
+        members = set(prompts[start : start + size])
+        chunk = [c for c in completions if c.prompt_index in members]
         weights = token_weights([len(c.completion_ids) for c in chunk], settings, step_lengths)
         per_row, position = [], 0
         for completion in chunk:
@@ -436,7 +448,7 @@ class OnPolicyStep:
 
 def _idle_completion(rollout: Rollout, prompts: list[PromptExample]) -> Completion:
     ids = rollout.completion_ids[0] or [0]
-    return Completion(prompts[0].prompt_ids, ids, 0.0)
+    return Completion(0, prompts[0].prompt_ids, ids, 0.0)
 
 
 def _step_counts(counts: dict[str, float], trained: int, seconds: tuple[float, float, float]) -> dict:
