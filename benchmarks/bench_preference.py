@@ -196,7 +196,7 @@ def score(args: argparse.Namespace, work: Path, adapter: str | None) -> dict:
     from tunesmith.config import build_config
     from tunesmith.models.load import load_causal_lm, load_tokenizer
     from tunesmith.tasks import preference
-    from tunesmith.train.loss import PreferenceLoss
+    from tunesmith.train.preference_loss import PreferenceLoss
 
     config = build_config(
         {

@@ -30,6 +30,19 @@ DataFormat = Literal[
     "prompt",
 ]  # trl, openai (and sharegpt): preference pairs (data/preference.py); prompt: task reward (data/prompts.py)
 
+# What tunesmith passes to apply_chat_template itself: not for data.chat_template_kwargs.
+RESERVED_TEMPLATE_ARGUMENTS = {
+    "messages",
+    "conversation",
+    "tools",
+    "documents",
+    "chat_template",
+    "add_generation_prompt",
+    "continue_final_message",
+    "tokenize",
+    "return_dict",
+}
+
 # Keys whose values must never be printed or saved (tokens, API keys).
 SECRET_KEY_PATTERN = re.compile(r"(^|_)(token|api_key|password|secret|hf_token)$", re.IGNORECASE)
 SECRET_VALUE_PATTERN = re.compile(
@@ -142,6 +155,12 @@ class DataConfig(Section):
         None,
         description="Jinja chat template, or the path of a .jinja file; default: the tokenizer's own, else ChatML",
     )
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="arguments passed to every render of the chat template (apply_chat_template's kwargs, e.g. "
+        "{enable_thinking: false} for data without reasoning); the trained tokenizer's template takes them "
+        "as its defaults",
+    )
     # Off by default: reasoning traces are often distilled from another model; training on them
     # teaches its style of thinking, which a user should choose deliberately.
     train_on_reasoning: bool = Field(
@@ -174,6 +193,17 @@ class DataConfig(Section):
     def _non_empty(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and not value:
             raise ValueError("is an empty list; give at least one path")
+        return value
+
+    @field_validator("chat_template_kwargs")
+    @classmethod
+    def _check_template_kwargs(cls, value: dict[str, Any]) -> dict[str, Any]:
+        taken = sorted(set(value) & RESERVED_TEMPLATE_ARGUMENTS)
+        if taken:
+            raise ValueError(f"{', '.join(taken)}: set by tunesmith for each render; leave them out")
+        bad = [k for k in value if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k))]
+        if bad:
+            raise ValueError(f"{', '.join(map(str, bad))}: not a template variable name")
         return value
 
 

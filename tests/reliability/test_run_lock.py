@@ -108,3 +108,28 @@ def test_a_run_failing_before_it_writes_leaves_no_directory(tiny_llama, tmp_path
     with pytest.raises(UserError):
         api.train(config)
     assert not (tmp_path / "runs" / "run").exists()
+
+
+def test_training_on_prepared_data_releases_the_lock_on_every_path(tiny_llama, tmp_path):
+    """train/run.py train_prepared (what `data curve` trains its subsets with) takes the run's lock
+    and gives it back whether the run ends or fails."""
+    import dataclasses
+
+    from tunesmith.models.load import load_tokenizer
+    from tunesmith.tasks import get_task
+    from tunesmith.train.run import train_prepared
+
+    config = make_config(tiny_llama, instruct_file(tmp_path), tmp_path / "runs")
+    tokenizer = load_tokenizer(config.model.name, config.model)
+    prepared = get_task("instruct").prepare_data(config, tokenizer)
+    result = train_prepared(config, tokenizer, prepared)
+    assert result.steps == config.train.max_steps and "loss" in result.after
+    RunDir(result.run_dir).lock().release()  # free: the run gave it back
+
+    def broken(rows):
+        raise RuntimeError("a batch that cannot be built")
+
+    failing = config.model_copy(update={"run_name": "failing"})
+    with pytest.raises(RuntimeError, match="cannot be built"):
+        train_prepared(failing, tokenizer, dataclasses.replace(prepared, collate=broken))
+    RunDir(tmp_path / "runs" / "failing").lock().release()

@@ -77,3 +77,65 @@ def test_no_task_name_is_compared_as_a_string_outside_tasks_and_config() -> None
         if compared.search(line)
     ]
     assert offenders == []
+
+
+MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 600
+SIZED_ROOMS = ("train", "tasks", "select")
+# The training loop stays one function read top to bottom (as nanoGPT's does).
+LONG_ON_PURPOSE = {("train/loop.py", "train_loop")}
+
+
+def test_functions_and_modules_of_train_tasks_and_select_stay_small() -> None:
+    import ast
+
+    too_long = []
+    for room in SIZED_ROOMS:
+        for path in sorted((PACKAGE / room).rglob("*.py")):
+            name = str(path.relative_to(PACKAGE))
+            text = path.read_text(encoding="utf-8")
+            if len(text.splitlines()) > MAX_MODULE_LINES:
+                too_long.append(f"{name}: {len(text.splitlines())} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES and (name, node.name) not in LONG_ON_PURPOSE:
+                        too_long.append(f"{name}:{node.lineno} {node.name}: {lines} lines")
+    assert too_long == []
+
+
+def test_no_module_imports_back_the_package_that_imports_it() -> None:
+    """A package's __init__ that imports its submodules, and a submodule that imports from that
+    package (`from tunesmith.data.doctor import detect`), make a package-level cycle: the submodule
+    reads a half-initialised package. Submodules import their siblings by their own names."""
+    import ast
+
+    src = PACKAGE.parent
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "__init__.py":
+            continue
+        module = ".".join(path.relative_to(src).with_suffix("").parts)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        typing_only = {  # imports under `if TYPE_CHECKING:` never run
+            id(child)
+            for block in ast.walk(tree)
+            if isinstance(block, ast.If) and getattr(block.test, "id", None) == "TYPE_CHECKING"
+            for child in ast.walk(block)
+        }
+        for node in ast.walk(tree):
+            if (
+                not isinstance(node, ast.ImportFrom)
+                or node.level
+                or not node.module
+                or id(node) in typing_only
+            ):
+                continue
+            init = src / node.module.replace(".", "/") / "__init__.py"
+            if module.startswith(node.module + ".") and init.is_file():
+                imported = re.search(
+                    rf"^\s*(from|import) {re.escape(module)}\b", init.read_text(), re.MULTILINE
+                )
+                if imported:
+                    offenders.append(f"{module}:{node.lineno} imports from {node.module}, which imports it")
+    assert offenders == []

@@ -18,7 +18,8 @@ import torch
 
 from tunesmith.data.preference import PairExample, collate_pairs
 from tunesmith.data.tokenize import Example
-from tunesmith.train.loss import PreferenceLoss, preference_losses, sequence_logps
+from tunesmith.train.loss import sequence_logps
+from tunesmith.train.preference_loss import PreferenceLoss, preference_losses
 
 
 def _logsigmoid(x: float) -> float:
@@ -214,7 +215,7 @@ def test_reference_token_kl_is_the_exact_next_token_kl(tiny_llama):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tunesmith.train.loss import reference_token_kl
+    from tunesmith.train.preference_loss import reference_token_kl
 
     base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
     policy = get_peft_model(

@@ -9,7 +9,7 @@ conversation, so the mask is right for any template that renders prefixes consis
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,17 @@ THINK_CLOSE = "</think>"
 class ChatTemplate:
     template: str
     origin: str  # "tokenizer", "config", "config file PATH", "built-in ChatML", "built-in plain"
+    # data.chat_template_kwargs: passed to every render (e.g. enable_thinking=False)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def exported(self) -> str:
+        """The template a trained tokenizer carries: the render arguments become its defaults, so
+        plain `apply_chat_template` renders what training rendered."""
+        header = "".join(
+            f"{{%- if {name} is not defined %}}{{%- set {name} = {_jinja_literal(value)} %}}{{%- endif %}}"
+            for name, value in self.kwargs.items()
+        )
+        return header + self.template
 
     @property
     def supports_tools(self) -> bool:
@@ -89,6 +100,7 @@ class ChatTemplate:
             chat_template=self.template,
             tokenize=False,
             add_generation_prompt=add_generation_prompt,
+            **self.kwargs,
         )
 
     def _failure(self, exc: Any) -> str:
@@ -97,6 +109,17 @@ class ChatTemplate:
             "check the data against what the template expects, or set data.chat_template "
             "(a template string or a path to a .jinja file)"
         )
+
+
+def _jinja_literal(value: Any) -> str:
+    """A JSON-like value as a Jinja literal (true/false, numbers, strings, lists, dicts; None: none)."""
+    if value is None:
+        return "none"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {_jinja_literal(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_jinja_literal(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 def _arguments_as_json(message: dict[str, Any]) -> dict[str, Any]:
@@ -125,8 +148,20 @@ def load_template_override(value: str) -> ChatTemplate:
     return ChatTemplate(text, f"config file {path}")
 
 
-def resolve_chat_template(tokenizer: Any, override: str | None = None) -> ChatTemplate:
-    """The template to use: the config's, the tokenizer's own, or a built-in default."""
+def resolve_chat_template(
+    tokenizer: Any, override: str | None = None, kwargs: dict[str, Any] | None = None
+) -> ChatTemplate:
+    """The template to use (the config's, the tokenizer's own, or a built-in default), rendered with
+    `kwargs` (data.chat_template_kwargs) every time."""
+    template = _chosen_template(tokenizer, override)
+    if kwargs:
+        template.kwargs = dict(kwargs)
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        template.origin = f"{template.origin}, rendered with {shown}"
+    return template
+
+
+def _chosen_template(tokenizer: Any, override: str | None) -> ChatTemplate:
     if override:
         return load_template_override(override)
     own = getattr(tokenizer, "chat_template", None)
@@ -221,16 +256,42 @@ def render_turn(
         sample = Sample(text, [(span_start, end + shift)])
     elif opened or not through.startswith(before):
         opened = opened or before[_common_prefix(before, through) :]
-        raise UserError(
-            f"the chat template ({template.origin}) adds {opened!r} to the generation prompt, which its "
-            "rendered assistant turns do not contain, so training would not match inference; "
-            "set data.chat_template to the template variant that fits the data (e.g. the thinking one "
-            "for data with reasoning)"
-        )
+        raise UserError(_mismatch(tokenizer, template, history, before, opened, has_reasoning, tools))
     else:
         sample = Sample(through, [(start, max(start, end))])
     _check_turn(template, message, sample, has_reasoning and train_on_reasoning)
     return sample
+
+
+def _mismatch(
+    tokenizer: Any,
+    template: ChatTemplate,
+    history: list[dict[str, Any]],
+    before: str,
+    opened: str,
+    has_reasoning: bool,
+    tools: list[dict[str, Any]] | None,
+) -> str:
+    """Why the generation prompt does not lead into the rendered turn, and the fix: a prompt that
+    opens a reasoning block the data does not hold (Nemotron 3 Nano, Qwen3 thinking) is switched off
+    by the template's own argument."""
+    history_text = template.render(tokenizer, history, tools=tools) if history else ""
+    generation_prompt = before[_common_prefix(before, history_text) :]
+    problem = (
+        f"the chat template ({template.origin}) adds {opened!r} to the generation prompt, which its "
+        "rendered assistant turns do not contain, so training would not match inference"
+    )
+    if THINK_OPEN in generation_prompt and not has_reasoning:
+        return (
+            f"{problem}: its generation prompt opens a reasoning block ({generation_prompt.strip()!r}) and "
+            "this data's assistant turns hold no reasoning; set `data.chat_template_kwargs: {enable_thinking: "
+            "false}` (the template's switch for answers without reasoning, also the trained tokenizer's "
+            "default then), or give the data `reasoning_content`"
+        )
+    return (
+        f"{problem}; set data.chat_template to the template variant that fits the data (e.g. the thinking "
+        "one for data with reasoning), or pass the template's own switch in data.chat_template_kwargs"
+    )
 
 
 def _check_turn(

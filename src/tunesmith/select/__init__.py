@@ -86,19 +86,32 @@ def parse_duration(text: str) -> float:
 # Measuring one candidate
 
 
-def _candidate_config(
-    task: str, data: Any, model_path: str, seq_len: int, sample: int, method: str, device: str
-) -> Config:
+@dataclass(frozen=True)
+class Request:
+    """What every candidate is measured for: the task, the data, where it is measured and for
+    which machine, and how much of the data and time each measurement takes."""
+
+    task: str
+    data: Any
+    device: str  # where the measurement runs (this machine)
+    budget: int  # the memory the training machine has (bytes)
+    sample: int = DEFAULT_SAMPLE
+    max_seq_len: int | None = None
+    target_device: str | None = None  # the machine the estimate is for (default: `device`)
+    probe_seconds: float = PROBE_SECONDS
+
+
+def _candidate_config(request: Request, model_path: str, seq_len: int) -> Config:
     return build_config(
         {
-            "task": task,
-            "model": {"name": model_path, "device": device},
-            "adapter": {"method": method, "r": 8, "alpha": 16, "dropout": 0.0},
+            "task": request.task,
+            "model": {"name": model_path, "device": request.device},
+            "adapter": {"method": "full", "r": 8, "alpha": 16, "dropout": 0.0},
             "data": {
-                "train": data,
+                "train": request.data,
                 "max_seq_len": seq_len,
                 "eval_fraction": 0.5,  # the held-out sample is max_eval_examples records
-                "max_eval_examples": sample,
+                "max_eval_examples": request.sample,
                 "check": False,
             },
             "train": {"batch_size": 2, "learning_rate": 1e-4, "seed": 0},
@@ -119,113 +132,110 @@ def _num_tokens(prepared: PreparedData) -> int:
     return int(prepared.stats.train.num_tokens or 0)
 
 
-def measure_candidate(
-    candidate: Candidate,
-    task: str,
-    data: Any,
-    device: str,
-    budget: int,
-    sample: int,
-    max_seq_len: int | None,
-    progress: Progress | None,
-    target_device: str | None = None,
-    probe_seconds: float = PROBE_SECONDS,
-) -> Candidate:
+def measure_candidate(candidate: Candidate, request: Request, progress: Progress | None = None) -> Candidate:
     """Fill in fit, memory and throughput; on a load failure mark it skipped with the reason."""
-    from tunesmith.config import ModelConfig
-    from tunesmith.models.load import load_causal_lm, load_tokenizer, model_config_dict, resolve_model_path
-
-    task_contract = get_task(task)
     try:
-        candidate.path = resolve_model_path(candidate.name)
-        model_config = model_config_dict(candidate.path, ModelConfig(name=candidate.path))
-        if model_config is None:
-            raise UserError(
-                f"{candidate.name}: not reachable here (no local directory or .gguf file; the model hub is not "
-                "used by select)"
-            )
-        shape = shape_from_config(model_config)
-        candidate.context = int(
-            model_config.get("max_position_embeddings") or model_config.get("n_positions") or 0
-        )
-        seq_len = min(x for x in (max_seq_len or 512, candidate.context or 512) if x)
-        config = _candidate_config(task, data, candidate.path, seq_len, sample, "full", device)
-        tokenizer = load_tokenizer(candidate.path, config.model)
-        prepared = task_contract.prepare_data(config, tokenizer)
-        # Every candidate is probed as the plain causal LM it is: the task says how.
-        model = load_causal_lm(candidate.path, config.model, device)
-        candidate.fit = task_contract.measure_fit(
-            FitContext(model, prepared, tokenizer, config, device, sample)
-        )
-        candidate.params = sum(p.numel() for p in model.parameters())
-        del model
+        tokenizer, prepared, shape = _measure_fit(candidate, request)
     except UserError as exc:
         candidate.status, candidate.reason = "skipped", str(exc)
         return candidate
     except Exception as exc:  # a broken model directory: report it, rank the rest
-        candidate.status, candidate.reason = (
-            "skipped",
-            f"could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})",
-        )
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        candidate.status, candidate.reason = "skipped", f"could not be loaded ({type(exc).__name__}: {first})"
         return candidate
+    _recommend_settings(candidate, request, prepared, shape)
+    _measure_throughput(candidate, request, tokenizer)
+    return candidate
 
-    num_examples = len(prepared.train) + len(prepared.eval)
-    lengths = _lengths(prepared)
-    hyper, why = recommend_hyperparameters(
-        task,
-        num_examples,
-        _num_tokens(prepared),
-        lengths,
-        candidate.context,
-        candidate.params,
-        "lora",
-        max_seq_len,
+
+def _measure_fit(candidate: Candidate, request: Request) -> tuple[Any, PreparedData, Any]:
+    """Load the candidate, take the held-out sample through the task's prepare_data and let the task
+    measure the fit; (tokenizer, prepared data, the model's shape)."""
+    from tunesmith.config import ModelConfig
+    from tunesmith.models.load import load_causal_lm, load_tokenizer, model_config_dict, resolve_model_path
+
+    candidate.path = resolve_model_path(candidate.name)
+    model_config = model_config_dict(candidate.path, ModelConfig(name=candidate.path))
+    if model_config is None:
+        raise UserError(
+            f"{candidate.name}: not reachable here (no local directory or .gguf file; the model hub is not "
+            "used by select)"
+        )
+    shape = shape_from_config(model_config)
+    candidate.context = int(
+        model_config.get("max_position_embeddings") or model_config.get("n_positions") or 0
     )
-    batch_size = RECOMMENDED_BATCH_SIZE
+    seq_len = min(x for x in (request.max_seq_len or 512, candidate.context or 512) if x)
+    config = _candidate_config(request, candidate.path, seq_len)
+    tokenizer = load_tokenizer(candidate.path, config.model)
+    task = get_task(request.task)
+    prepared = task.prepare_data(config, tokenizer)
+    # Every candidate is probed as the plain causal LM it is: the task says how.
+    model = load_causal_lm(candidate.path, config.model, request.device)
+    candidate.fit = task.measure_fit(
+        FitContext(model, prepared, tokenizer, config, request.device, request.sample)
+    )
+    candidate.params = sum(p.numel() for p in model.parameters())
+    return tokenizer, prepared, shape
+
+
+def _recommend_settings(candidate: Candidate, request: Request, prepared: PreparedData, shape: Any) -> None:
+    """The method that fits the memory and the hyperparameters for it (candidate.info)."""
+    num_examples = len(prepared.train) + len(prepared.eval)
+
+    def hyperparameters(method: str) -> tuple[dict[str, Any], list[str]]:
+        return recommend_hyperparameters(
+            request.task,
+            num_examples,
+            _num_tokens(prepared),
+            _lengths(prepared),
+            candidate.context,
+            candidate.params,
+            method,
+            request.max_seq_len,
+        )
+
+    hyper, _ = hyperparameters("lora")
     method, checkpointing, estimates = choose_method(
         shape,
         candidate.params,
         num_examples,
         hyper["max_seq_len"],
-        batch_size,
-        target_device or device,
-        budget,
+        RECOMMENDED_BATCH_SIZE,
+        request.target_device or request.device,
+        request.budget,
+        four_bit=task_info(request.task).four_bit_base,
     )
     candidate.memory = estimates
     candidate.method, candidate.gradient_checkpointing = method, checkpointing
-    hyper, why = recommend_hyperparameters(
-        task,
-        num_examples,
-        _num_tokens(prepared),
-        lengths,
-        candidate.context,
-        candidate.params,
-        method or "lora",
-        max_seq_len,
+    hyper, why = hyperparameters(method or "lora")
+    candidate.info.update(
+        hyperparameters=hyper, reasoning=why, num_examples=num_examples, batch_size=RECOMMENDED_BATCH_SIZE
     )
-    candidate.info["hyperparameters"] = hyper
-    candidate.info["reasoning"] = why
-    candidate.info["num_examples"] = num_examples
-    candidate.info["batch_size"] = batch_size
 
-    # Throughput at the recommended settings, on the data as the recommended config prepares it.
+
+def _measure_throughput(candidate: Candidate, request: Request, tokenizer: Any) -> None:
+    """Steady-state throughput at the recommended settings, on the data as the recommended config
+    prepares it; advisory: a failure is a reason, never a lost candidate."""
+    device = request.device
     try:
-        probe_values = recommended_values(candidate, task, data, "auto")
-        probe_values["model"] = {"name": candidate.path, "device": device}
-        if probe_values["adapter"]["method"] == "qlora" and device == "cpu":
-            probe_values["adapter"]["method"] = "lora"  # 4-bit kernels need the GPU; the closest on CPU
-        probe_values["data"]["check"] = False
-        probe_values["logging"] = {"progress": False}
-        probe_config = build_config(probe_values, source="tunesmith select (throughput probe)")
-        probe_prepared = task_contract.prepare_data(probe_config, tokenizer)
+        values = recommended_values(candidate, request.task, request.data, "auto")
+        values["model"] = {"name": candidate.path, "device": device}
+        if values["adapter"]["method"] == "qlora" and device == "cpu":
+            values["adapter"]["method"] = "lora"  # 4-bit kernels need the GPU; the closest on CPU
+        values["data"]["check"] = False
+        values["logging"] = {"progress": False}
+        config = build_config(values, source="tunesmith select (throughput probe)")
+        task = get_task(request.task)
+        prepared = task.prepare_data(config, tokenizer)
         probe = measure_throughput(
-            task_contract, candidate.path, probe_config, probe_prepared, device, time_budget=probe_seconds
+            task, candidate.path, config, prepared, device, time_budget=request.probe_seconds
         )
         candidate.info["probe"] = probe.as_dict()
         seconds, tokens_per_second = probe.seconds_per_step, probe.tokens_per_second
-        train = probe_config.train
+        train = config.train
         schedule = RowSchedule(
-            len(probe_prepared.rows), train.batch_size, train.gradient_accumulation_steps, train.seed
+            len(prepared.rows), train.batch_size, train.gradient_accumulation_steps, train.seed
         )
         candidate.info["steps"] = train.max_steps or schedule.steps_for_epochs(train.epochs)
     except Exception as exc:  # timing is advisory; a failure here must not hide the fit figures
@@ -235,7 +245,6 @@ def measure_candidate(
     candidate.seconds_per_step, candidate.tokens_per_second = seconds, tokens_per_second
     candidate.estimated_seconds = candidate.info["steps"] * seconds
     candidate.info["measured_on"] = device
-    return candidate
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,82 +346,115 @@ def select(
     progress: Progress | None = None,
     probe_seconds: float = PROBE_SECONDS,
 ) -> dict[str, Any]:
-    """Measure the candidates on the user's data and recommend one; see the module docstring."""
-    from tunesmith.models.catalog import filter_catalog, find, parse_count
+    """Measure the candidates on the user's data and recommend one; see the module docstring.
+
+    The steps: the machine (_machine), the candidates (_candidate_names: given, or the catalogue's
+    models that offer what the task needs), each measured (measure_candidate), ranked (rank), the
+    result and its recommendation (_result, _recommend), written with --out (_write)."""
+    from tunesmith.models.catalog import parse_count
     from tunesmith.models.inference import quiet_libraries
 
-    info = task_info(task)  # an unknown task: a UserError naming the registered ones
+    task_info(task)  # an unknown task: a UserError naming the registered ones
     quiet_libraries()
+    try:
+        params_cap = parse_count(max_params) if max_params else None
+    except ValueError as exc:
+        raise UserError(f"--max-params: {exc}") from None
+    device, measure_device, budget = _machine(gpu_memory, cpu)
+    seconds_budget = parse_duration(time_budget) if time_budget else None
+    request = Request(task, data, measure_device, budget, sample, max_seq_len, device, probe_seconds)
+    filters = _Filters(params_cap, license, min_context)
+    notes: list[str] = []
+    names = _candidate_names(task, candidates, filters, notes)
+    results = [_measure_named(name, request, filters, progress) for name in names]
+    notes += _measurement_notes(results, device, measure_device)
+    ranked = rank(results, seconds_budget)
+    result = _result(request, device, seconds_budget, ranked, results, notes)
+    _recommend(result, ranked, request, device)
+    if out_dir is not None:
+        _write(result, Path(out_dir))
+    return result
+
+
+@dataclass(frozen=True)
+class _Filters:
+    """--max-params, --license, --min-context: what a catalogue model must match."""
+
+    max_params: float | None = None
+    license: str | None = None
+    min_context: int | None = None
+
+    def given(self) -> list[str]:
+        flags = (
+            ("--max-params", self.max_params),
+            ("--license", self.license),
+            ("--min-context", self.min_context),
+        )
+        return [flag for flag, value in flags if value]
+
+    def excludes(self, entry: Any) -> bool:
+        return bool(
+            (self.max_params and entry.params > self.max_params)
+            or (self.license and entry.license.lower() != self.license.lower())
+            or (self.min_context and entry.context < self.min_context)
+        )
+
+
+def _machine(gpu_memory: str | None, cpu: bool) -> tuple[str, str, int]:
+    """(the device the estimate is for, the device measurements run on, its memory budget in bytes)."""
+    import torch
+
     if gpu_memory and cpu:
         raise UserError("--gpu-memory and --cpu: give one (the memory of the GPU you will train on, or CPU)")
     try:
         budget_bytes = parse_size(gpu_memory) if gpu_memory else None
-        params_cap = parse_count(max_params) if max_params else None
     except ValueError as exc:
-        raise UserError(
-            f"{'--gpu-memory' if gpu_memory and 'size' in str(exc) else '--max-params'}: {exc}"
-        ) from None
+        raise UserError(f"--gpu-memory: {exc}") from None
     device = "cuda" if gpu_memory else "cpu"
     if not gpu_memory and not cpu:
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
     # Measurement runs here (CPU unless a GPU is present); the estimate is for the target device.
-    import torch
-
     measure_device = "cuda" if torch.cuda.is_available() and device == "cuda" else "cpu"
-    budget = budget_bytes if budget_bytes is not None else available_memory(device)
-    seconds_budget = parse_duration(time_budget) if time_budget else None
+    return device, measure_device, budget_bytes if budget_bytes is not None else available_memory(device)
 
-    notes: list[str] = []
-    names = list(candidates or [])
-    if not names:
-        entries = filter_catalog(info.catalogue_needs, params_cap, license, min_context)
-        if not entries:
-            given = [
-                f
-                for f, v in (
-                    ("--max-params", max_params),
-                    ("--license", license),
-                    ("--min-context", min_context),
-                )
-                if v
-            ]
-            raise UserError(
-                f"no catalogue model offers what task {task} needs ({', '.join(info.catalogue_needs)})"
-                + (f" and matches {'/'.join(given)}; relax them" if given else "")
-                + " or pass --candidates"
-            )
-        names = [e.id for e in entries]
-        notes.append("no --candidates given: trying the catalogue models that match the filters")
-    results: list[Candidate] = []
-    for name in names:
-        entry = find(name)
-        candidate = Candidate(name=name, info={"catalog": entry.summary()} if entry else {})
-        if entry and (
-            (params_cap and entry.params > params_cap)
-            or (license and entry.license.lower() != license.lower())
-            or (min_context and entry.context < min_context)
-        ):
-            candidate.status, candidate.reason = "skipped", "excluded by --max-params/--license/--min-context"
-            results.append(candidate)
-            continue
-        if progress is not None:
-            progress.message(f"measuring {name} ...")
-        results.append(
-            measure_candidate(
-                candidate,
-                task,
-                data,
-                measure_device,
-                budget,
-                sample,
-                max_seq_len,
-                progress,
-                device,
-                probe_seconds,
-            )
+
+def _candidate_names(
+    task: str, candidates: list[str] | None, filters: _Filters, notes: list[str]
+) -> list[str]:
+    """The given candidates, or the catalogue's models that offer what the task needs and match the filters."""
+    from tunesmith.models.catalog import filter_catalog
+
+    if candidates:
+        return list(candidates)
+    needs = task_info(task).catalogue_needs
+    entries = filter_catalog(needs, filters.max_params, filters.license, filters.min_context)
+    if not entries:
+        given = filters.given()
+        raise UserError(
+            f"no catalogue model offers what task {task} needs ({', '.join(needs)})"
+            + (f" and matches {'/'.join(given)}; relax them" if given else "")
+            + " or pass --candidates"
         )
+    notes.append("no --candidates given: trying the catalogue models that match the filters")
+    return [e.id for e in entries]
+
+
+def _measure_named(name: str, request: Request, filters: _Filters, progress: Progress | None) -> Candidate:
+    """One candidate by name: its catalogue facts, skipped when the filters exclude it, else measured."""
+    from tunesmith.models.catalog import find
+
+    entry = find(name)
+    candidate = Candidate(name=name, info={"catalog": entry.summary()} if entry else {})
+    if entry and filters.excludes(entry):
+        candidate.status, candidate.reason = "skipped", "excluded by --max-params/--license/--min-context"
+        return candidate
+    if progress is not None:
+        progress.message(f"measuring {name} ...")
+    return measure_candidate(candidate, request, progress)
+
+
+def _measurement_notes(results: list[Candidate], device: str, measure_device: str) -> list[str]:
+    notes = []
     hub_skipped = [c.name for c in results if c.status == "skipped" and "not reachable" in c.reason]
     if hub_skipped:
         notes.append(f"hub candidates could not be reached and were skipped: {', '.join(hub_skipped)}")
@@ -420,50 +462,65 @@ def select(
         notes.append(
             "fit and throughput were measured on this machine's CPU; memory is estimated for the GPU"
         )
+    return notes
 
-    ranked = rank(results, seconds_budget)
+
+def _result(
+    request: Request,
+    device: str,
+    seconds_budget: float | None,
+    ranked: list[Candidate],
+    results: list[Candidate],
+    notes: list[str],
+) -> dict[str, Any]:
+    """select.json's content before the recommendation; no measured candidate is an error naming why."""
     skipped = [c for c in results if c.status != "ok"]
-    result: dict[str, Any] = {
-        "task": task,
-        "data": data,
+    if not ranked:
+        raise UserError(
+            "no candidate could be measured: " + "; ".join(f"{c.name}: {c.reason}" for c in skipped)
+        )
+    return {
+        "task": request.task,
+        "data": request.data,
         "device": device,
-        "memory_budget_bytes": budget,
-        "memory_budget": format_size(budget),
+        "memory_budget_bytes": request.budget,
+        "memory_budget": format_size(request.budget),
         "time_budget_seconds": seconds_budget,
         "ranked": [c.as_dict() for c in ranked],
         "skipped": [{"name": c.name, "reason": c.reason} for c in skipped],
         "notes": notes,
         "recommendation": None,
     }
-    if not ranked:
-        raise UserError(
-            "no candidate could be measured: " + "; ".join(f"{c.name}: {c.reason}" for c in skipped)
-        )
+
+
+def _recommend(result: dict[str, Any], ranked: list[Candidate], request: Request, device: str) -> None:
+    """The first candidate that fits, its config and reasons; or which would fit with more memory."""
     fitting = [c for c in ranked if c.method is not None]
     if not fitting:
         candidate, key, estimate = min(
             ((c, k, e) for c in ranked for k, e in c.memory.items()), key=lambda item: item[2]["total"]
         )
         result["no_fit"] = (
-            f"no candidate fits {format_size(budget)}: the smallest that would is {candidate.name} with "
+            f"no candidate fits {format_size(request.budget)}: the smallest that would is {candidate.name} with "
             f"{_method_name(key)}, which needs {format_size(estimate['total'])}"
         )
-    else:
-        best = fitting[0]
-        config, why = build_recommendation(best, task, data, device)
-        result["recommendation"] = {
-            "model": best.name,
-            "method": best.method,
-            "reasons": best.reasons,
-            "hyperparameter_reasoning": why,
-            "config": json.loads(json.dumps(config.model_dump(mode="json"))),
-            "config_yaml": config_to_yaml(config),
-        }
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "select.json", json.dumps(result, indent=2, default=str))
-        if result["recommendation"]:
-            atomic_write(out / "config.yaml", result["recommendation"]["config_yaml"])
-        result["out_dir"] = str(out)
-    return result
+        return
+    best = fitting[0]
+    config, why = build_recommendation(best, request.task, request.data, device)
+    result["recommendation"] = {
+        "model": best.name,
+        "method": best.method,
+        "reasons": best.reasons,
+        "hyperparameter_reasoning": why,
+        "config": json.loads(json.dumps(config.model_dump(mode="json"))),
+        "config_yaml": config_to_yaml(config),
+    }
+
+
+def _write(result: dict[str, Any], out: Path) -> None:
+    """--out: select.json and the recommended config.yaml."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "select.json", json.dumps(result, indent=2, default=str))
+    if result["recommendation"]:
+        atomic_write(out / "config.yaml", result["recommendation"]["config_yaml"])
+    result["out_dir"] = str(out)

@@ -5,7 +5,8 @@
 The config's data is prepared once (the same held-out split for every size). Each fraction trains
 on the first share of one seeded permutation of the training rows (so the subsets are nested),
 for the config's epochs (steps proportional to the subset; with train.max_steps, that many steps
-scaled by the fraction), through the recipe's own phases (train/run.py), and is scored on the
+scaled by the fraction), through the recipe's entry point for prepared data (train/run.py
+train_prepared), and is scored on the
 held-out data with the task's headline metric (eval loss for instruct/pretrain, accuracy for
 classify). A saturating power law with a 90% band (select/powerlaw.py) predicts the metric with
 all the data, 2x and 4x, and the verdict says whether more data of this kind would help.
@@ -35,6 +36,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,8 +45,8 @@ from tunesmith.config import Config, build_config
 from tunesmith.errors import UserError
 from tunesmith.progress import NoProgress, Progress
 from tunesmith.select.powerlaw import RELATIVE_NOISE_FLOOR, fit_power_law, verdict
-from tunesmith.tasks import EvalContext, PreparedData, Task
-from tunesmith.train.rundir import atomic_write_json
+from tunesmith.tasks import PreparedData, Task, get_task
+from tunesmith.train.rundir import RunDir, atomic_write_json
 
 DEFAULT_FRACTIONS = (0.125, 0.25, 0.5)
 DEFAULT_REPEATS = 2  # runs per size: two seeds are the fewest that show the seed noise
@@ -169,31 +171,41 @@ def point_errors(
 
 
 def train_subset(config: Config, tokenizer: Any, prepared: PreparedData) -> dict[str, Any]:
-    """One short run through the recipe's phases on `prepared`; the held-out metrics after it."""
-    from tunesmith.train import run as recipe
+    """One short run on `prepared` (the recipe's entry point for prepared data); the held-out
+    metrics after it."""
+    from tunesmith.train.run import train_prepared
 
     started = time.perf_counter()
-    current = recipe.start(config, False, NoProgress())
-    current.tokenizer, current.prepared = tokenizer, prepared
-    recipe.build_model(current)
-    schedule, total_steps = recipe.plan_steps(current)
-    log = recipe.open_run(current, {"skipped": True})
-    try:
-        state, _ = recipe.fit(current, schedule, total_steps, None, log, {})
-        context = EvalContext(current.model, current.loss_module, prepared, tokenizer, config, current.device)
-        metrics = current.task.evaluate(context, "during")
-    finally:
-        log.close()
-        current.parallel.close()
-    shutil.rmtree(current.run_dir.checkpoints, ignore_errors=True)  # the curve keeps metrics, not weights
+    result = train_prepared(config, tokenizer, prepared)
+    shutil.rmtree(
+        RunDir(result.run_dir).checkpoints, ignore_errors=True
+    )  # the curve keeps metrics, not weights
+    metrics = result.after
     baseline = metrics.get("majority_baseline")  # classify: what predicting the majority class scores
+    headline = get_task(config.task).headline_metric
     return {
-        "steps": state.step,
+        "steps": result.steps,
         "seconds": time.perf_counter() - started,
-        "chance": baseline.get(current.task.headline_metric) if isinstance(baseline, dict) else None,
+        "chance": baseline.get(headline) if isinstance(baseline, dict) else None,
         "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-        "run_dir": str(current.run_dir.path),
+        "run_dir": str(result.run_dir),
     }
+
+
+@dataclass
+class _Curve:
+    """What the steps of one curve share: the task, the data prepared once, the sizes and their rows."""
+
+    config: Config
+    task: Task
+    out: Path
+    device: str
+    model_path: str
+    tokenizer: Any
+    prepared: PreparedData
+    sizes: list[float]  # the fractions trained (1.0 too with verify)
+    subsets: dict[float, list[int]]
+    progress: Progress
 
 
 def data_curve(
@@ -205,17 +217,54 @@ def data_curve(
     progress: Progress | None = None,
     repeats: int = DEFAULT_REPEATS,
 ) -> dict[str, Any]:
-    """Fit the learning curve of `config`'s data; see the module docstring. Returns curve.json's content."""
-    from tunesmith.models.load import load_tokenizer, resolve_model_path
-    from tunesmith.report.curve import write_curve_report
-    from tunesmith.tasks import get_task
-    from tunesmith.train.probe import measure_throughput
-    from tunesmith.train.setup import setup_torch
+    """Fit the learning curve of `config`'s data; see the module docstring. Returns curve.json's content.
 
-    progress = progress or NoProgress()
+    The steps: prepare the data once (_prepare), state and bound the cost (_plan), train each size
+    `repeats` times (_train_points), fit and judge (_fit), check against all the data (_verification)."""
+    from tunesmith.report.curve import write_curve_report
+
     if repeats < 1:
         raise UserError(f"--repeats {repeats}: give at least 1 run per size (2 or more show the seed noise)")
-    fractions = sorted(set(fractions))
+    curve = _prepare(config, sorted(set(fractions)), out_dir, verify, progress or NoProgress())
+    runs = {
+        f: 1 if f == 1.0 else repeats for f in curve.sizes
+    }  # the check on all the data is one run, as a user's
+    steps, cost = _plan(curve, runs, max_minutes)
+    points = _train_points(curve, runs, steps)
+    fitted = [p for p in points if p["fraction"] < 1.0]
+    fit, words, spread = _fit(curve, fitted)
+    result: dict[str, Any] = {
+        "task": config.task,
+        "metric": curve.task.headline_metric,
+        "higher_is_better": curve.task.higher_is_better,
+        "model": curve.model_path,
+        "device": curve.device,
+        "rows": len(curve.prepared.rows),
+        "eval_examples": len(curve.prepared.eval),
+        "repeats": repeats,
+        "seed_spread": spread,  # the standard deviation of one size's score over seeds (pooled)
+        "cost": cost,
+        "points": points,
+        "fit": fit.as_dict(),
+        **words,
+    }
+    if verify:
+        result["verification"] = _verification(points, words)
+    result["seconds"] = sum(p["seconds"] for p in points)
+    atomic_write_json(curve.out / "curve.json", result)
+    result["files"] = {k: str(v) for k, v in write_curve_report(curve.out, result, fit).items()}
+    result["out_dir"] = str(curve.out)
+    atomic_write_json(curve.out / "curve.json", result)
+    return result
+
+
+def _prepare(
+    config: Config, fractions: list[float], out_dir: str | Path | None, verify: bool, progress: Progress
+) -> _Curve:
+    """The output folder, the device, the tokenizer and the data prepared once; the nested subsets."""
+    from tunesmith.models.load import load_tokenizer, resolve_model_path
+    from tunesmith.train.setup import setup_torch
+
     task = get_task(config.task)
     out = Path(out_dir) if out_dir else Path(config.output_dir) / f"curve-{datetime.now():%Y%m%d-%H%M%S}"
     if (out / "runs").exists() and any((out / "runs").iterdir()):
@@ -234,50 +283,61 @@ def data_curve(
         raise UserError(
             f"data curve: {all_rows} training rows are too few for fractions {fractions} (sizes coincide)"
         )
+    return _Curve(config, task, out, device, model_path, tokenizer, prepared, sizes, subsets, progress)
 
-    progress.message("timing a few training steps (steady state) to state the cost ...")
-    probe = measure_throughput(task, model_path, config, prepared, device, time_budget=PROBE_SECONDS)
+
+def _plan(
+    curve: _Curve, runs: dict[float, int], max_minutes: float | None
+) -> tuple[dict[float, int], dict[str, Any]]:
+    """Steps per size within --max-minutes, from a steady-state probe; the cost, stated before any run."""
+    from tunesmith.train.probe import measure_throughput
+
+    config, prepared = curve.config, curve.prepared
+    curve.progress.message("timing a few training steps (steady state) to state the cost ...")
+    probe = measure_throughput(
+        curve.task, curve.model_path, config, prepared, curve.device, time_budget=PROBE_SECONDS
+    )
     rows_per_step = config.train.batch_size * config.train.gradient_accumulation_steps
     eval_seconds = len(prepared.eval) / rows_per_step * probe.seconds_per_step * EVAL_STEP_SHARE
-    planned = {f: steps_for(config, len(subsets[f]), all_rows) for f in sizes}
-    runs = {f: 1 if f == 1.0 else repeats for f in sizes}  # the check on all the data is one run, as a user's
+    planned = {f: steps_for(config, len(curve.subsets[f]), len(prepared.rows)) for f in curve.sizes}
     max_seconds = max_minutes * 60 if max_minutes else None
     steps, estimate, scale = plan_budget(planned, probe.seconds_per_step, eval_seconds, max_seconds, runs)
-    cost_line = (
+    line = (
         f"cost: ~{estimate / 60:.1f} min for {sum(runs.values())} runs "
         f"({sum(runs[f] * s for f, s in steps.items())} steps at {probe.seconds_per_step:.3f}s a step)"
     )
-    if scale < 1:
-        cost_line += f"; every size's steps scaled by {scale:.2f} to fit --max-minutes {max_minutes:g}"
-    progress.message(cost_line)
+    if scale < 1 and max_minutes:
+        line += f"; every size's steps scaled by {scale:.2f} to fit --max-minutes {max_minutes:g}"
+    curve.progress.message(line)
+    cost = {
+        "estimated_seconds": estimate,
+        "seconds_per_step": probe.seconds_per_step,
+        "probe": probe.as_dict(),
+        "steps_scale": scale,
+        "max_minutes": max_minutes,
+        "line": line,
+    }
+    return steps, cost
 
+
+def _train_points(curve: _Curve, runs: dict[float, int], steps: dict[float, int]) -> list[dict[str, Any]]:
+    """Each size trained runs[size] times, repeat r with seed train.seed + r on its own nested subsets."""
     points = []
-    for f in sizes:
+    all_rows = len(curve.prepared.rows)
+    for f in curve.sizes:
         runs_here = []
         for repeat in range(runs[f]):
-            seed = config.train.seed + repeat
+            seed = curve.config.train.seed + repeat
             # Each repeat draws its own nested subsets: which rows a size gets moves its score as
             # much as the seed does (and repeat 0 is the subsets a single run would use).
-            chosen = subsets[f] if repeat == 0 else nested_subsets(all_rows, sizes, seed)[f]
-            rows = [prepared.rows[i] for i in chosen]
-            subset = dataclasses.replace(prepared, rows=rows)
+            chosen = curve.subsets[f] if repeat == 0 else nested_subsets(all_rows, curve.sizes, seed)[f]
             name = f"fraction-{f:g}" + (f"-seed{seed}" if runs[f] > 1 else "")
-            progress.message(
-                f"training on {f:g} of the data ({len(rows)} rows, {steps[f]} steps, seed {seed}) ..."
-            )
-            trained = train_subset(_fraction_config(config, out, name, steps[f], seed), tokenizer, subset)
-            value = trained["metrics"].get(task.headline_metric)
-            if not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise UserError(
-                    f"data curve: the run on {f:g} of the data gave no finite {task.headline_metric}"
-                )
-            runs_here.append({"seed": seed, "value": float(value), **trained})
-            progress.message(f"  {task.headline_metric} {value:.4f}")
+            runs_here.append(_train_size(curve, f, chosen, name, steps[f], seed))
         values = [r["value"] for r in runs_here]
         points.append(
             {
                 "fraction": f,
-                "rows": len(subsets[f]),
+                "rows": len(curve.subsets[f]),
                 "value": statistics.fmean(values),
                 "runs": values,
                 "steps": runs_here[0]["steps"],
@@ -287,55 +347,55 @@ def data_curve(
                 "run_dirs": [r["run_dir"] for r in runs_here],
             }
         )
+    return points
 
-    fitted = [p for p in points if p["fraction"] < 1.0]
-    errors, one_run, spread = point_errors(task, fitted, len(prepared.eval))
+
+def _train_size(
+    curve: _Curve, f: float, chosen: list[int], name: str, steps: int, seed: int
+) -> dict[str, Any]:
+    """One short run on the rows `chosen`, scored with the task's headline metric."""
+    rows = [curve.prepared.rows[i] for i in chosen]
+    subset = dataclasses.replace(curve.prepared, rows=rows)
+    curve.progress.message(
+        f"training on {f:g} of the data ({len(rows)} rows, {steps} steps, seed {seed}) ..."
+    )
+    config = _fraction_config(curve.config, curve.out, name, steps, seed)
+    trained = train_subset(config, curve.tokenizer, subset)
+    metric = curve.task.headline_metric
+    value = trained["metrics"].get(metric)
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise UserError(f"data curve: the run on {f:g} of the data gave no finite {metric}")
+    curve.progress.message(f"  {metric} {value:.4f}")
+    return {"seed": seed, "value": float(value), **trained}
+
+
+def _fit(curve: _Curve, fitted: list[dict[str, Any]]) -> tuple[Any, dict[str, Any], float | None]:
+    """The power law through the sizes' means with their errors, and the verdict's words."""
+    errors, one_run, spread = point_errors(curve.task, fitted, len(curve.prepared.eval))
     fit = fit_power_law(
         [p["rows"] for p in fitted],
         [p["value"] for p in fitted],
         errors=errors,
-        higher_is_better=task.higher_is_better,
+        higher_is_better=curve.task.higher_is_better,
         measurement_error=one_run,
     )
     chances = [p["chance"] for p in fitted if isinstance(p.get("chance"), (int, float))]
-    words = verdict(fit, all_rows, task.headline_metric, chance=max(chances) if chances else None)
-    result: dict[str, Any] = {
-        "task": config.task,
-        "metric": task.headline_metric,
-        "higher_is_better": task.higher_is_better,
-        "model": model_path,
-        "device": device,
-        "rows": all_rows,
-        "eval_examples": len(prepared.eval),
-        "repeats": repeats,
-        "seed_spread": spread,  # the standard deviation of one size's score over seeds (pooled)
-        "cost": {
-            "estimated_seconds": estimate,
-            "seconds_per_step": probe.seconds_per_step,
-            "probe": probe.as_dict(),
-            "steps_scale": scale,
-            "max_minutes": max_minutes,
-            "line": cost_line,
-        },
-        "points": points,
-        "fit": fit.as_dict(),
-        **words,
+    words = verdict(
+        fit, len(curve.prepared.rows), curve.task.headline_metric, chance=max(chances) if chances else None
+    )
+    return fit, words, spread
+
+
+def _verification(points: list[dict[str, Any]], words: dict[str, Any]) -> dict[str, Any]:
+    """--verify: the run on all the data against the band predicted at 1x."""
+    full = next(p for p in points if p["fraction"] == 1.0)
+    band = words["predictions"]["1x"]
+    return {
+        "measured": full["value"],
+        "predicted": band["predicted"],
+        "low": band["low"],
+        "high": band["high"],
+        "predictable": words["predictable"],
+        # no prediction (points at chance) is no pass: the check asks the curve to predict
+        "within_band": words["predictable"] and band["low"] <= full["value"] <= band["high"],
     }
-    if verify:
-        full = next(p for p in points if p["fraction"] == 1.0)
-        band = words["predictions"]["1x"]
-        result["verification"] = {
-            "measured": full["value"],
-            "predicted": band["predicted"],
-            "low": band["low"],
-            "high": band["high"],
-            "predictable": words["predictable"],
-            # no prediction (points at chance) is no pass: the check asks the curve to predict
-            "within_band": words["predictable"] and band["low"] <= full["value"] <= band["high"],
-        }
-    result["seconds"] = sum(p["seconds"] for p in points)
-    atomic_write_json(out / "curve.json", result)
-    result["files"] = {k: str(v) for k, v in write_curve_report(out, result, fit).items()}
-    result["out_dir"] = str(out)
-    atomic_write_json(out / "curve.json", result)
-    return result

@@ -181,6 +181,43 @@ def at_chance(fit: PowerLawFit, chance: float | None) -> bool:
     return above < CHANCE_SIGMAS * fit.errors[largest]
 
 
+def _verdict_words(
+    fit: PowerLawFit,
+    n_all: float,
+    metric: str,
+    chance: float | None,
+    helps: bool | None,
+    stuck: bool,
+    gain: float,
+    gain_high: float,
+    noise: float,
+) -> str:
+    """The verdict's sentence: not learning yet, more data helps, cannot tell yet, or saturating."""
+    if stuck:
+        return (
+            f"not learning yet: at the largest size tried ({max(fit.sizes):,.0f} rows) the held-out {metric} "
+            f"is at chance level (~{chance:.4g}, within {CHANCE_SIGMAS:g} standard errors), so the curve cannot say what "
+            "more data would buy (a model at chance can still take off past the sizes tried). Train each "
+            "size longer (more epochs or steps), raise the learning rate or use a larger base model, "
+            "check the labels, then ask again"
+        )
+    if helps:
+        return (
+            f"more data of this kind will likely help: {metric} ~{fit.value(n_all):.4g} now, "
+            f"~{fit.value(2 * n_all):.4g} with 2x the data (by ~{gain:.3g}), ~{fit.value(4 * n_all):.4g} with 4x"
+        )
+    if helps is None:
+        return (
+            f"cannot tell yet: the best fit says twice the data moves {metric} by ~{gain:.2g}, but curves "
+            f"within the points' noise allow up to ~{gain_high:.2g} (one run's noise ~{noise:.2g}). More "
+            "--repeats or larger --fractions would settle it"
+        )
+    return (
+        f"saturating: twice the data would move {metric} by only ~{gain:.2g} (measurement noise ~{noise:.2g}); "
+        "improve quality or diversity instead"
+    )
+
+
 def verdict(fit: PowerLawFit, n_all: float, metric: str, chance: float | None = None) -> dict[str, Any]:
     """What more data of this kind would buy: predictions at 1x, 2x and 4x with bands, and the words.
 
@@ -211,29 +248,7 @@ def verdict(fit: PowerLawFit, n_all: float, metric: str, chance: float | None = 
     stuck = at_chance(fit, chance)
     if stuck:
         helps = None
-        words = (
-            f"not learning yet: at the largest size tried ({max(fit.sizes):,.0f} rows) the held-out {metric} "
-            f"is at chance level (~{chance:.4g}, within {CHANCE_SIGMAS:g} standard errors), so the curve cannot say what "
-            "more data would buy (a model at chance can still take off past the sizes tried). Train each "
-            "size longer (more epochs or steps), raise the learning rate or use a larger base model, "
-            "check the labels, then ask again"
-        )
-    elif helps:
-        words = (
-            f"more data of this kind will likely help: {metric} ~{fit.value(n_all):.4g} now, "
-            f"~{fit.value(2 * n_all):.4g} with 2x the data (by ~{gain:.3g}), ~{fit.value(4 * n_all):.4g} with 4x"
-        )
-    elif helps is None:
-        words = (
-            f"cannot tell yet: the best fit says twice the data moves {metric} by ~{gain:.2g}, but curves "
-            f"within the points' noise allow up to ~{gain_high:.2g} (one run's noise ~{noise:.2g}). More "
-            "--repeats or larger --fractions would settle it"
-        )
-    else:
-        words = (
-            f"saturating: twice the data would move {metric} by only ~{gain:.2g} (measurement noise ~{noise:.2g}); "
-            "improve quality or diversity instead"
-        )
+    words = _verdict_words(fit, n_all, metric, chance, helps, stuck, gain, gain_high, noise)
     return {
         "predictions": at,
         "gain_at_2x": gain,

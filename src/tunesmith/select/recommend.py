@@ -71,11 +71,13 @@ def choose_method(
     batch_size: int,
     device: str,
     budget: int,
+    four_bit: bool = True,
 ) -> tuple[str | None, bool, dict[str, Any]]:
     """The method to recommend (or None when nothing fits), whether it needs gradient checkpointing,
-    and every estimate. Preference: full for tiny models or large data sets, else LoRA, else QLoRA."""
+    and every estimate. Preference: full for tiny models or large data sets, else LoRA, else QLoRA
+    (on a GPU, for a task whose 4-bit bases apply: `four_bit`, TaskInfo.four_bit_base)."""
     estimates: dict[str, Any] = {}
-    methods = ["full", "lora"] + (["qlora"] if device != "cpu" else [])
+    methods = ["full", "lora"] + (["qlora"] if device != "cpu" and four_bit else [])
     for method in methods:
         for checkpointing in (False, True):
             estimate = estimate_memory(

@@ -8,7 +8,8 @@ A task is two things, both registered here by name (`register`):
     name, module                the task's name and the module that holds its code (its `TASK`)
     description                 one line for help texts: what trains
     record_kind                 the canonical record its data converts into (data/formats.py)
-    step_unit                   what a training step's targets are: "token" | "example" | "pair";
+    step_unit                   what a training step's targets are (STEP_UNITS: "token" |
+                                "example" | "pair"; a task of a new shape adds its unit there);
                                 the loop logs the step's accuracy as f"{step_unit}_accuracy"
     metrics                     the held-out metrics people read (`Metric`: key, label,
                                 higher_is_better), in order: the before/after line, the report's
@@ -46,8 +47,9 @@ up over the step's micro-batches and the ranks:
                   both over micro-batches and ranks and logs sum / count under `name`
 
 Adding a task touches this package (its module and one `register` call below) and config.py (its
-config section, if it has one) only; tests/unit/test_tasks_contract.py registers a throwaway task
-to prove it.
+config section, if it has one) only; tests/unit/test_new_task.py registers a throwaway task in the
+test and trains, logs and reports it to prove it. Readers that need only the declarations (config
+validation, the report, the CLI's help) import this module alone: it imports no torch.
 """
 
 from __future__ import annotations

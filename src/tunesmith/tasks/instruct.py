@@ -69,7 +69,7 @@ def prepare_data(
         records, eval_records = hold_out(
             records, data.eval_fraction, data.max_eval_examples, config.train.seed
         )
-    template = resolve_chat_template(tokenizer, data.chat_template)
+    template = resolve_chat_template(tokenizer, data.chat_template, data.chat_template_kwargs)
     reasoning = data.train_on_reasoning
     train, train_stats = tokenize_conversations(
         records, tokenizer, template, data.max_seq_len, train_on_reasoning=reasoning
@@ -206,9 +206,9 @@ def save_final(
     if causal_lm.generation_config is not None:
         causal_lm.generation_config.eos_token_id = end_of_turn_ids(tokenizer, _template(prepared))
         causal_lm.generation_config.pad_token_id = tokenizer.pad_token_id
-    # The tokenizer carries the template the model was trained with, so plain
-    # `apply_chat_template` gives the same prompts as tunesmith.
-    tokenizer.chat_template = _template(prepared).template
+    # The tokenizer carries the template the model was trained with (data.chat_template_kwargs as its
+    # defaults), so plain `apply_chat_template` gives the same prompts as tunesmith.
+    tokenizer.chat_template = _template(prepared).exported()
     model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     causal_lm.config.use_cache = False

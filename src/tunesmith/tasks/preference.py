@@ -45,7 +45,8 @@ from tunesmith.tasks import (
     no_trained_settings,
     task_info,
 )
-from tunesmith.train.loss import CrossEntropy, PreferenceLoss, batch_to_device, reference_token_kl
+from tunesmith.train.loss import CrossEntropy, batch_to_device
+from tunesmith.train.preference_loss import PreferenceLoss, reference_token_kl
 
 if TYPE_CHECKING:
     from tunesmith.data.formats import Record
@@ -84,7 +85,7 @@ def prepare_data(
         )
     else:
         pairs, eval_pairs = hold_out(pairs, data.eval_fraction, data.max_eval_examples, config.train.seed)
-    template = resolve_chat_template(tokenizer, data.chat_template)
+    template = resolve_chat_template(tokenizer, data.chat_template, data.chat_template_kwargs)
     train, train_stats = tokenize_pairs(pairs, tokenizer, template, data.max_seq_len)
     evaluation, eval_stats = (
         tokenize_pairs(eval_pairs, tokenizer, template, data.max_seq_len, what="data.eval")
@@ -158,19 +159,11 @@ def make_loss(model: nn.Module, config: Config, cross_entropy: CrossEntropy | No
 
 
 @torch.no_grad()
-def pair_metrics(
+def _score_pairs(
     loss: PreferenceLoss, examples: list[PairExample], pad_id: int, device: str
-) -> dict[str, Any]:
-    """Held-out preference metrics and each pair's scores.
-
-    `accuracy` is the share of pairs whose implicit reward ranks chosen above rejected; where
-    there is no reference yet (the base model is its own reference: every reward is 0) it is the
-    log-prob ranking, `logp_accuracy`, which is reported for every model. `kl_to_reference` is the
-    exact next-token KL(pi || pi_ref) over the vocabulary, averaged over the held-out reply positions
-    (chosen and rejected contexts; not on the policy's own samples), where a reference model can run
-    (LoRA, frozen copy). `log_ratio_to_reference`, the mean per-token log(pi/pi_ref) of the held-out
-    reply tokens, is there whenever reference log-probs are (also cached ones); it can be negative.
-    """
+) -> tuple[dict[str, list[float]], float, int]:
+    """Each held-out pair's log-probs, rewards and reply tokens (and reference log-probs where there
+    are any), with the summed exact KL to the reference and its positions (0 where none can run)."""
     was_training = loss.training
     loss.eval()
     rows: dict[str, list[float]] = {
@@ -203,6 +196,26 @@ def pair_metrics(
             rows["ref_chosen"] += out["reference_logps"][:pairs].tolist()
             rows["ref_rejected"] += out["reference_logps"][pairs:].tolist()
     loss.train(was_training)
+    return rows, kl_sum, kl_positions
+
+
+@torch.no_grad()
+def pair_metrics(
+    loss: PreferenceLoss, examples: list[PairExample], pad_id: int, device: str
+) -> dict[str, Any]:
+    """Held-out preference metrics and each pair's scores.
+
+    `accuracy` is the share of pairs whose implicit reward ranks chosen above rejected; where
+    there is no reference yet (the base model is its own reference: every reward is 0) it is the
+    log-prob ranking, `logp_accuracy`, which is reported for every model. `kl_to_reference` is the
+    exact next-token KL(pi || pi_ref) over the vocabulary, averaged over the held-out reply positions
+    (chosen and rejected contexts; not on the policy's own samples), where a reference model can run
+    (LoRA, frozen copy). `log_ratio_to_reference`, the mean per-token log(pi/pi_ref) of the held-out
+    reply tokens, is there whenever reference log-probs are (also cached ones); it can be negative.
+    """
+    rows, kl_sum, kl_positions = _score_pairs(loss, examples, pad_id, device)
+    exact_kl = loss.reference in ("adapter_disabled", "frozen_copy")
+    policy_only = loss.reference == "precomputed" and any(e.reference_logps is None for e in examples)
     count = max(len(rows["chosen"]), 1)
     num_pairs = len(rows["chosen"])
     logp_wins = sum(c > r for c, r in zip(rows["chosen"], rows["rejected"], strict=True))

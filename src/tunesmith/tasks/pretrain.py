@@ -88,42 +88,13 @@ def prepare_data(
 
     train_cache = cache(data.train, "data.train")
     warnings = list(train_cache.warnings)
-    if data.eval is not None:
-        eval_cache = cache(data.eval, "data.eval")
-        warnings += eval_cache.warnings
-        train_documents, eval_documents = (
-            np.arange(train_cache.num_documents),
-            np.arange(eval_cache.num_documents),
-        )
-    else:
-        eval_cache = train_cache
-        train_documents, eval_documents = split_documents(
-            train_cache.num_documents, data.eval_fraction, data.max_eval_examples, config.train.seed
-        )
-        if data.eval_fraction > 0 and len(eval_documents) == 0:
-            warnings.append(
-                f"data.train has a single document ({train_cache.meta['files'][0]['name']}), so none can be held out "
-                "and there is no domain perplexity; set data.eval to held-out text, or give several documents "
-                "(files, or JSONL records)"
-            )
+    eval_cache, train_documents, eval_documents = _held_out_documents(config, train_cache, cache, warnings)
     domain = Blocks(train_cache, train_documents, data.max_seq_len, data.packing)
     evaluation = Blocks(eval_cache, eval_documents, data.max_seq_len, data.packing)
     # Evaluation cost is bounded: the first max_eval_examples blocks of the held-out documents.
     num_eval_blocks = min(len(evaluation), data.max_eval_examples)
 
-    replay, num_replay = None, 0
-    if data.replay is not None:
-        replay_cache = cache(data.replay.path, "data.replay.path")
-        warnings += replay_cache.warnings
-        replay = Blocks(replay_cache, np.arange(replay_cache.num_documents), data.max_seq_len, data.packing)
-        # ratio = replay / (domain + replay)
-        num_replay = max(1, round(data.replay.ratio / (1 - data.replay.ratio) * len(domain)))
-        probe = data.general_text or GENERAL_TEXT_PATH
-        if config.eval.forgetting and _same_file(data.replay.path, probe):
-            warnings.append(
-                f"data.replay.path is the forgetting probe's text ({probe}): training on it makes the general "
-                "perplexity look better than it is; set data.general_text to other general text"
-            )
+    replay, num_replay = _replay_blocks(config, cache, len(domain), warnings)
     train = TrainBlocks(domain, replay, num_replay, config.train.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else train_cache.meta["eos_id"]
     length = data.max_seq_len
@@ -148,6 +119,48 @@ def prepare_data(
         pad_id=pad_id,
         eval_blocks=evaluation,
     )
+
+
+def _held_out_documents(
+    config: Config, train_cache: TokenCache, cache: Any, warnings: list[str]
+) -> tuple[TokenCache, Any, Any]:
+    """(the held-out documents' cache, train documents, held-out documents): data.eval's, or a share
+    of data.train's documents (never blocks: a document is trained or held out whole)."""
+    data = config.data
+    if data.eval is not None:
+        eval_cache = cache(data.eval, "data.eval")
+        warnings += eval_cache.warnings
+        return eval_cache, np.arange(train_cache.num_documents), np.arange(eval_cache.num_documents)
+    train_documents, eval_documents = split_documents(
+        train_cache.num_documents, data.eval_fraction, data.max_eval_examples, config.train.seed
+    )
+    if data.eval_fraction > 0 and len(eval_documents) == 0:
+        warnings.append(
+            f"data.train has a single document ({train_cache.meta['files'][0]['name']}), so none can be held out "
+            "and there is no domain perplexity; set data.eval to held-out text, or give several documents "
+            "(files, or JSONL records)"
+        )
+    return train_cache, train_documents, eval_documents
+
+
+def _replay_blocks(
+    config: Config, cache: Any, num_domain: int, warnings: list[str]
+) -> tuple[Blocks | None, int]:
+    """data.replay: general-text blocks mixed into training (ratio = replay / (domain + replay))."""
+    data = config.data
+    if data.replay is None:
+        return None, 0
+    replay_cache = cache(data.replay.path, "data.replay.path")
+    warnings += replay_cache.warnings
+    replay = Blocks(replay_cache, np.arange(replay_cache.num_documents), data.max_seq_len, data.packing)
+    num_replay = max(1, round(data.replay.ratio / (1 - data.replay.ratio) * num_domain))
+    probe = data.general_text or GENERAL_TEXT_PATH
+    if config.eval.forgetting and _same_file(data.replay.path, probe):
+        warnings.append(
+            f"data.replay.path is the forgetting probe's text ({probe}): training on it makes the general "
+            "perplexity look better than it is; set data.general_text to other general text"
+        )
+    return replay, num_replay
 
 
 def block_metrics(

@@ -18,9 +18,10 @@ import os
 import re
 import shutil
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -28,6 +29,10 @@ from safetensors.torch import load_file, save_file
 from tunesmith.errors import NonFiniteError, UserError
 from tunesmith.models.load import safetensors_damage
 from tunesmith.train.rundir import disk_error, fsync_dir, fsync_file, is_disk_error
+
+if TYPE_CHECKING:
+    from tunesmith.config import Config
+    from tunesmith.train.rundir import RunDir
 
 FORMAT_VERSION = 1
 TRAINABLE_FILE = "trainable.safetensors"
@@ -224,3 +229,52 @@ def load_checkpoint(
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return TrainerState(**raw_state)
+
+
+def resume_point(
+    run_dir: RunDir, config: Config, resume_from: str | Path | None, warn: Callable[[str], None]
+) -> tuple[Path | None, int | None]:
+    """(checkpoint, its step) to resume from: the newest complete, undamaged checkpoint (damaged
+    newer ones are warned about and skipped), or `resume_from`; after checking the config still fits
+    it. A run that never reached a checkpoint starts over: (None, 0)."""
+    from tunesmith.train import rundir
+
+    if resume_from is not None:
+        checkpoint: Path | None = _chosen_checkpoint(run_dir, Path(resume_from))
+    else:
+        warnings: list[str] = []
+        checkpoint = resumable_checkpoint(run_dir.checkpoints, warnings)
+        for warning in warnings:
+            warn(warning)
+        if checkpoint is None and warnings:
+            raise UserError(
+                f"--resume: every checkpoint of {run_dir.path} is damaged ({warnings[-1]}); "
+                "start a new run (another run_name)"
+            )
+    if checkpoint is None and run_dir.holds_anything():
+        if run_dir.marker.is_file() and not list_checkpoints(run_dir.checkpoints):
+            warn(f"--resume: {run_dir.path} never reached a checkpoint; starting the run over")
+            return None, 0
+        raise UserError(f"--resume: {run_dir.path} has no complete checkpoint to resume from")
+    if checkpoint is None:
+        return None, None
+    damage = checkpoint_damage(checkpoint)
+    if damage:
+        raise UserError(f"--resume-from: checkpoint {checkpoint} is damaged: {damage}")
+    step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
+    changed = rundir.check_resume_compatible(run_dir, config)
+    if changed:
+        warn(f"resuming with changed {', '.join(changed)}")
+    return checkpoint, step
+
+
+def _chosen_checkpoint(run_dir: RunDir, chosen: Path) -> Path:
+    """--resume-from: a step-N folder of this run's checkpoints/ (a name or a path)."""
+    candidates = {path.name: path for _, path in list_checkpoints(run_dir.checkpoints)}
+    for key in (chosen.name, str(chosen)):
+        if key in candidates and (not chosen.is_absolute() or chosen.resolve() == candidates[key].resolve()):
+            return candidates[key]
+    names = ", ".join(candidates) or "none"
+    raise UserError(
+        f"--resume-from: {chosen} is not a complete checkpoint of {run_dir.path} (its checkpoints: {names})"
+    )

@@ -102,24 +102,21 @@ def measure_throughput(
 ) -> ProbeResult:
     """Steady-state training throughput of `config`'s settings on `prepared`'s rows.
 
-    The model, fast path, loss, optimizer and row order are the run's own; the probe runs under a
-    forked RNG, so a run that follows it draws the same numbers as one without it."""
+    The model, fast path, attention, compiled blocks, loss, collate (train/build.py), optimizer and
+    row order are the run's own; the probe runs under a forked RNG, so a run that follows it draws
+    the same numbers as one without it."""
     import torch
 
     from tunesmith.data.pack import RowSchedule
-    from tunesmith.train.fastpath import choose_fast_path, use_attention
+    from tunesmith.train.build import build_trainable
     from tunesmith.train.loss import batch_to_device
     from tunesmith.train.optim import build_optimizer
 
     train = config.train
     devices = [torch.cuda.current_device()] if device.startswith("cuda") and torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
-        model = task.build_model(model_path, config, device, prepared)
-        tokenizer_pad = prepared.pad_id
-        fast = choose_fast_path(config, device, model, tokenizer_pad)
-        use_attention(model, fast.attention)  # the run's kernel, or the probe measures another
-        loss_module = task.make_loss(model, config, fast.cross_entropy)
-        collate = fast.wrap_collate(prepared.collate)
+        trainable = build_trainable(task, model_path, config, device, prepared)
+        loss_module, collate = trainable.loss_module, trainable.collate
         optimizer = build_optimizer(loss_module, train, device)
         loss_module.train()
         schedule = RowSchedule(

@@ -19,7 +19,6 @@ every rank runs the recipe; rank 0 alone writes the run directory and reports pr
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith import tasks
 from tunesmith.config import Config, config_warnings
-from tunesmith.errors import UserError
 from tunesmith.progress import NoProgress, Progress
 from tunesmith.tasks import EvalContext, Phase
 from tunesmith.train import metrics_log, rundir
 from tunesmith.train.rundir import RunDir
-from tunesmith.train.setup import setup_torch
+from tunesmith.train.setup import environment, peak_memory, setup_torch
 
 if TYPE_CHECKING:
     from tunesmith.tasks import PreparedData, Task
@@ -95,6 +93,34 @@ def run(
     finally:
         if current.lock is not None:
             current.lock.release()
+
+
+def train_prepared(
+    config: Config, tokenizer: Any, prepared: PreparedData, progress: Progress | None = None
+) -> RunResult:
+    """Train on data already prepared (what `data curve` runs on its subsets): the recipe's own
+    phases less the data doctor, the prediction, the before/after evaluation, final/ and the
+    report. `after` holds the held-out metrics at the end (the task's "during" evaluation, as
+    training logs it). The run lock is released on every path."""
+    current = start(config, False, progress or NoProgress())
+    try:
+        current.tokenizer, current.prepared = tokenizer, prepared
+        build_model(current)
+        schedule, total_steps = plan_steps(current)
+        log = open_run(current, {"skipped": True, "reason": "the data was prepared by the caller"})
+        try:
+            state, _ = fit(current, schedule, total_steps, None, log, {})
+            metrics = _evaluate_metrics(current, "during") if prepared.eval else {}
+        finally:
+            log.close()
+            current.parallel.close()
+    finally:
+        if current.lock is not None:
+            current.lock.release()
+    path = current.run_dir.path
+    return RunResult(
+        path, current.run_dir.final, None, {}, metrics, state.step, _elapsed(current), config.task
+    )
 
 
 def _run_phases(current: Run, resume: bool, merge: bool, resume_from: str | Path | None) -> RunResult:
@@ -206,21 +232,19 @@ def preflight(config: Config, prepared: Any, kind: str) -> dict[str, Any]:
 
 
 def build_model(current: Run) -> None:
-    """The model with its adapter or head, and the loss module the loop trains."""
+    """The model with its adapter or head, and the loss module the loop trains (train/build.py)."""
     from tunesmith.models.adapters import count_parameters
-    from tunesmith.train.fastpath import choose_fast_path, compile_blocks, use_attention
+    from tunesmith.train.build import build_trainable
 
-    config, prepared = current.config, current.prepared
-    current.model = current.task.build_model(current.model_path, config, current.device, prepared)
-    # Chosen once here (fused loss, attention kernel, compiled blocks, static row shapes); the loop is the same.
-    fast = choose_fast_path(config, current.device, current.model, current.tokenizer.pad_token_id)
-    use_attention(current.model, fast.attention)
-    if fast.attention_note:
-        current.progress.message(fast.attention_note)
-    current.loss_module = current.task.make_loss(current.model, config, fast.cross_entropy)
-    if fast.compile:
-        compile_blocks(current.loss_module)
-    current.collate = fast.wrap_collate(prepared.collate)
+    config = current.config
+    trainable = build_trainable(current.task, current.model_path, config, current.device, current.prepared)
+    if trainable.fast.attention_note:
+        current.progress.message(trainable.fast.attention_note)
+    current.model, current.loss_module, current.collate = (
+        trainable.model,
+        trainable.loss_module,
+        trainable.collate,
+    )
     current.trainable, current.total = count_parameters(current.model)
     current.progress.message(
         f"model: {current.model_path} on {current.device}, {current.trainable:,} of {current.total:,} "
@@ -265,58 +289,17 @@ def predict_cost(current: Run, total_steps: int) -> None:
 
 
 def find_checkpoint(current: Run, resume: bool, resume_from: str | Path | None = None) -> Path | None:
-    """With --resume: the newest complete, undamaged checkpoint (damaged newer ones are warned
-    about and skipped), or `resume_from`; after checking the config still fits it. A run that
-    never reached a checkpoint starts over."""
-    from tunesmith.train.checkpoint import checkpoint_damage, list_checkpoints, resumable_checkpoint
+    """With --resume: the checkpoint to resume from (train/checkpoint.py resume_point), and its step."""
+    from tunesmith.train.checkpoint import resume_point
 
-    run_dir, progress = current.run_dir, current.progress
     if not resume:
         return None
-    if resume_from is not None:
-        checkpoint: Path | None = _chosen_checkpoint(run_dir, Path(resume_from))
-    else:
-        warnings: list[str] = []
-        checkpoint = resumable_checkpoint(run_dir.checkpoints, warnings)
-        for warning in warnings:
-            progress.message(f"warning: {warning}", "warning")
-        if checkpoint is None and warnings:
-            raise UserError(
-                f"--resume: every checkpoint of {run_dir.path} is damaged ({warnings[-1]}); "
-                "start a new run (another run_name)"
-            )
-    if checkpoint is None and run_dir.holds_anything():
-        if run_dir.marker.is_file() and not list_checkpoints(run_dir.checkpoints):
-            progress.message(
-                f"warning: --resume: {run_dir.path} never reached a checkpoint; starting the run over",
-                "warning",
-            )
-            current.resume_step = 0
-            return None
-        raise UserError(f"--resume: {run_dir.path} has no complete checkpoint to resume from")
-    if checkpoint is not None:
-        damage = checkpoint_damage(checkpoint)
-        if damage:
-            raise UserError(f"--resume-from: checkpoint {checkpoint} is damaged: {damage}")
-        current.resume_step = json.loads((checkpoint / "trainer_state.json").read_text())["step"]
-        changed = rundir.check_resume_compatible(run_dir, current.config)
-        if changed:
-            current.progress.message(f"warning: resuming with changed {', '.join(changed)}", "warning")
+
+    def warn(text: str) -> None:
+        current.progress.message(f"warning: {text}", "warning")
+
+    checkpoint, current.resume_step = resume_point(current.run_dir, current.config, resume_from, warn)
     return checkpoint
-
-
-def _chosen_checkpoint(run_dir: RunDir, chosen: Path) -> Path:
-    """--resume-from: a step-N folder of this run's checkpoints/ (a name or a path)."""
-    from tunesmith.train.checkpoint import list_checkpoints
-
-    candidates = {path.name: path for _, path in list_checkpoints(run_dir.checkpoints)}
-    for key in (chosen.name, str(chosen)):
-        if key in candidates and (not chosen.is_absolute() or chosen.resolve() == candidates[key].resolve()):
-            return candidates[key]
-    names = ", ".join(candidates) or "none"
-    raise UserError(
-        f"--resume-from: {chosen} is not a complete checkpoint of {run_dir.path} (its checkpoints: {names})"
-    )
 
 
 def open_run(current: Run, findings: dict[str, Any]) -> Any:
@@ -364,64 +347,25 @@ def fit(
     """Optimizer, scheduler, resume state, the loop, the final checkpoint; returns (state, before)."""
     from tunesmith.train import distributed
     from tunesmith.train.checkpoint import TrainerState
-    from tunesmith.train.loop import LoopSettings, stop_on_signals, train_loop
+    from tunesmith.train.loop import stop_on_signals, train_loop
     from tunesmith.train.optim import build_optimizer, build_scheduler
 
-    config, parallel, prepared, progress = (
-        current.config,
-        current.parallel,
-        current.prepared,
-        current.progress,
-    )
-    loss_module = current.loss_module
+    config, parallel, progress = current.config, current.parallel, current.progress
     state = TrainerState(step=0, total_steps=total_steps)
     # DDP replicas or FSDP shards over the processes (one process: the loss module as it is).
     # The optimizer comes after: FSDP replaces the parameters with their shards.
-    train_module = distributed.parallelize(parallel, loss_module, config.distributed)
-    optimizer = build_optimizer(loss_module, config.train, current.device)
+    train_module = distributed.parallelize(parallel, current.loss_module, config.distributed)
+    optimizer = build_optimizer(current.loss_module, config.train, current.device)
     scheduler = build_scheduler(optimizer, config.train, total_steps)
     if checkpoint is not None:
         # Either checkpoint format, from any number of processes.
-        state = distributed.load_checkpoint(checkpoint, parallel, loss_module, optimizer, scheduler)
+        state = distributed.load_checkpoint(checkpoint, parallel, current.loss_module, optimizer, scheduler)
         state.total_steps = total_steps
         progress.message(f"resuming from {checkpoint} (step {state.step} of {total_steps})")
         before_file = current.run_dir.eval_file("before")
         before = json.loads(before_file.read_text()) if before_file.is_file() else {}
-
-    def step_batches(step: int) -> list[dict[str, Any]]:
-        # This rank's rows of the global micro-batches: the same rows for any number of processes.
-        return [
-            current.collate([prepared.rows[i] for i in micro])
-            for micro in parallel.shard(schedule.rows_for_step(step))
-        ]
-
-    def evaluate_during(step: int) -> dict[str, Any]:
-        started = time.perf_counter()
-        context = EvalContext(current.model, loss_module, prepared, current.tokenizer, config, current.device)
-        metrics = current.task.evaluate(context, "during")
-        current.eval_seconds += time.perf_counter() - started
-        return {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
-
-    def save_checkpoint(now: TrainerState) -> Path:
-        started = time.perf_counter()
-        # One process: the safetensors checkpoint; several: torch.distributed.checkpoint.
-        path = distributed.save_checkpoint(
-            current.run_dir.checkpoints, parallel, optimizer, scheduler, now, config.train.keep_last
-        )
-        current.checkpoint_seconds += time.perf_counter() - started
-        return path
-
-    settings = LoopSettings(
-        total_steps=total_steps,
-        device=current.device,
-        max_grad_norm=config.train.max_grad_norm,
-        log_every=config.train.log_every,
-        eval_every=config.train.eval_every if prepared.eval else 0,
-        save_every=config.train.save_every,
-        on_nonfinite=config.train.on_nonfinite,
-        max_skipped_steps=config.train.max_skipped_steps,
-        accuracy_key=current.task.info.step_accuracy,
-    )
+    save_checkpoint = _checkpoint_saver(current, optimizer, scheduler)
+    settings = _loop_settings(current, total_steps)
     progress.start(total_steps, state.step, "train")
     try:
         with stop_on_signals() as stop:
@@ -429,11 +373,11 @@ def fit(
                 train_module,
                 optimizer,
                 scheduler,
-                step_batches,
+                _step_batches(current, schedule),
                 settings,
                 state,
                 log,
-                evaluate=evaluate_during if prepared.eval else None,
+                evaluate=_evaluator(current) if settings.eval_every else None,
                 save=save_checkpoint,
                 stop=stop,
                 on_step=progress.step,
@@ -445,6 +389,69 @@ def fit(
     return state, before
 
 
+def _loop_settings(current: Run, total_steps: int) -> Any:
+    from tunesmith.train.loop import LoopSettings
+
+    train = current.config.train
+    return LoopSettings(
+        total_steps=total_steps,
+        device=current.device,
+        max_grad_norm=train.max_grad_norm,
+        log_every=train.log_every,
+        eval_every=train.eval_every if current.prepared.eval else 0,
+        save_every=train.save_every,
+        on_nonfinite=train.on_nonfinite,
+        max_skipped_steps=train.max_skipped_steps,
+        accuracy_key=current.task.info.step_accuracy,  # token_accuracy, example_accuracy, pair_accuracy
+    )
+
+
+def _step_batches(current: Run, schedule: Any) -> Any:
+    """step -> this rank's micro-batches: its rows of the global micro-batches (the same rows for
+    any number of processes)."""
+    prepared, parallel = current.prepared, current.parallel
+
+    def step_batches(step: int) -> list[dict[str, Any]]:
+        return [
+            current.collate([prepared.rows[i] for i in micro])
+            for micro in parallel.shard(schedule.rows_for_step(step))
+        ]
+
+    return step_batches
+
+
+def _evaluator(current: Run) -> Any:
+    """step -> the held-out metrics during training (numbers only, as eval_*), timed apart from the steps."""
+
+    def evaluate_during(step: int) -> dict[str, Any]:
+        started = time.perf_counter()
+        metrics = _evaluate_metrics(current, "during")
+        current.eval_seconds += time.perf_counter() - started
+        return {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+    return evaluate_during
+
+
+def _checkpoint_saver(current: Run, optimizer: Any, scheduler: Any) -> Any:
+    """state -> the checkpoint written (one process: safetensors; several: torch.distributed.checkpoint)."""
+    from tunesmith.train import distributed
+
+    def save_checkpoint(now: Any) -> Path:
+        started = time.perf_counter()
+        path = distributed.save_checkpoint(
+            current.run_dir.checkpoints,
+            current.parallel,
+            optimizer,
+            scheduler,
+            now,
+            current.config.train.keep_last,
+        )
+        current.checkpoint_seconds += time.perf_counter() - started
+        return path
+
+    return save_checkpoint
+
+
 def gather_final(current: Run) -> bool:
     """Under FSDP every rank helps gather the full weights, which rank 0 loads into an unsharded
     copy of the model. True on the rank that goes on to save, evaluate and report."""
@@ -454,9 +461,13 @@ def gather_final(current: Run) -> bool:
     if not current.parallel.is_main:
         return False
     if full_state is not None:
-        config = current.config
-        current.model = current.task.build_model(current.model_path, config, current.device, current.prepared)
-        current.loss_module = current.task.make_loss(current.model, config)
+        from tunesmith.train.build import build_trainable
+
+        # An unsharded copy built as the run's model was, then the gathered weights loaded into it.
+        trainable = build_trainable(
+            current.task, current.model_path, current.config, current.device, current.prepared
+        )
+        current.model, current.loss_module = trainable.model, trainable.loss_module
         distributed.load_full_state(current.loss_module, full_state)
     return True
 
@@ -535,10 +546,8 @@ def report(current: Run, steps: int, before: dict[str, Any], after: dict[str, An
 # Helpers of the phases
 
 
-def _evaluate(current: Run, phase: Phase) -> dict[str, Any]:
-    from tunesmith.evaluate.runner import evaluate_phase
-
-    context = EvalContext(
+def _context(current: Run) -> EvalContext:
+    return EvalContext(
         current.model,
         current.loss_module,
         current.prepared,
@@ -546,7 +555,18 @@ def _evaluate(current: Run, phase: Phase) -> dict[str, Any]:
         current.config,
         current.device,
     )
-    return evaluate_phase(current.task, context, phase)
+
+
+def _evaluate(current: Run, phase: Phase) -> dict[str, Any]:
+    """A phase's metrics as eval/*.json holds them (the task's and the forgetting probe)."""
+    from tunesmith.evaluate.runner import evaluate_phase
+
+    return evaluate_phase(current.task, _context(current), phase)
+
+
+def _evaluate_metrics(current: Run, phase: Phase) -> dict[str, Any]:
+    """The task's own held-out metrics (what training logs as eval_*)."""
+    return current.task.evaluate(_context(current), phase)
 
 
 def _elapsed(current: Run) -> float:
@@ -561,52 +581,6 @@ class _NoLog:
 
     def close(self) -> None:
         pass
-
-
-def environment() -> dict[str, Any]:
-    """The versions and machine a run ran on (environment.json)."""
-    from importlib.metadata import version
-
-    import torch
-    import transformers
-
-    from tunesmith import __version__
-
-    info = {
-        "tunesmith": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        # Read from the installed metadata: importing peft (and the bitsandbytes it pulls in) costs a
-        # full finetune ~190 MB of memory it never uses.
-        "peft": version("peft"),
-        "platform": platform.platform(),
-        "cpu_threads": torch.get_num_threads(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def peak_memory(device: str) -> dict[str, int]:
-    """Peak resident memory of this process and, on CUDA, the peak memory torch allocated."""
-    import sys
-
-    import torch
-
-    try:
-        import resource
-
-        # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak = {"peak_rss_bytes": int(rss if sys.platform == "darwin" else rss * 1024)}
-    except ImportError:  # Windows: no getrusage; the current RSS is the best we have
-        import psutil
-
-        peak = {"peak_rss_bytes": int(psutil.Process().memory_info().rss)}
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        peak["cuda_max_memory_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
-    return peak
 
 
 def metrics_line(task: Task, metrics: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tunesmith.data.doctor import detect
+import tunesmith.data.doctor.detect as detect  # the module itself, never the package being initialised
 from tunesmith.data.doctor.findings import Finding, finding, merged
 from tunesmith.data.doctor.scan import CheckOptions, SplitScan
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tunesmith.data.doctor import detect
+import tunesmith.data.doctor.detect as detect  # the module itself, never the package being initialised
 from tunesmith.data.doctor.scan import MAX_EXAMPLES, CheckOptions, Problems, SplitScan
 from tunesmith.data.formats import Conversation, LabeledText, TextRecord
 

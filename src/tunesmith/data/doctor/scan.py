@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from tunesmith.data.doctor import detect
+import tunesmith.data.doctor.detect as detect  # the module itself, never the package being initialised
 from tunesmith.data.formats import (
     RECORD_KINDS,
     Conversation,
