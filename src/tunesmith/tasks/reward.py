@@ -70,7 +70,7 @@ def prepare_data(
         )
     else:
         records, held = hold_out(records, data.eval_fraction, data.max_eval_examples, config.train.seed)
-    template = resolve_chat_template(tokenizer, data.chat_template)
+    template = resolve_chat_template(tokenizer, data.chat_template, data.chat_template_kwargs)
     train, train_stats = tokenize_prompts(records, tokenizer, template, budget)
     evaluation, eval_stats = tokenize_prompts(held, tokenizer, template, budget) if held else ([], None)
     if not train:
