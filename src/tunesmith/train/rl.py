@@ -349,7 +349,8 @@ def evaluate_during(current: Run) -> dict[str, Any]:
         current.config,
         current.device,
     )
-    with torch.random.fork_rng(devices=[]):
+    devices = [torch.cuda.current_device()] if current.device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices):
         metrics = current.task.evaluate(context, "during")
     current.eval_seconds += time.perf_counter() - started
     return {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -423,14 +424,11 @@ class OnPolicyStep:
                 del out
             grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters, clip_to))
             loss, grad_norm = parallel.sum_over_ranks([totals["loss"], grad_norm])
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                self.optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteError(
-                    f"step {state.step + 1}: non-finite loss or gradient (loss={loss}, grad_norm={grad_norm}); "
-                    "the update was not applied; lower train.learning_rate or reward.num_iterations"
-                )
             lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.step()
+            if math.isfinite(loss) and math.isfinite(grad_norm):
+                self.optimizer.step()
+            else:  # the bad update is never applied: stop, or (train.on_nonfinite: skip) go on without it
+                self._nonfinite(state, loss, grad_norm)
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         passes = config.reward.num_iterations
@@ -444,6 +442,16 @@ class OnPolicyStep:
         if config.reward.beta > 0:
             record["kl"] = kl / passes
         return record
+
+    def _nonfinite(self, state: TrainerState, loss: float, grad_norm: float) -> None:
+        train = self.current.config.train
+        state.skipped_steps += 1
+        if train.on_nonfinite != "skip" or state.skipped_steps > train.max_skipped_steps:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteError(
+                f"step {state.step + 1}: non-finite loss or gradient (loss={loss}, grad_norm={grad_norm}); "
+                "the update was not applied; lower train.learning_rate, or set train.on_nonfinite: skip"
+            )
 
 
 def _idle_completion(rollout: Rollout, prompts: list[PromptExample]) -> Completion:

@@ -53,6 +53,9 @@ def _next_tokens(logits: torch.Tensor, settings: SamplingSettings, generator: to
         outside = sorted_probs.cumsum(dim=-1) - sorted_probs > settings.top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    if generator is not None and generator.device != probs.device:
+        # The seeded generator lives on the CPU: the same draws on any device (and after a resume).
+        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(probs.device)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
