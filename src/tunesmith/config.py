@@ -453,6 +453,17 @@ class Config(Section):
             )
         return self
 
+    def batch_rows(self) -> int:
+        """Rows of data.max_seq_len tokens a training micro-batch holds, for the memory estimate:
+        train.batch_size; for a task that samples answers (on-policy), as many rows as hold each
+        prompt once and its group's answers (run on the prompt's KV cache: train/policy_loss.py)."""
+        if not task_info(self.task).on_policy:
+            return self.train.batch_size
+        reward, seq_len = self.reward, self.data.max_seq_len
+        answers = min(reward.max_completion_tokens, seq_len)
+        tokens = self.train.batch_size * (seq_len - answers + reward.group_size * answers)
+        return max(1, -(-tokens // seq_len))
+
     @model_validator(mode="after")
     def _check_reward_functions(self) -> Config:
         if self.task == "reward" and not self.reward.functions:
