@@ -179,3 +179,19 @@ def test_the_cli_trains_from_a_config_file_and_says_what_the_preflight_found(
     assert "warm the model up" in output
     summary = json.loads((tmp_path / "runs" / "run" / "summary.json").read_text())
     assert summary["task"] == "reward" and summary["after"]["num_prompts"] == 4
+
+
+def test_a_reward_that_cannot_load_stops_the_run_before_anything_is_written(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    from tunesmith.errors import UserError
+
+    values = reward_config(
+        tiny_llama,
+        prompts_file(tmp_path),
+        tmp_path / "runs",
+        reward={"functions": [{"function": f"{tmp_path / 'nowhere.py'}:score"}]},
+    )
+    with pytest.raises(UserError, match=r"reward.functions\[0\].function.*not found"):
+        api.train(build_config(values))
+    assert not (tmp_path / "runs" / "run").exists()

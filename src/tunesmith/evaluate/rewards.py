@@ -24,6 +24,7 @@ own Python code, as a training script would. Data never names code.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import math
@@ -235,12 +236,17 @@ def load_user_function(spec: str, key: str) -> RewardFunction:
             path = Path(where)
             if not path.is_file():
                 raise UserError(f"config key `{key}`: {path} not found; give the path of your .py file")
-            module_name = f"tunesmith_user_rewards_{abs(hash(str(path.resolve())))}"
-            module_spec = importlib.util.spec_from_file_location(module_name, path)
-            assert module_spec is not None and module_spec.loader is not None
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[module_name] = module
-            module_spec.loader.exec_module(module)
+            # Each file runs once per process (the run builds its rewards more than once).
+            module_name = (
+                "tunesmith_user_rewards_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+            )
+            module = sys.modules.get(module_name)
+            if module is None:
+                module_spec = importlib.util.spec_from_file_location(module_name, path)
+                assert module_spec is not None and module_spec.loader is not None
+                module = importlib.util.module_from_spec(module_spec)
+                sys.modules[module_name] = module
+                module_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(where)
     except ImportError as exc:

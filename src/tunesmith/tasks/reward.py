@@ -62,6 +62,8 @@ def prepare_data(
             f"config key `data.max_seq_len` ({data.max_seq_len}) leaves no room for a prompt beside "
             f"reward.max_completion_tokens ({reward.max_completion_tokens}); raise it or lower the completions"
         )
+    # The rewards load now (a user function's module runs here): a bad one stops the run before anything is written.
+    build_rewards(reward.functions, reward.max_completion_tokens)
     policy = ErrorPolicy(data.on_error, data.max_skipped)
     records = load_prompts(data.train, data.fields, reward.prompt_template, data.system_prompt, policy)
     if data.eval is not None:

@@ -306,7 +306,8 @@ def fit_on_policy(
         with stop_on_signals() as stop:
             while state.step < total_steps:
                 record = step.run(state)
-                log(record)
+                if state.step % config.train.log_every == 0 or state.step == total_steps:
+                    log(record)
                 progress.step(state.step, record)
                 if config.train.eval_every and state.step % config.train.eval_every == 0:
                     log({"step": state.step, **evaluate_during(current)})
