@@ -44,7 +44,7 @@ def setting(name: str, args: argparse.Namespace) -> dict:
 def measure(name: str, args: argparse.Namespace) -> dict:
     from tunesmith.config import build_config
     from tunesmith.evaluate.rewards import build_rewards
-    from tunesmith.models.load import load_tokenizer
+    from tunesmith.models.load import load_tokenizer, resolve_model_path
     from tunesmith.tasks import get_task
     from tunesmith.train.rl import preflight
 
@@ -62,9 +62,10 @@ def measure(name: str, args: argparse.Namespace) -> dict:
         }
     )
     task = get_task("reward")
-    tokenizer = load_tokenizer(config.model.name, config.model)
+    path = resolve_model_path(config.model.name)  # PACKAGE/FILE.gguf, a folder or a hub id
+    tokenizer = load_tokenizer(path, config.model)
     prepared = task.prepare_data(config, tokenizer)
-    model = task.build_model(config.model.name, config, "cpu", prepared)
+    model = task.build_model(path, config, "cpu", prepared)
     rewards = build_rewards(config.reward.functions, config.reward.max_completion_tokens)
     started = time.perf_counter()
     result = preflight(model, tokenizer, prepared, config, rewards)
