@@ -18,8 +18,17 @@ from tunesmith.errors import UserError
 from tunesmith.tasks import task_info, task_names
 
 DataFormat = Literal[
-    "auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text", "labeled", "trl", "openai"
-]  # trl, openai (and sharegpt): preference pairs (data/preference.py)
+    "auto",
+    "messages",
+    "sharegpt",
+    "alpaca",
+    "prompt_completion",
+    "text",
+    "labeled",
+    "trl",
+    "openai",
+    "prompt",
+]  # trl, openai (and sharegpt): preference pairs (data/preference.py); prompt: task reward (data/prompts.py)
 
 # What tunesmith passes to apply_chat_template itself: not for data.chat_template_kwargs.
 RESERVED_TEMPLATE_ARGUMENTS = {
@@ -425,6 +434,93 @@ class PreferenceConfig(Section):
     )
 
 
+REWARD_BUILTINS = ("answer_match", "label_match", "regex", "tool_call", "length")
+POLICY_LOSSES = ("grpo", "dr_grpo", "dapo", "gspo")
+
+
+class RewardFunctionConfig(Section):
+    function: str = Field(
+        ...,
+        description="a built-in (answer_match, label_match, regex, tool_call, length) or your own code as "
+        "module:function or path/file.py:function (this runs your Python code, as a training script would)",
+    )
+    weight: float = Field(
+        1.0, description="weight of this reward in the total the advantages are computed from"
+    )
+    name: str | None = Field(
+        None, description="the reward's name in logs and the report; default: the function's"
+    )
+    reference: str | None = Field(
+        None,
+        description="answer_match / label_match: the column holding the reference (default: answer / label)",
+    )
+    pattern: str | None = Field(None, description="regex: the pattern a completion must contain (re.search)")
+    labels: dict[str, str] | None = Field(
+        None, description="label_match: the word each reference value stands for, e.g. {'0': negative}"
+    )
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="length: completions longer than this are penalised (default: half the budget)",
+    )
+
+    @model_validator(mode="after")
+    def _check_function(self) -> RewardFunctionConfig:
+        if self.function not in REWARD_BUILTINS and ":" not in self.function:
+            raise ValueError(
+                f"reward function {self.function!r}: use a built-in ({', '.join(REWARD_BUILTINS)}) or "
+                "module:function / file.py:function"
+            )
+        if self.function == "regex" and not self.pattern:
+            raise ValueError("reward function regex needs `pattern`, e.g. pattern: '^(positive|negative)$'")
+        return self
+
+
+class RewardConfig(Section):
+    functions: list[RewardFunctionConfig] = Field(
+        default_factory=list, description="the rewards a completion is scored with (weighted sum)"
+    )
+    prompt_template: str | None = Field(
+        None,
+        description="the user turn built from each row's columns, e.g. 'Review: {text}\\nPositive or "
+        "negative? One word.'; default: the row's `prompt` (text or messages)",
+    )
+    loss: Literal["grpo", "dr_grpo", "dapo", "gspo"] = Field(
+        "grpo",
+        description="grpo (per-sequence mean), dr_grpo (constant normaliser, no std scaling), dapo "
+        "(token-level, clip-higher), gspo (sequence-level ratio)",
+    )
+    group_size: int = Field(
+        8, ge=2, description="completions sampled per prompt (the group advantages compare)"
+    )
+    max_completion_tokens: int = Field(128, ge=1, description="tokens sampled per completion at most")
+    temperature: float = Field(1.0, gt=0.0, description="sampling temperature of the rollouts")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling of the rollouts")
+    stop: list[str] = Field(
+        default_factory=list, description="strings that end a completion (the end-of-turn token always does)"
+    )
+    # None picks each loss's published value: 0.2 (grpo, dr_grpo, dapo), 3e-4 (gspo's sequence ratio).
+    epsilon: float | None = Field(None, gt=0.0, description="lower clip range of the ratio; default per loss")
+    epsilon_high: float | None = Field(
+        None, gt=0.0, description="upper clip range; default: epsilon (dapo: 0.28, clip-higher)"
+    )
+    beta: float = Field(
+        0.0, ge=0.0, description="KL penalty to the reference (0: none, as DAPO and Dr. GRPO)"
+    )
+    num_iterations: int = Field(1, ge=1, description="optimisation passes over each batch of rollouts")
+    skip_zero_spread: bool = Field(
+        False, description="leave out groups whose rewards are all equal (they teach nothing)"
+    )
+    mask_truncated: bool = Field(
+        False, description="leave completions cut at max_completion_tokens out of the loss"
+    )
+    preflight_prompts: int = Field(
+        32, ge=0, description="prompts the base model samples a group for before training (0: no pre-flight)"
+    )
+    eval_prompts: int = Field(64, ge=0, description="held-out prompts scored greedily before and after")
+    sample_completions: int = Field(4, ge=0, description="held-out completions shown in the report")
+
+
 class Config(Section):
     task: str = Field(
         "instruct", description="a registered task (tasks/__init__.py): " + " | ".join(task_names())
@@ -440,6 +536,7 @@ class Config(Section):
         None, description="select's prediction for this config (written by `tunesmith select --out`)"
     )
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
     output_dir: str = Field("runs", description="folder that holds run directories")
     run_name: str | None = Field(None, description="run directory name; default: <task>-<date>-<time>")
 
@@ -456,6 +553,26 @@ class Config(Section):
             takes = " or ".join(n for n in task_names() if task_info(n).four_bit_base)
             raise ValueError(
                 f"adapter.method: qlora trains causal LMs on a 4-bit base (task {takes}); use lora for {self.task}"
+            )
+        return self
+
+    def batch_rows(self) -> int:
+        """Rows of data.max_seq_len tokens a training micro-batch holds, for the memory estimate:
+        train.batch_size; for a task that samples answers (on-policy), as many rows as hold each
+        prompt once and its group's answers (run on the prompt's KV cache: train/policy_loss.py)."""
+        if not task_info(self.task).on_policy:
+            return self.train.batch_size
+        reward, seq_len = self.reward, self.data.max_seq_len
+        answers = min(reward.max_completion_tokens, seq_len)
+        tokens = self.train.batch_size * (seq_len - answers + reward.group_size * answers)
+        return max(1, -(-tokens // seq_len))
+
+    @model_validator(mode="after")
+    def _check_reward_functions(self) -> Config:
+        if self.task == "reward" and not self.reward.functions:
+            raise ValueError(
+                "task reward needs at least one reward in `reward.functions`, e.g. "
+                "[{function: answer_match, reference: answer}]"
             )
         return self
 

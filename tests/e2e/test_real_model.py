@@ -49,3 +49,19 @@ def test_lora_on_tool_calls_records_and_reloads_the_gguf_base(tmp_path):
     model, tokenizer = api.load_for_inference(str(result.run_dir))
     assert "tool" in tokenizer.chat_template
     assert any("lora_" in name for name, _ in model.named_parameters())
+
+
+def test_a_dequantised_gguf_base_saves_as_a_plain_model(tmp_path):
+    """Its config no longer says "quantised with gguf": a full finetune's final/ reloads trainable and savable."""
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.config import ModelConfig
+    from tunesmith.models.load import load_causal_lm
+
+    gguf = require_smollm2()
+    load_causal_lm(str(gguf), ModelConfig(name=str(gguf)), "cpu").save_pretrained(tmp_path / "plain")
+    config = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert "quantization_config" not in config and config["gguf_source"]["file"] == str(gguf)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "plain")
+    assert getattr(reloaded, "hf_quantizer", None) is None
+    reloaded.save_pretrained(tmp_path / "again")  # refused while it was marked quantised

@@ -93,3 +93,21 @@ def test_estimate_within_15_percent_of_measured_peak_rss(shape: dict, setting: S
     # The part above the process baseline must be predicted too, not just the baseline.
     model_part = measured["peak_rss_bytes"] - measured["baseline_rss_bytes"]
     assert abs(estimate - measured["peak_rss_bytes"]) < 0.35 * model_part
+
+
+def test_the_memory_estimate_counts_an_on_policy_groups_answers() -> None:
+    """task reward: a micro-batch holds each prompt once and its group's answers (on the prompt's cache)."""
+    from tunesmith.config import build_config
+
+    def rows(task: str, **reward: int) -> int:
+        functions = [{"function": "length"}]
+        values = {"task": task, "data": {"max_seq_len": 256}, "train": {"batch_size": 4}}
+        return build_config(values | {"reward": {"functions": functions} | reward}).batch_rows()
+
+    assert rows("instruct") == 4  # supervised: batch_size rows of max_seq_len
+    # 4 x (248 prompt tokens + 8 answers x 8 tokens) = 1248 tokens: 5 rows of 256.
+    assert rows("reward", group_size=8, max_completion_tokens=8) == 5
+    assert rows("reward", group_size=8, max_completion_tokens=128) == 4 * (128 + 8 * 128) // 256
+    assert rows("reward", group_size=16, max_completion_tokens=128) > rows(
+        "reward", group_size=8, max_completion_tokens=128
+    )

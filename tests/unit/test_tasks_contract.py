@@ -23,7 +23,7 @@ from tunesmith.tasks import (
 )
 from tunesmith.tasks.pretrain import split_documents
 
-TASK_NAMES = ("instruct", "pretrain", "classify", "preference")
+TASK_NAMES = ("instruct", "pretrain", "classify", "preference", "reward")
 
 
 def test_the_built_in_tasks_are_registered() -> None:
@@ -63,6 +63,7 @@ def test_each_step_accuracy_is_named_by_its_unit() -> None:
         "pretrain": "token_accuracy",
         "classify": "example_accuracy",
         "preference": "pair_accuracy",
+        "reward": "completion_accuracy",
     }
 
 
@@ -72,6 +73,7 @@ def test_only_the_language_model_tasks_have_the_forgetting_probe() -> None:
         "pretrain": True,
         "classify": False,
         "preference": True,
+        "reward": False,
     }
 
 
@@ -83,6 +85,7 @@ def test_the_headline_metric_data_curve_predicts() -> None:
         "pretrain": ("loss", False),
         "classify": ("accuracy", True),
         "preference": ("reward_accuracy", True),
+        "reward": ("reward_mean", True),
     }
 
 

@@ -39,6 +39,7 @@ FORMAT_FIELDS = {
     "labeled": ("text", "label"),
     "trl": ("prompt", "chosen", "rejected"),
     "openai": ("input", "preferred_output", "non_preferred_output"),
+    "prompt": ("prompt",),
 }
 # The formats of each kind of canonical record (a task's Task.record_kind names one).
 KIND_FORMATS = {
@@ -47,6 +48,8 @@ KIND_FORMATS = {
     "labeled": ("labeled",),
     # Pairs are read by data/preference.py (its PAIR_FORMATS; sharegpt there: conversations + chosen/rejected).
     "preference": ("trl", "sharegpt", "openai"),
+    # Prompts to sample answers for (task reward) are read by data/prompts.py.
+    "prompt": ("prompt",),
 }
 
 
@@ -94,12 +97,24 @@ class PreferencePair:
     source: Source = field(default_factory=lambda: Source("<memory>"))
 
 
-Record = TextRecord | Conversation | LabeledText | PreferencePair
+@dataclass
+class PromptRecord:
+    """A prompt to sample answers for (task reward): its turns, and every other column of its row,
+    which reach the reward functions by name (a reference answer, a label, tools ...)."""
+
+    prompt: list[dict[str, Any]]  # the turns before the answer (system/user/assistant/tool)
+    columns: dict[str, Any] = field(default_factory=dict)
+    source: Source = field(default_factory=lambda: Source("<memory>"))
+    tools: list[dict[str, Any]] | None = None  # function schemas, OpenAI form {type, function}
+
+
+Record = TextRecord | Conversation | LabeledText | PreferencePair | PromptRecord
 RECORD_KINDS: dict[type, str] = {
     Conversation: "conversation",
     TextRecord: "text",
     LabeledText: "labeled",
     PreferencePair: "preference",
+    PromptRecord: "prompt",
 }
 
 
@@ -196,8 +211,9 @@ def _tool_call(raw: Any, index: int, source: Source) -> dict[str, Any]:
 
 
 def _normalize_messages(
-    raw: Any, source: Source, role_key: str, content_key: str, sharegpt: bool
+    raw: Any, source: Source, role_key: str, content_key: str, sharegpt: bool, needs_answer: bool = True
 ) -> list[dict[str, Any]]:
+    """`needs_answer`: an assistant turn to train on is required (false for prompts, task reward)."""
     if not isinstance(raw, list) or not raw:
         raise ValueError(f"{source}: `messages` must be a non-empty list of {{role, content}} objects")
     messages: list[dict[str, Any]] = []
@@ -251,6 +267,8 @@ def _normalize_messages(
                 raise ValueError(f"{source}: message {index}: `weight` applies to assistant messages only")
             normalized["weight"] = message["weight"]
         messages.append(normalized)
+    if not needs_answer:
+        return messages
     if not any(m["role"] == "assistant" for m in messages):
         raise ValueError(f"{source}: conversation has no assistant turn, so nothing to train on")
     if not any(m["role"] == "assistant" and m.get("weight", 1) for m in messages):

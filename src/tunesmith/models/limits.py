@@ -88,7 +88,7 @@ def check_memory(model_config: dict[str, Any], config: Config, device: str) -> N
     setting = Setting(
         method=config.adapter.method,
         seq_len=config.data.max_seq_len,
-        batch_size=config.train.batch_size,
+        batch_size=config.batch_rows(),  # on-policy: each prompt and its group's answers
         gradient_checkpointing=config.train.gradient_checkpointing,
         lora_rank=config.adapter.r,
         device="cpu" if device == "cpu" else "cuda",
@@ -101,7 +101,7 @@ def check_memory(model_config: dict[str, Any], config: Config, device: str) -> N
         return
     where = "GPU memory" if device.startswith("cuda") else "RAM"
     raise UserError(
-        f"this run needs about {format_size(estimate.total)} of {where} (batch {config.train.batch_size} x "
+        f"this run needs about {format_size(estimate.total)} of {where} (batch {config.batch_rows()} x "
         f"{config.data.max_seq_len} tokens, {config.adapter.method}) but {format_size(free)} is free; lower "
         "train.batch_size or data.max_seq_len, turn on train.gradient_checkpointing, or set "
         "train.check_memory: false to start anyway"

@@ -388,6 +388,10 @@ def load_gguf_causal_lm(folder: str, file_name: str, config: ModelConfig, device
         raise UserError(f"{source}: the GGUF weights do not fit the model its metadata describes")
     model.tie_weights()
     del loaded
+    # The GGUF config says "quantised with gguf": saved with the weights, it would make transformers
+    # reload a full finetune's final/ as quantised (not trainable, not savable). The weights are fp32.
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
     model.config.name_or_path = source
     model.name_or_path = source  # what PEFT writes as the adapter's base_model_name_or_path
     model.config.gguf_source = {"file": source, "bytes": os.path.getsize(source)}

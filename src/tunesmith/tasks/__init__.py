@@ -20,6 +20,8 @@ A task is two things, both registered here by name (`register`):
     four_bit_base               whether adapter.method: qlora (LoRA on a 4-bit base) applies
     catalogue_needs             what a catalogue model must offer (models/catalog.yaml `offers`)
     has_forgetting_probe        the general-text perplexity before/after (LM tasks)
+    on_policy                   trains on its own samples: train/rl.py's fit phase instead of the
+                                supervised loop on fixed batches (train/run.py picks it)
 
 - `Task`: the task's functions, in its module as `TASK = Task(info=task_info(NAME), ...)`.
   `get_task(name)` imports the module and gives it. The recipe (train/run.py), evaluation,
@@ -72,6 +74,7 @@ if TYPE_CHECKING:
     from tunesmith.data.formats import Record
     from tunesmith.data.labels import ClassifyStats, LabelSet
     from tunesmith.data.preference import PairData, PairStats
+    from tunesmith.data.prompts import PromptExample, PromptStats
     from tunesmith.data.templates import ChatTemplate
     from tunesmith.data.tokenize import Example, TokenizeStats
     from tunesmith.progress import Progress
@@ -83,8 +86,8 @@ Phase = Literal["before", "during", "after"]
 Collate = Callable[[Sequence[Sequence[int]]], dict[str, Any]]  # rows of example indices -> batch
 
 
-STEP_UNITS = ("token", "example", "pair")
-StepUnit = Literal["token", "example", "pair"]
+STEP_UNITS = ("token", "example", "pair", "completion")
+StepUnit = Literal["token", "example", "pair", "completion"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,7 @@ class TaskInfo:
     four_bit_base: bool = False
     catalogue_needs: tuple[str, ...] = ("causal_lm",)
     has_forgetting_probe: bool = False
+    on_policy: bool = False
 
     @property
     def step_accuracy(self) -> str:
@@ -130,8 +134,8 @@ class TaskInfo:
 class DataStats:
     """What the run trains and evaluates on: the data line, summary.json's `data` and the report."""
 
-    train: TokenizeStats | ClassifyStats | CorpusStats | PairStats
-    eval: TokenizeStats | ClassifyStats | CorpusStats | PairStats | None = None
+    train: TokenizeStats | ClassifyStats | CorpusStats | PairStats | PromptStats
+    eval: TokenizeStats | ClassifyStats | CorpusStats | PairStats | PromptStats | None = None
     skipped_records: list[str] = field(default_factory=list)  # bad records skipped (data.on_error)
     warnings: list[str] = field(default_factory=list)
     chat_template: str | None = None  # where the chat template came from (conversation tasks)
@@ -167,6 +171,14 @@ class DataStats:
 
 
 @dataclass(frozen=True)
+class PromptData:
+    """An on-policy task's prompts, ready to sample from (train) and to score under the fixed protocol."""
+
+    train: list[PromptExample]
+    eval: list[PromptExample]
+
+
+@dataclass(frozen=True)
 class PreparedData:
     """A task's tokenized data. Typed fields only; those a task does not use stay None."""
 
@@ -184,6 +196,7 @@ class PreparedData:
     eval_blocks: Blocks | None = None  # pretrain: the held-out documents as blocks
     pairs: PairData | None = None  # preference: the tokenized pairs (train/eval hold their chosen sides)
     source_of: Callable[[int], int] | None = None  # a mix: train example index -> its data.train source
+    prompts: PromptData | None = None  # reward: the prompts answers are sampled for (train/eval: as examples)
 
 
 @dataclass(frozen=True)
@@ -268,6 +281,10 @@ class Task:
     @property
     def higher_is_better(self) -> bool:
         return self.info.headline_metric.higher_is_better
+
+    @property
+    def on_policy(self) -> bool:
+        return self.info.on_policy
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,5 +475,24 @@ register(
         config_keys=("preference", "eval.benchmarks"),
         catalogue_needs=("causal_lm", "chat"),
         has_forgetting_probe=True,
+    )
+)
+register(
+    TaskInfo(
+        name="reward",
+        module="tunesmith.tasks.reward",
+        description="prompts and reward functions: the policy trained on its own sampled answers (GRPO family)",
+        record_kind="prompt",
+        step_unit="completion",
+        metrics=(
+            # held-out prompts, one greedy answer each, scored by the run's rewards (the fixed protocol)
+            Metric("reward_mean", "held-out reward", True),
+            Metric("truncated_share", "truncated answers", False),
+        ),
+        headline="reward_mean",
+        config_keys=("reward",),
+        catalogue_needs=("causal_lm", "chat"),
+        has_forgetting_probe=False,  # the policy loss scores sampled answers, not plain text
+        on_policy=True,
     )
 )

@@ -54,7 +54,7 @@ def estimate_run_memory(
     setting = Setting(
         method=config.adapter.method if config.adapter.method in ("full", "lora", "qlora") else "lora",
         seq_len=config.data.max_seq_len,
-        batch_size=config.train.batch_size,
+        batch_size=config.batch_rows(),  # on-policy: each prompt and its group's answers
         gradient_checkpointing=config.train.gradient_checkpointing,
         lora_rank=config.adapter.r,
         device="cpu" if device == "cpu" else "cuda",

@@ -138,7 +138,12 @@ def _run_phases(current: Run, resume: bool, merge: bool, resume_from: str | Path
     try:
         before = evaluate_before(current, checkpoint)
         fit_started = time.perf_counter()
-        state, before = fit(current, schedule, total_steps, checkpoint, log, before)
+        fit_phase = fit
+        if current.task.on_policy:  # a task that samples while it trains: the on-policy recipe's fit
+            from tunesmith.train.rl import fit_on_policy
+
+            fit_phase = fit_on_policy
+        state, before = fit_phase(current, schedule, total_steps, checkpoint, log, before)
         current.fit_seconds = time.perf_counter() - fit_started
         # What a prediction (seconds per step x steps) is checked against: the steps alone.
         current.train_seconds = current.fit_seconds - current.eval_seconds - current.checkpoint_seconds

@@ -31,7 +31,14 @@ from tunesmith.data.doctor.findings import (
 )
 from tunesmith.data.doctor.fix import write_fixed
 from tunesmith.data.doctor.scan import CheckOptions, SplitScan, TokenCounter, read_target_inputs, scan_source
-from tunesmith.data.formats import RECORD_KINDS, Conversation, LabeledText, PreferencePair, TextRecord
+from tunesmith.data.formats import (
+    RECORD_KINDS,
+    Conversation,
+    LabeledText,
+    PreferencePair,
+    PromptRecord,
+    TextRecord,
+)
 from tunesmith.data.load import ROW_SUFFIXES, TEXT_SUFFIXES, ErrorPolicy, expand_paths, iter_rows
 from tunesmith.errors import UserError
 from tunesmith.outputs import Claim, claim_output
@@ -54,6 +61,7 @@ __all__ = [
 
 RECORD_TYPES: dict[str, type] = {kind: record for record, kind in RECORD_KINDS.items()}
 PAIRS = RECORD_KINDS[PreferencePair]  # checked by pairs.py, not by the scan
+PROMPTS = RECORD_KINDS[PromptRecord]  # checked by prompts.py, not by the scan
 PAIR_FIELDS = ({"chosen", "rejected"}, {"preferred_output"})  # any of these field sets: preference pairs
 
 
@@ -170,6 +178,13 @@ def run_check(
             raise UserError("--target is not compared for preference pairs yet; leave it out")
         report = pairs.check_pairs(data, eval, tokenizer, max_seq_len, task=task)
         return CheckResult(report, {}, {"train": data, "eval": eval}), None
+    if kind == PROMPTS:
+        from tunesmith.data.doctor import prompts
+
+        if fix or target is not None:
+            raise UserError("--fix and --target do not apply to prompt data yet; leave them out")
+        report = prompts.check_prompts(data, eval, tokenizer, max_seq_len, task)
+        return CheckResult(report, {}, {"train": data, "eval": eval}), None
     options = options_for(
         kind, task, max_seq_len=max_seq_len, near_duplicate_threshold=near_duplicate_threshold
     )
@@ -196,6 +211,10 @@ def preflight(data: DataConfig, prepared: Any, kind: str, task: str) -> CheckRep
         from tunesmith.data.doctor import pairs
 
         return _stop_on_errors(pairs.preflight(data, prepared, task))
+    if kind == PROMPTS:
+        from tunesmith.data.doctor import prompts
+
+        return _stop_on_errors(prompts.preflight(data, prepared, task))
     held_out = set()
     if data.eval is None:  # the held-out records came out of train: check them as the eval split
         held_out = {str(r.source) for r in prepared.eval_records if getattr(r, "source", None) is not None}
