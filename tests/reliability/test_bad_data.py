@@ -104,9 +104,9 @@ def test_skip_policy_skips_an_oversized_record(tiny_llama, tmp_path):
     oversized = json.dumps({"instruction": "Summarise this.", "output": "word " * 220_000})
     lines = [json.dumps({"instruction": f"Say {i}.", "output": f"{i}"}) for i in range(12)]
     lines.insert(5, oversized)
-    with pytest.raises(UserError, match=r"train\.jsonl:6: a record of 1,100,000 characters"):
+    with pytest.raises(UserError, match=r"train\.jsonl:6: a record of 1,100,015 characters"):
         _prepare(tiny_llama, tmp_path, lines)
     prepared = _prepare(tiny_llama, tmp_path, lines, data__on_error="skip")
     (skipped,) = prepared.stats.skipped_records
-    assert "train.jsonl:6: a record of 1,100,000 characters" in skipped
+    assert "train.jsonl:6: a record of 1,100,015 characters" in skipped
     assert len(prepared.train) + len(prepared.eval) == 12

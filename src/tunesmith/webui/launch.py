@@ -45,6 +45,10 @@ MAX_OUTPUT_BYTES = 64 * 1024
 
 
 def _section_class(annotation: Any) -> type[BaseModel] | None:
+    """The section a key opens (a model, or an optional one); a list of models (reward.functions)
+    is one YAML value."""
+    if get_origin(annotation) in (list, dict, tuple):
+        return None
     for candidate in (annotation, *get_args(annotation)):
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate
