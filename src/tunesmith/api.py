@@ -201,7 +201,10 @@ def benchmark(
     """
     from tunesmith.evaluate.runner import benchmark_models
 
-    return benchmark_models(model_or_run, {"tasks": tasks, **settings}, baseline, out_dir, progress)
+    overwrite = bool(settings.pop("overwrite", False))  # the output-path rule's --overwrite, not a setting
+    return benchmark_models(
+        model_or_run, {"tasks": tasks, **settings}, baseline, out_dir, progress, overwrite
+    )
 
 
 def select(

@@ -335,6 +335,7 @@ def bench_command(
     out: str = typer.Option(
         None, "--out", help="folder for the JSON results (default: <run>/eval/benchmarks-*/)"
     ),
+    overwrite: bool = typer.Option(False, "--overwrite", help=OVERWRITE_HELP),
 ) -> None:
     """Standard benchmarks (lm-evaluation-harness) on a tuned model and its base, with a verdict per row."""
 
@@ -353,6 +354,7 @@ def bench_command(
             num_fewshot=num_fewshot,
             batch_size=batch_size,
             chat_template=chat_template,
+            overwrite=overwrite,
         )
         ui.print_benchmarks(console, result)
 

@@ -189,7 +189,7 @@ def test_report_refuses_a_report_html_of_the_users(trained):
     assert (run / "report.html").read_text() == "<html>my own page</html>"
 
 
-def test_select_curve_and_eval_refuse_a_taken_folder_before_any_work(trained, tiny_models):
+def test_select_curve_eval_and_bench_refuse_a_taken_folder_before_any_work(trained, tiny_models):
     from tunesmith import api
     from tunesmith.errors import UserError
 
@@ -207,6 +207,8 @@ def test_select_curve_and_eval_refuse_a_taken_folder_before_any_work(trained, ti
     assert_refused(
         run_cli("eval", str(root / "runs" / "run"), "--data", str(train), "--out", str(mine)), str(mine)
     )
+    with pytest.raises(UserError, match="picked"):  # `tunesmith bench --out`: before the harness loads
+        api.benchmark(str(root / "runs" / "run"), ["any_task"], out_dir=mine)
     assert snapshot(mine) == before
 
 

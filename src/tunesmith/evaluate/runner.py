@@ -145,27 +145,8 @@ def evaluate_models(
         "baseline": base,
         "comparison": compare(base, tuned),
     }
-    run = rundir.RunDir(Path(model_or_run).expanduser())
-    if claim is not None:
-        from tunesmith.outputs import open_output_folder
-
-        if claim.path.resolve().is_relative_to(run.path.resolve()):
-            _refuse_symlinks_between(run.path, claim.path)
-        out_dir = open_output_folder(claim)
-    elif run.final.is_dir():
-        stem = Path(data[0] if isinstance(data, list) else data).stem or "data"
-        out_dir = run.eval_dir / f"eval-{stem}"
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        if out_dir.is_relative_to(run.path):
-            _refuse_symlinks_between(run.path, out_dir)
-        rundir.write_json(out_dir / "tuned.json", tuned)
-        rundir.write_json(out_dir / "baseline.json", base)
-        rundir.write_json(
-            out_dir / "comparison.json", {k: v for k, v in result.items() if k not in ("tuned", "baseline")}
-        )
-        result["out_dir"] = str(out_dir)
-    return result
+    stem = Path(data[0] if isinstance(data, list) else data).stem or "data"
+    return _write_results(model_or_run, claim, f"eval-{stem}", result, tuned, base)
 
 
 def _refuse_symlinks_between(root: Path, target: Path) -> None:
@@ -202,13 +183,21 @@ def benchmark_models(
     baseline: str | None = None,
     out_dir: str | Path | None = None,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """The harness's benchmarks for a tuned model and its baseline under one protocol (see api.benchmark)."""
+    """The harness's benchmarks for a tuned model and its baseline under one protocol (see api.benchmark).
+    A given `out_dir` follows the output-path rule (new, empty or an earlier bench's folder)."""
     from tunesmith.evaluate.benchmarks import compare_benchmarks, require_harness, run_benchmarks
     from tunesmith.models.inference import load_for_inference
+    from tunesmith.outputs import claim_output
     from tunesmith.train import rundir
 
     progress = progress or NoProgress()
+    claim = (
+        claim_output(out_dir, "bench", inputs=[model_or_run, baseline], overwrite=overwrite, inside_run=True)
+        if out_dir is not None
+        else None
+    )
     settings = benchmark_settings(model_or_run, options)
     require_harness()
     baseline = baseline or rundir.base_model_of(model_or_run)
@@ -232,13 +221,29 @@ def benchmark_models(
         "tuned": tuned,
         "baseline": base,
     }
+    return _write_results(
+        model_or_run, claim, ("benchmarks-" + "-".join(settings.tasks))[:120], result, tuned, base
+    )
+
+
+def _write_results(
+    model_or_run: str, claim: Any, default_name: str, result: dict[str, Any], tuned: Any, base: Any
+) -> dict[str, Any]:
+    """tuned.json, baseline.json and comparison.json: in the claimed --out folder (the output-path
+    rule), or by default in the run's own eval/<default_name>/."""
+    from tunesmith.outputs import open_output_folder
+    from tunesmith.train import rundir
+
     run = rundir.RunDir(Path(model_or_run).expanduser())
-    if out_dir is None and run.final.is_dir():
-        out_dir = run.eval_dir / ("benchmarks-" + "-".join(settings.tasks))[:120]
+    out_dir: Path | None = None
+    if claim is not None:
+        if claim.path.resolve().is_relative_to(run.path.resolve()):
+            _refuse_symlinks_between(run.path, claim.path)
+        out_dir = open_output_folder(claim)
+    elif run.final.is_dir():
+        out_dir = run.eval_dir / default_name
+        _refuse_symlinks_between(run.path, out_dir)
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        if out_dir.is_relative_to(run.path):
-            _refuse_symlinks_between(run.path, out_dir)
         rundir.write_json(out_dir / "tuned.json", tuned)
         rundir.write_json(out_dir / "baseline.json", base)
         rundir.write_json(
