@@ -168,21 +168,26 @@ def _file_is_ours(path: Path, purpose: str) -> bool:
     return generator_tag(purpose).encode() in head
 
 
-def _fsync_tree(folder: Path) -> None:
-    for child in folder.rglob("*"):
-        if child.is_file() and not child.is_symlink():
-            with open(child, "rb+") as handle:
-                os.fsync(handle.fileno())
-    _fsync_dir(folder)
+def fsync_file(path: Path) -> None:
+    with open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """A folder's entries to disk (a rename into it survives a crash); best effort."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    for child in folder.rglob("*"):
+        if child.is_file() and not child.is_symlink():
+            fsync_file(child)
+    fsync_dir(folder)
 
 
 def _aside_name(path: Path) -> Path:
@@ -219,12 +224,12 @@ def output_directory(claim: Claim) -> Iterator[Path]:
     try:
         yield temp
         write_marker(temp, claim.purpose)
-        _fsync_tree(temp)
+        fsync_tree(temp)
         _swap_folder(temp, claim)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
-    _fsync_dir(claim.path.parent)
+    fsync_dir(claim.path.parent)
 
 
 def _swap_folder(temp: Path, claim: Claim) -> None:
@@ -273,7 +278,7 @@ def write_output_file(claim: Claim, data: str | bytes) -> Path:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

@@ -19,7 +19,6 @@ from tunesmith.errors import UserError
 from tunesmith.outputs import claim_output, output_directory
 from tunesmith.progress import NoProgress, Progress
 from tunesmith.train.rundir import (
-    MODEL_INFO_FILE,
     RunDir,
     guarded_write,
     read_model_info,
@@ -130,14 +129,11 @@ def export_inputs(adapter_or_run: str | Path, source: Path) -> list[Path]:
     run = RunDir.of_model(source)
     if run is not None:
         inputs.append(run.path)
-    adapter_config = source / "adapter_config.json"
-    if adapter_config.is_file():
-        try:
-            base = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
-        except (OSError, ValueError):
-            base = None
-        if base and Path(base).expanduser().is_dir():
-            inputs.append(Path(base))
+    from tunesmith.models.load import read_adapter_config
+
+    base = (read_adapter_config(source) or {}).get("base_model_name_or_path")
+    if base and Path(base).expanduser().is_dir():
+        inputs.append(Path(base))
     return inputs
 
 
@@ -170,20 +166,16 @@ def merge_adapter(
 
 
 def check_exportable(source: Path, given: str | Path) -> None:
-    """A run, adapter or model directory whose metadata and adapter config read cleanly."""
+    """A run, adapter or model directory whose adapter config and metadata read cleanly (a damaged
+    one is a UserError naming the file, before any output path is touched)."""
+    from tunesmith.models.load import read_adapter_config
+
     if not (source / "config.json").is_file() and not (source / "adapter_config.json").is_file():
         raise UserError(
             f"{given}: not a run, adapter or model directory (no config.json or adapter_config.json)"
         )
-    for name in ("adapter_config.json", MODEL_INFO_FILE):
-        path = source / name
-        if path.is_file():
-            try:
-                json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise UserError(
-                    f"{path}: damaged ({type(exc).__name__}); restore it from the run's last checkpoint or retrain"
-                ) from None
+    read_adapter_config(source)
+    read_model_info(source)
 
 
 def load_trained(source: Path, name: str, device: str = "cpu") -> tuple[Any, Any]:

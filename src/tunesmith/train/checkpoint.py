@@ -28,7 +28,8 @@ from safetensors.torch import load_file, save_file
 
 from tunesmith.errors import NonFiniteError, UserError
 from tunesmith.models.load import safetensors_damage
-from tunesmith.train.rundir import disk_error, fsync_dir, fsync_file, is_disk_error
+from tunesmith.outputs import fsync_dir, fsync_file
+from tunesmith.train.rundir import disk_error, is_disk_error
 
 if TYPE_CHECKING:
     from tunesmith.config import Config

@@ -34,9 +34,9 @@ import torch.distributed as dist
 
 from tunesmith.config import DistributedConfig
 from tunesmith.errors import NonFiniteError, UserError
+from tunesmith.outputs import fsync_dir, fsync_file
 from tunesmith.train import checkpoint as single
 from tunesmith.train.checkpoint import TrainerState
-from tunesmith.train.rundir import fsync_dir, fsync_file
 
 DCP_METADATA_FILE = ".metadata"  # written by torch.distributed.checkpoint: marks the DCP format
 SCHEDULER_FILE = "scheduler.pt"  # DCP checkpoints: LR schedule state (identical on all ranks)

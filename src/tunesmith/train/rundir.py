@@ -25,7 +25,7 @@ from typing import Any
 
 from tunesmith.config import Config, config_to_yaml, redact
 from tunesmith.errors import UserError
-from tunesmith.outputs import RUN_MARKER
+from tunesmith.outputs import RUN_MARKER, fsync_dir, fsync_tree
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -288,22 +288,6 @@ def guarded_write(what: Path, needed_bytes: int | None = None, note: str = "") -
         raise
 
 
-def fsync_file(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write(path: Path, data: str | bytes) -> Path:
     """Write `data` to `path` through a temporary name, fsync and rename: complete or absent."""
     path = Path(path)
@@ -344,10 +328,7 @@ def atomic_directory(path: Path) -> Iterator[Path]:
     try:
         with guarded_write(path, note=f" (nothing replaced {path.name}/)"):
             yield temp
-            for child in temp.rglob("*"):
-                if child.is_file():
-                    fsync_file(child)
-            fsync_dir(temp)
+            fsync_tree(temp)
             old = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.old-"))
             if path.exists():  # the run's own earlier folder: moved out of the way, then removed
                 os.rename(path, old / path.name)
