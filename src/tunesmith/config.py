@@ -253,6 +253,13 @@ class DataConfig(Section):
                     else:
                         problems.append(f"`{key}`: {error['msg'].removeprefix('Value error, ')}")
                 raise ValueError(f"source {index}: {'; '.join(problems)}") from None
+        labels = [source.label() for source in sources]
+        for index, label in enumerate(labels):
+            if label in labels[:index]:
+                raise ValueError(
+                    f"source {index}: its name {label!r} is source {labels.index(label)}'s too; the report "
+                    "and the resume record tell sources by name: give each its own `name`"
+                )
         return sources
 
     @field_validator("eval")

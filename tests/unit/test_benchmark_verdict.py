@@ -118,3 +118,37 @@ def test_the_model_card_lists_the_benchmark_rows(tmp_path):
     card = model_card(tmp_path, {"method": "lora"}, None)
     assert "## Benchmarks" in card
     assert "arc acc,none: 0.5000 ± 0.0200 -> 0.6000 ± 0.0200 (+0.1000, better)" in card
+
+
+def test_a_perplexity_is_paired_on_its_log_likelihoods_and_carried_to_its_own_scale():
+    # The harness keeps each example's log-likelihood for a perplexity and reports exp(-mean). The
+    # tuned model loses 0.05 nats on every other example: a small, very consistent change.
+    base_ll = [-2.0 - 0.01 * i for i in range(100)]
+    tuned_ll = [ll - (0.05 if i % 2 else 0.0) for i, ll in enumerate(base_ll)]
+
+    def ppl(lls):
+        return math.exp(-sum(lls) / len(lls))
+
+    def with_ll(lls):
+        result = side(ppl(lls), 0.5, higher_is_better=False)
+        result["samples"] = {"arc": {"acc,none": {str(i): ll for i, ll in enumerate(lls)}}}
+        return result
+
+    (row,) = compare_benchmarks(with_ll(base_ll), with_ll(tuned_ll))
+    differences = [t - b for t, b in zip(tuned_ll, base_ll, strict=True)]
+    mean = sum(differences) / 100
+    log_se = math.sqrt(sum((d - mean) ** 2 for d in differences) / 99 / 100)
+    assert row["paired"] and row["change_stderr"] == pytest.approx(ppl(tuned_ll) * log_se)
+    # On the log scale the change is 0.025 nats against a standard error of 0.0025: beyond noise.
+    assert row["change"] == pytest.approx(ppl(tuned_ll) - ppl(base_ll)) and row["verdict"] == "worse"
+
+
+def test_scores_on_another_scale_than_the_value_are_not_paired():
+    # A perplexity change of 0.85 beside per-example differences of a few hundredths of a nat: pairing
+    # those would call noise a change. Scores that make neither the mean nor exp(-mean) fall back to the
+    # harness's standard errors.
+    base = side(16.83, 2.6, higher_is_better=False, samples=[-2.8, -2.9, -2.7, -2.85])
+    tuned = side(17.67, 2.5, higher_is_better=False, samples=[-2.85, -2.9, -2.75, -2.9])
+    (row,) = compare_benchmarks(base, tuned)
+    assert not row["paired"] and row["change_stderr"] == pytest.approx(math.hypot(2.6, 2.5))
+    assert row["verdict"] == "within noise"

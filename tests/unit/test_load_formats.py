@@ -77,3 +77,15 @@ def test_unreachable_hub_dataset_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     with pytest.raises(UserError, match="not a local file.*hub"):
         load_records("someorg/some-set", "conversation")
+
+
+def test_a_field_mapping_to_a_column_the_data_lacks_is_named_not_ignored(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    with pytest.raises(
+        UserError, match=r"a\.jsonl:1: the field mapping \(output = `answer`\) names a column"
+    ):
+        load_records(str(path), "conversation", fields={"output": "answer"})
+    # The columns that are there map as before.
+    (record, _) = load_records(str(path), "conversation", fields={"output": "instruction"})
+    assert record.messages[-1]["content"] == "Say hi."

@@ -50,6 +50,11 @@ def test_plain_paths_stay_one_source_and_dicts_make_several():
         ),
         (["a.jsonl", {"path": "b.jsonl", "weight": 0}], "source 1: `weight`: Input should be greater than 0"),
         ([{"weight": 1}], "source 0: `path`: Field required"),
+        (
+            [{"path": "a.jsonl", "name": "web"}, {"path": "b.jsonl", "name": "web"}],
+            "source 1: its name 'web' is source 0's too",
+        ),
+        (["a.jsonl", {"path": "a.jsonl", "weight": 2}], "source 1: its name 'a.jsonl' is source 0's too"),
     ],
 )
 def test_bad_sources_are_named(train, message):

@@ -135,6 +135,18 @@ def apply_field_mapping(row: dict[str, Any], fields: dict[str, str]) -> dict[str
     return mapped
 
 
+def check_field_mapping(row: dict[str, Any], fields: dict[str, str], source: Source) -> None:
+    """A mapping that names a column the data does not have is a typo: say so on the first row rather
+    than train on whatever the format detection finds instead."""
+    missing = {canonical: column for canonical, column in fields.items() if column not in row}
+    if missing:
+        named = ", ".join(f"{canonical} = `{column}`" for canonical, column in missing.items())
+        raise UserError(
+            f"{source}: the field mapping ({named}) names a column this row does not have; its columns are "
+            f"{', '.join(sorted(row))}. Fix data.fields (or the source's fields)"
+        )
+
+
 def detect_format(row: dict[str, Any], kind: str, source: Source) -> str:
     """The format of a row meant to become a `kind` record (see KIND_FORMATS)."""
     keys = set(row)
@@ -352,6 +364,8 @@ def normalize(
         )
     detected = None if fmt == "auto" else fmt
     for row, source in rows:
+        if detected is None:
+            check_field_mapping(row, fields, source)
         row = apply_field_mapping(row, fields)
         if detected is None:
             detected = detect_format(row, kind, source)

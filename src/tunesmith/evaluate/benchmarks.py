@@ -5,7 +5,8 @@ wrapper, with its own task registry and the user's task YAMLs (`include_path`); 
 settings before and after make one fixed protocol. `compare_benchmarks` turns the two results into
 rows: base, tuned, the harness's standard errors, and a verdict per row: better or worse only when
 the change is beyond NOISE_Z standard errors of the difference, paired over the same examples where
-the harness gives per-example scores (most tasks), else from the two standard errors.
+the harness gives per-example scores that make the value (means and perplexities: most tasks), else
+from the two standard errors.
 """
 
 from __future__ import annotations
@@ -277,6 +278,35 @@ def paired_stderr(before: dict[str, float], after: dict[str, float]) -> tuple[fl
     return math.sqrt(variance / len(differences)), len(common)
 
 
+def _reproduces(value: float, scores: dict[str, float], perplexity: bool = False) -> bool:
+    """Whether the per-example scores make the value: their mean, or exp(-mean) for a perplexity."""
+    if not scores:
+        return False
+    mean = sum(scores.values()) / len(scores)
+    return math.isclose(math.exp(-mean) if perplexity else mean, value, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def paired_change_stderr(
+    before: tuple[float, dict[str, float]], after: tuple[float, dict[str, float]]
+) -> tuple[float | None, int]:
+    """The standard error of the change (value, per-example scores on each side), paired over the
+    examples both were scored on, on the metric's own scale. Pairing needs to know how the per-example
+    scores make the value: a mean (accuracy, exact match) pairs the differences directly; a perplexity
+    (the harness keeps each example's log-likelihood, the value is exp(-mean)) pairs the log-likelihood
+    differences and carries their error to the perplexity by the delta method (d ppl = -ppl d mean).
+    Any other aggregate (corpus BLEU, F1 over the whole set) returns None: the caller falls back to the
+    harness's own standard errors, unpaired."""
+    (before_value, before_scores), (after_value, after_scores) = before, after
+    stderr, count = paired_stderr(before_scores, after_scores)
+    if stderr is None:
+        return None, count
+    if _reproduces(before_value, before_scores) and _reproduces(after_value, after_scores):
+        return stderr, count
+    if _reproduces(before_value, before_scores, True) and _reproduces(after_value, after_scores, True):
+        return after_value * stderr, count
+    return None, count
+
+
 def compare_benchmarks(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per task and metric scored on both sides: base, tuned, change, standard errors, verdict."""
     rows = []
@@ -289,9 +319,9 @@ def compare_benchmarks(before: dict[str, Any], after: dict[str, Any]) -> list[di
             if before_metric is None:
                 continue
             change = after_metric["value"] - before_metric["value"]
-            stderr, num_paired = paired_stderr(
-                (before.get("samples") or {}).get(task, {}).get(key, {}),
-                (after.get("samples") or {}).get(task, {}).get(key, {}),
+            stderr, num_paired = paired_change_stderr(
+                (before_metric["value"], (before.get("samples") or {}).get(task, {}).get(key, {})),
+                (after_metric["value"], (after.get("samples") or {}).get(task, {}).get(key, {})),
             )
             paired = stderr is not None
             if stderr is None and before_metric["stderr"] is not None and after_metric["stderr"] is not None:
