@@ -22,6 +22,15 @@ TOKENIZER_FILES = (
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _own_outputs_ledger(tmp_path_factory, monkeypatch):
+    """Each test gets its own ledger of written files (tunesmith/outputs.py), not the user's."""
+    import tunesmith.outputs
+
+    ledger = tmp_path_factory.mktemp("ledger") / "outputs.json"
+    monkeypatch.setattr(tunesmith.outputs, "ledger_path", lambda: ledger)
+
+
 def _copy_tokenizer(target: Path) -> None:
     for name in TOKENIZER_FILES:
         source = ASSETS / "base-model" / name

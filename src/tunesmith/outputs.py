@@ -1,8 +1,10 @@
 """The one rule for every path a verb writes: nothing of the user's is ever deleted or emptied.
 
 A verb may create a new path, fill an empty folder, or replace a path that tunesmith itself made
-for the same purpose: a folder holding `OUTPUT_MARKER` that names the purpose, or a file whose
-first bytes carry `tunesmith:<purpose>` (`generator_tag`). Anything else that exists is refused
+for the same purpose: a folder holding `OUTPUT_MARKER` that names the purpose, a file whose first
+bytes carry `tunesmith:<purpose>` (`generator_tag`), or a file that cannot carry a tag (a CSV) whose
+bytes are still exactly what tunesmith wrote there (the ledger of written files, `ledger_path`: path,
+purpose, SHA-256; a file the user edited no longer matches). Anything else that exists is refused
 with exit code 2, naming the path and the way out. `--overwrite` takes such a path anyway, but
 moves the old one aside (`<name>.replaced-<time>`, nothing deleted), and still never touches a
 folder holding a run, an input of the command, or a parent of either.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -34,6 +37,7 @@ RUN_MARKER = "tunesmith-run.json"  # in every run directory (train/rundir.py)
 RUN_FILES = (RUN_MARKER, "metrics.jsonl")  # either one makes a folder a run
 FILE_TAG_BYTES = 4096  # how far into a file its generator tag is looked for
 RUN_SEARCH_DEPTH = 3  # how deep a folder is searched for runs before --overwrite moves it aside
+LEDGER_ENTRIES = 2000  # files remembered in the ledger (the oldest are forgotten first)
 
 
 def generator_tag(purpose: str) -> str:
@@ -165,7 +169,69 @@ def _file_is_ours(path: Path, purpose: str) -> bool:
             head = handle.read(FILE_TAG_BYTES)
     except OSError:
         return False
-    return generator_tag(purpose).encode() in head
+    return generator_tag(purpose).encode() in head or _in_ledger(path, purpose)
+
+
+# --------------------------------------------------------------------------------------------
+# The ledger of written files: what lets an untagged output (a CSV) be replaced by its own verb.
+
+
+def ledger_path() -> Path:
+    return Path("~/.cache/tunesmith/outputs.json").expanduser()
+
+
+def _read_ledger() -> dict[str, dict[str, object]]:
+    try:
+        files = json.loads(ledger_path().read_text()).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return {}  # no ledger, or a damaged one: every untagged file counts as the user's
+    return files if isinstance(files, dict) else {}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _in_ledger(path: Path, purpose: str) -> bool:
+    """Whether tunesmith wrote this file for `purpose` and nobody changed a byte of it since."""
+    entry = _read_ledger().get(str(path.resolve()))
+    if not isinstance(entry, dict) or entry.get("purpose") != purpose:
+        return False
+    try:
+        return entry.get("size") == path.stat().st_size and entry.get("sha256") == _sha256(path)
+    except OSError:
+        return False
+
+
+def _record_in_ledger(path: Path, purpose: str, payload: bytes) -> None:
+    """Remember a written file; a ledger that cannot be written (a read-only home) only means the
+    next run needs --overwrite for this file, so it never fails the verb."""
+    files = _read_ledger()
+    files.pop(str(path.resolve()), None)
+    files[str(path.resolve())] = {
+        "purpose": purpose,
+        "size": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "written": datetime.now().isoformat(timespec="seconds"),
+    }
+    kept = dict(list(files.items())[-LEDGER_ENTRIES:])
+    ledger = ledger_path()
+    try:
+        ledger.parent.mkdir(parents=True, exist_ok=True)
+        handle_fd, temp_name = tempfile.mkstemp(dir=ledger.parent, prefix=f".{ledger.name}.tmp-")
+    except OSError:
+        return
+    try:
+        with os.fdopen(handle_fd, "w") as handle:
+            json.dump({"version": 1, "files": kept}, handle)
+        os.replace(temp_name, ledger)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
 
 
 def fsync_file(path: Path) -> None:
@@ -279,6 +345,7 @@ def write_output_file(claim: Claim, data: str | bytes) -> Path:
         temp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+    _record_in_ledger(path, claim.purpose, payload)
     return path
 
 

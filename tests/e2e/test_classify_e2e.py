@@ -166,6 +166,19 @@ def test_cli_train_reports_metrics_and_predict_writes_probabilities(tiny_llama, 
     # The CSV agrees with the run's own evaluation, example by example.
     assert [r["predicted"] for r in rows] == [e["predicted"] for e in after["examples"]]
 
+    # Predicting again onto its own untouched CSV replaces it (the CSV has no tag: the ledger knows
+    # its bytes); once the user edits the CSV, or for a CSV of the user's, it is refused and kept.
+    args = ("predict", str(run_dir), "--data", str(evaluation), "--out")
+    assert run_cli_here(*args, str(out))[0] == 0 and sorted(tmp_path.glob("preds.csv*")) == [out]
+    out.write_text(out.read_text() + "my note,,,,,,\n")
+    mine = tmp_path / "mine.csv"
+    mine.write_text("text,label\nmy own,positive\n")
+    for taken in (out, mine):
+        kept = taken.read_bytes()
+        code, _, stderr = run_cli_here(*args, str(taken))
+        assert code == 2 and "already exists and tunesmith did not write it" in stderr.replace("\n", " ")
+        assert taken.read_bytes() == kept
+
 
 def test_bad_input_is_one_line_naming_the_file(tiny_llama, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", [{"text": f"t {i}", "label": "same"} for i in range(6)])

@@ -240,3 +240,25 @@ def test_a_mount_point_with_files_is_refused_and_an_empty_one_is_filled(trained,
     assert (tmpfs / "config.json").is_file() and not [
         p for p in tmpfs.iterdir() if p.name.startswith(".tunesmith-tmp")
     ]
+
+
+def test_an_untagged_file_is_ours_only_while_its_bytes_are_what_tunesmith_wrote(tmp_path):
+    from tunesmith import outputs
+    from tunesmith.errors import UserError
+
+    csv = tmp_path / "preds.csv"
+    outputs.write_output_file(outputs.claim_output(csv, "predictions", directory=False), "a,b\n1,2\n")
+    assert outputs.claim_output(csv, "predictions", directory=False).state == "ours"
+    # Another purpose, an edited byte, or a damaged ledger: the file counts as the user's.
+    with pytest.raises(UserError, match="already exists and tunesmith did not write it"):
+        outputs.claim_output(csv, "data-check-json", directory=False)
+    csv.write_text("a,b\n1,3\n")
+    with pytest.raises(UserError, match="already exists and tunesmith did not write it"):
+        outputs.claim_output(csv, "predictions", directory=False)
+    outputs.write_output_file(
+        outputs.claim_output(csv, "predictions", directory=False, overwrite=True), "x\n"
+    )
+    assert [p.name for p in tmp_path.glob("preds.csv.replaced-*")] and csv.read_text() == "x\n"
+    outputs.ledger_path().write_text("{not json")
+    with pytest.raises(UserError, match="already exists and tunesmith did not write it"):
+        outputs.claim_output(csv, "predictions", directory=False)

@@ -22,7 +22,8 @@ def predict_file(
 ) -> dict[str, Any]:
     """Classify every row of `data`; writes a CSV with text, predicted label(s) and one probability
     column per label. Returns {rows, out, accuracy (if labelled)}. `out` follows the output-path
-    rule: a CSV carries no tunesmith tag, so an existing file needs `overwrite` (moved aside)."""
+    rule: a CSV carries no tag, so it is replaced only while it holds exactly what an earlier
+    `predict` wrote (the outputs ledger); any other existing file needs `overwrite` (moved aside)."""
     from tunesmith.models.load import select_device
     from tunesmith.outputs import claim_output, write_output_file
     from tunesmith.tasks.classify import load_classifier, predict_rows, read_unlabeled
