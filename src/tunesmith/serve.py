@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hmac
 import inspect
 import json
@@ -36,6 +37,7 @@ from tunesmith.progress import NoProgress, Progress
 DEFAULT_HOST = "127.0.0.1"  # localhost only: exposing a model is the user's explicit choice
 DEFAULT_PORT = 8000
 DEFAULT_MAX_TOKENS = 256
+DISCONNECT_POLL_S = 0.2  # how often a non-streaming request checks whether its client is still there
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 
@@ -328,8 +330,7 @@ def build_app(engine: Engine, api_key: str | None = None) -> Any:
         card = {"id": engine.name, "object": "model", "created": int(time.time()), "owned_by": "tunesmith"}
         return {"object": "list", "data": [card]}
 
-    @app.post("/v1/chat/completions")
-    def chat(request: ChatRequest) -> Any:
+    async def chat(request: ChatRequest, raw: Any) -> Any:
         check_model(request.model)
         sampling = _sampling(request, request.max_completion_tokens or request.max_tokens)
         prompt_ids = engine.chat_prompt([m.as_message() for m in request.messages])
@@ -337,7 +338,7 @@ def build_app(engine: Engine, api_key: str | None = None) -> Any:
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name}
         if request.stream:
             return _stream(engine, prompt_ids, sampling, engine.chat_stop_ids, meta, chat=True)
-        text, finish, count = _complete(engine, prompt_ids, sampling, engine.chat_stop_ids)
+        text, finish, count = await _complete(raw, engine, prompt_ids, sampling, engine.chat_stop_ids)
         message = {"role": "assistant", "content": text}
         return {
             **meta,
@@ -346,8 +347,7 @@ def build_app(engine: Engine, api_key: str | None = None) -> Any:
             "usage": _usage(prompt_ids, count),
         }
 
-    @app.post("/v1/completions")
-    def completions(request: CompletionRequest) -> Any:
+    async def completions(request: CompletionRequest, raw: Any) -> Any:
         check_model(request.model)
         prompts = [request.prompt] if isinstance(request.prompt, str) else request.prompt
         if len(prompts) != 1:
@@ -358,13 +358,19 @@ def build_app(engine: Engine, api_key: str | None = None) -> Any:
         meta = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": engine.name}
         if request.stream:
             return _stream(engine, prompt_ids, sampling, engine.text_stop_ids, meta, chat=False)
-        text, finish, count = _complete(engine, prompt_ids, sampling, engine.text_stop_ids)
+        text, finish, count = await _complete(raw, engine, prompt_ids, sampling, engine.text_stop_ids)
         return {
             **meta,
             "object": "text_completion",
             "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}],
             "usage": _usage(prompt_ids, count),
         }
+
+    # The raw request (to notice a client that leaves) is annotated here: FastAPI reads annotations
+    # from the module's globals, where the optional fastapi import is not.
+    for path, endpoint in (("/v1/chat/completions", chat), ("/v1/completions", completions)):
+        endpoint.__annotations__["raw"] = Request
+        app.post(path)(endpoint)
 
     def _stream(
         engine: Engine, prompt_ids: list[int], sampling: Sampling, stop_ids: set[int], meta: dict, chat: bool
@@ -419,13 +425,48 @@ def _usage(prompt_ids: list[int], count: int) -> dict[str, int]:
     }
 
 
-def _complete(
-    engine: Engine, prompt_ids: list[int], sampling: Sampling, stop_ids: set[int]
+async def _client_gone(raw: Any) -> bool:
+    """Whether the client of this request disconnected. Starlette's `is_disconnected` never sees it
+    behind an `http` middleware (its receive is wrapped in a task group that a pre-cancelled scope
+    stops before it looks), so wait for the next message a few milliseconds instead."""
+    import anyio
+
+    with anyio.move_on_after(0.005):
+        return (await raw.receive()).get("type") == "http.disconnect"
+    return False
+
+
+async def _complete(
+    raw: Any, engine: Engine, prompt_ids: list[int], sampling: Sampling, stop_ids: set[int]
 ) -> tuple[str, str, int]:
+    """A whole answer, generated in its own thread. A client that disconnects before it is done
+    stops the generation at the next token (checked every DISCONNECT_POLL_S while waiting), so the
+    model is free for the next client instead of busy to max_tokens for nobody."""
+    import anyio
+
+    pieces, cancel = _generate_in_thread(engine, prompt_ids, sampling, stop_ids)
     text, finish, count = "", "length", 0
-    with engine.lock:
-        for piece, reason, so_far in engine.pieces(prompt_ids, sampling, stop_ids, threading.Event()):
+    checked = time.monotonic()
+    try:
+        while True:
+            if time.monotonic() - checked >= DISCONNECT_POLL_S:
+                if await _client_gone(raw):
+                    break  # nobody will read the answer
+                checked = time.monotonic()
+            try:
+                item = await anyio.to_thread.run_sync(
+                    functools.partial(pieces.get, timeout=DISCONNECT_POLL_S)
+                )
+            except queue.Empty:
+                continue
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            piece, reason, so_far = item
             text, finish, count = text + piece, reason or finish, so_far
+    finally:
+        cancel.set()
     return text, finish, count
 
 

@@ -116,3 +116,28 @@ def test_a_port_out_of_range_is_one_line(tiny_llama, tmp_path, port):
     )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and f"--port {port}" in result.stderr, result.stderr
+
+
+def test_a_whole_answer_abandoned_before_it_is_done_stops_its_generation(served):
+    """A non-streaming client that gives up (closes its socket while waiting) frees the model too."""
+    port, engine = served
+    body = {"model": "tiny", "prompt": "Once upon a time", "max_tokens": MAX_TOKENS, "temperature": 0}
+    tokens_before, cancelled_before = engine.num_generated_tokens, engine.num_cancelled
+    payload = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+        client.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        deadline = time.monotonic() + 30
+        while engine.num_generated_tokens == tokens_before and time.monotonic() < deadline:
+            time.sleep(0.005)  # the answer has begun
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (engine.num_cancelled == cancelled_before or engine.lock.locked()):
+        time.sleep(0.01)
+    assert engine.num_cancelled == cancelled_before + 1 and not engine.lock.locked()
+    generated = engine.num_generated_tokens - tokens_before
+    assert generated < MAX_TOKENS // 2, f"{generated} tokens generated for a client that left"
+    # Whole answers still come back whole.
+    assert json.loads(_request(port, body).read())["usage"]["completion_tokens"] == MAX_TOKENS
