@@ -171,7 +171,12 @@ def benchmark_settings(model_or_run: str, options: dict[str, Any]) -> BenchmarkC
     try:
         settings = BenchmarkConfig.model_validate(values)
     except ValidationError as exc:
-        raise UserError(_format_validation_error(exc, "tunesmith bench")) from None
+        message = _format_validation_error(exc, "tunesmith bench")
+        for key in BenchmarkConfig.model_fields:  # name the option, and the config key it stands for
+            message = message.replace(
+                f"config key `{key}`", f"--{key.replace('_', '-')} (eval.benchmarks.{key})"
+            )
+        raise UserError(message) from None
     if not settings.tasks:
         raise UserError("tunesmith bench: name the benchmarks with --tasks (e.g. --tasks arc_easy,hellaswag)")
     return settings
