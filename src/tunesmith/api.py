@@ -208,14 +208,34 @@ def benchmark(
 
 
 def select(
-    task: str, data: Any, candidates: list[str] | None = None, overwrite: bool = False, **options: Any
+    task: str | None,
+    data: Any,
+    candidates: list[str] | None = None,
+    overwrite: bool = False,
+    config: Config | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
     """Rank candidate base models on the user's data and hardware; see tunesmith.select.select.
-    `out_dir` follows the output-path rule (new, empty or an earlier select's folder)."""
+    `config`: the user's config, whose task and data.train stand in for a missing `task` and `data`,
+    and whose other settings (how the data reads, the task's own sections) every candidate is measured
+    with and the recommended config keeps. `out_dir` follows the output-path rule (new, empty or an
+    earlier select's folder)."""
     from tunesmith.select import select as run_select
+    from tunesmith.select import user_settings
 
+    if config is not None:
+        task = task or config.task
+        if data is None:
+            data = config.model_dump(mode="json")["data"]["train"]
+        options["settings"] = user_settings(config)
+    if task is None or data is None:
+        missing = "--task" if task is None else "--data"
+        raise UserError(f"tunesmith select: give {missing}, or a --config that sets it")
     if options.get("out_dir"):
-        inputs = [data] if isinstance(data, (str, Path)) else list(data)
+        inputs: list[Any] = []
+        for source in [data] if isinstance(data, (str, Path, dict)) else list(data):
+            path = source["path"] if isinstance(source, dict) else source
+            inputs += path if isinstance(path, list) else [path]
         options["out_dir"] = _output_folder(
             options["out_dir"], "select", [*inputs, *(candidates or [])], overwrite
         )

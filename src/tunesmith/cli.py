@@ -688,8 +688,19 @@ def data_curve(
 
 @app.command("select")
 def select_command(
-    task: str = typer.Option(..., "--task", help=TASKS_HELP),
-    data: list[str] = typer.Option(..., "--data", "-d", help="your training data (repeat for several)"),
+    task: str = typer.Option(None, "--task", help=TASKS_HELP + " (default: the --config's)"),
+    data: list[str] = typer.Option(
+        None,
+        "--data",
+        "-d",
+        help="your training data, repeat for several (default: the --config's data.train)",
+    ),
+    config: str = typer.Option(
+        None,
+        "--config",
+        help="your YAML config: its task, data and how the data reads (data.fields, format, templates) and "
+        "the task's own settings (e.g. reward functions) are measured with and kept in the recommendation",
+    ),
     candidates: list[str] = typer.Option(
         None, "--candidates", help="model dirs, 'embedded' or hub ids (default: the catalogue, filtered)"
     ),
@@ -724,8 +735,9 @@ def select_command(
         extra_args = [c for c in [*(candidates or []), *(more_candidates or [])] if c]
         result = api.select(
             task,
-            data if len(data) > 1 else data[0],
+            (data if len(data) > 1 else data[0]) if data else None,
             extra_args,
+            config=_load(config, None) if config else None,
             gpu_memory=gpu_memory,
             cpu=cpu,
             time_budget=time_budget,

@@ -169,3 +169,44 @@ def test_preference_without_candidates_ranks_the_catalogue_models(tmp_path: Path
     skipped = {c["name"] for c in report["skipped"]}
     assert "Qwen/Qwen2.5-0.5B-Instruct" in skipped and "google-bert/bert-base-uncased" not in skipped
     assert report["recommendation"]["model"] == "embedded"
+
+
+def test_a_config_says_how_the_data_reads_and_the_recommendation_keeps_it(tmp_path: Path) -> None:
+    """Columns of the user's own (question/answer) need data.fields: without a config select cannot
+    read them; with `--config` every candidate is measured on them and the recommended config keeps
+    the mapping and the system prompt, while the model and training settings are select's."""
+    if not (ASSETS / "base-model" / "model.safetensors").is_file():
+        pytest.skip("the embedded base model's weights are not built")
+    data = tmp_path / "qa.jsonl"
+    data.write_text(
+        "".join(json.dumps({"question": f"{i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(24))
+    )
+    config = tmp_path / "mine.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "task": "instruct",
+                "model": {"name": "some/other-model"},
+                "train": {"learning_rate": 0.3},
+                "data": {
+                    "train": str(data),
+                    "fields": {"instruction": "question", "output": "answer"},
+                    "system_prompt": "You add one.",
+                },
+            }
+        )
+    )
+    common = ["--candidates", "embedded", "--cpu", "--sample", "4", "--probe-seconds", "1"]
+    without = CliRunner().invoke(app, ["select", "--task", "instruct", "--data", str(data), *common])
+    assert without.exit_code == 2 and "cannot tell the conversation data format" in without.output
+    out = tmp_path / "selected"
+    result = CliRunner().invoke(app, ["select", "--config", str(config), *common, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    recommended = yaml.safe_load((out / "config.yaml").read_text())
+    assert recommended["data"]["fields"] == {"instruction": "question", "output": "answer"}
+    assert recommended["data"]["system_prompt"] == "You add one." and recommended["data"]["train"] == str(
+        data
+    )
+    assert recommended["model"]["name"] != "some/other-model" and recommended["train"]["learning_rate"] != 0.3
+    build_config(recommended)  # it validates as written
+    assert CliRunner().invoke(app, ["select", *common]).exit_code == 2

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.config import Config, build_config, config_to_yaml
+from tunesmith.config import Config, build_config, config_to_yaml, deep_merge
 from tunesmith.data.pack import RowSchedule
 from tunesmith.errors import UserError
 from tunesmith.models.memory import (
@@ -99,26 +99,41 @@ class Request:
     max_seq_len: int | None = None
     target_device: str | None = None  # the machine the estimate is for (default: `device`)
     probe_seconds: float = PROBE_SECONDS
+    settings: dict[str, Any] = field(default_factory=dict)  # the user's own settings (user_settings)
+
+
+# What select chooses itself; every other section of a user's config (how the data reads, the task's
+# own sections such as reward functions) is kept for the measurement and the recommended config.
+SELECT_CHOOSES = ("task", "model", "adapter", "train", "eval", "logging", "distributed", "prediction")
+SELECT_CHOOSES_DATA = ("train", "eval", "eval_fraction", "max_eval_examples", "check", "max_seq_len")
+
+
+def user_settings(config: Config) -> dict[str, Any]:
+    """What select keeps of a user's config (`--config`): the keys they set, outside SELECT_CHOOSES."""
+    values = config.model_dump(mode="json", exclude_unset=True)
+    kept = {
+        key: value for key, value in values.items() if key not in (*SELECT_CHOOSES, "output_dir", "run_name")
+    }
+    data = {key: value for key, value in kept.get("data", {}).items() if key not in SELECT_CHOOSES_DATA}
+    return {**kept, "data": data} if data else {key: value for key, value in kept.items() if key != "data"}
 
 
 def _candidate_config(request: Request, model_path: str, seq_len: int) -> Config:
-    return build_config(
-        {
-            "task": request.task,
-            "model": {"name": model_path, "device": request.device},
-            "adapter": {"method": "full", "r": 8, "alpha": 16, "dropout": 0.0},
-            "data": {
-                "train": request.data,
-                "max_seq_len": seq_len,
-                "eval_fraction": 0.5,  # the held-out sample is max_eval_examples records
-                "max_eval_examples": request.sample,
-                "check": False,
-            },
-            "train": {"batch_size": 2, "learning_rate": 1e-4, "seed": 0},
-            "logging": {"progress": False},
+    chosen = {
+        "task": request.task,
+        "model": {"name": model_path, "device": request.device},
+        "adapter": {"method": "full", "r": 8, "alpha": 16, "dropout": 0.0},
+        "data": {
+            "train": request.data,
+            "max_seq_len": seq_len,
+            "eval_fraction": 0.5,  # the held-out sample is max_eval_examples records
+            "max_eval_examples": request.sample,
+            "check": False,
         },
-        source="tunesmith select",
-    )
+        "train": {"batch_size": 2, "learning_rate": 1e-4, "seed": 0},
+        "logging": {"progress": False},
+    }
+    return build_config(deep_merge(request.settings, chosen), source="tunesmith select")
 
 
 def _lengths(prepared: PreparedData) -> list[int]:
@@ -219,7 +234,7 @@ def _measure_throughput(candidate: Candidate, request: Request, tokenizer: Any) 
     prepares it; advisory: a failure is a reason, never a lost candidate."""
     device = request.device
     try:
-        values = recommended_values(candidate, request.task, request.data, "auto")
+        values = recommended_values(candidate, request.task, request.data, "auto", request.settings)
         values["model"] = {"name": candidate.path, "device": device}
         if values["adapter"]["method"] == "qlora" and device == "cpu":
             values["adapter"]["method"] = "lora"  # 4-bit kernels need the GPU; the closest on CPU
@@ -345,8 +360,10 @@ def select(
     out_dir: str | Path | None = None,
     progress: Progress | None = None,
     probe_seconds: float = PROBE_SECONDS,
+    settings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Measure the candidates on the user's data and recommend one; see the module docstring.
+    `settings`: what the user's config says beyond what select chooses (user_settings).
 
     The steps: the machine (_machine), the candidates (_candidate_names: given, or the catalogue's
     models that offer what the task needs), each measured (measure_candidate), ranked (rank), the
@@ -362,7 +379,9 @@ def select(
         raise UserError(f"--max-params: {exc}") from None
     device, measure_device, budget = _machine(gpu_memory, cpu)
     seconds_budget = parse_duration(time_budget) if time_budget else None
-    request = Request(task, data, measure_device, budget, sample, max_seq_len, device, probe_seconds)
+    request = Request(
+        task, data, measure_device, budget, sample, max_seq_len, device, probe_seconds, settings or {}
+    )
     filters = _Filters(params_cap, license, min_context)
     notes: list[str] = []
     names = _candidate_names(task, candidates, filters, notes)
@@ -506,7 +525,7 @@ def _recommend(result: dict[str, Any], ranked: list[Candidate], request: Request
         )
         return
     best = fitting[0]
-    config, why = build_recommendation(best, request.task, request.data, device)
+    config, why = build_recommendation(best, request.task, request.data, device, request.settings)
     result["recommendation"] = {
         "model": best.name,
         "method": best.method,

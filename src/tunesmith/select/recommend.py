@@ -7,7 +7,7 @@ import importlib.util
 import math
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.config import GPU_EXTRA_HINT, Config, build_config
+from tunesmith.config import GPU_EXTRA_HINT, Config, build_config, deep_merge
 from tunesmith.models.memory import ModelShape, Setting, estimate_memory
 from tunesmith.tasks import get_task
 
@@ -110,14 +110,17 @@ def _baseline(device: str) -> int | None:
     return _BASELINE["cpu"]
 
 
-def recommended_values(best: Candidate, task: str, data: Any, device: str) -> dict[str, Any]:
-    """The recommended config as plain values (what select probes and writes)."""
+def recommended_values(
+    best: Candidate, task: str, data: Any, device: str, settings: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The recommended config as plain values (what select probes and writes), over the user's own
+    `settings` (select.user_settings: how the data reads, the task's own sections)."""
     hyper = best.info["hyperparameters"]
     method = best.method or "lora"
     if method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
         method = "lora"  # a config that validates; the first reason says it will not fit as written
     batch_size = best.info["batch_size"]
-    return {
+    chosen = {
         "task": task,
         "model": {"name": best.name if best.name == "embedded" else best.path, "device": device},
         "adapter": {
@@ -135,6 +138,7 @@ def recommended_values(best: Candidate, task: str, data: Any, device: str) -> di
             "gradient_checkpointing": best.gradient_checkpointing,
         },
     }
+    return deep_merge(settings or {}, chosen)
 
 
 def prediction_of(best: Candidate, values: dict[str, Any]) -> dict[str, Any]:
@@ -155,8 +159,10 @@ def prediction_of(best: Candidate, values: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_recommendation(best: Candidate, task: str, data: Any, device: str) -> tuple[Config, list[str]]:
-    values = recommended_values(best, task, data, "auto")
+def build_recommendation(
+    best: Candidate, task: str, data: Any, device: str, settings: dict[str, Any] | None = None
+) -> tuple[Config, list[str]]:
+    values = recommended_values(best, task, data, "auto", settings)
     method = values["adapter"]["method"]
     values["prediction"] = prediction_of(best, values)
     config = build_config(values, source="tunesmith select recommendation")
