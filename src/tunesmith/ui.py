@@ -207,13 +207,14 @@ def print_selection(console: Any, result: dict[str, Any]) -> None:
         f"{result['device']})",
         show_lines=True,
     )
-    for column in ("rank", "model", "fit (nats/char)", "tokens/char", "method", "train time"):
+    fit = (result.get("fit_ranking") or [{"key": "loss_per_char", "label": "fit (nats/char)"}])[0]
+    for column in ("rank", "model", fit["label"], "tokens/char", "method", "train time"):
         table.add_column(column, overflow="fold")
     for c in result["ranked"]:
         table.add_row(
             str(c["rank"]),
             c["name"],
-            f"{c['fit'].get('loss_per_char', float('nan')):.3f}",
+            f"{c['fit'].get(fit['key'], float('nan')):.3f}",
             f"{c['fit'].get('tokens_per_char', float('nan')):.2f}",
             (c["method"] or "does not fit") + (" + gc" if c["gradient_checkpointing"] else ""),
             f"{c['estimated_seconds'] / 60:.1f} min",

@@ -17,6 +17,7 @@ then the rest. The winner gets hyperparameters chosen from the data size and a r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -266,49 +267,52 @@ def _measure_throughput(candidate: Candidate, request: Request, tokenizer: Any) 
 # Ranking, reasons, recommendation
 
 
-def rank(candidates: list[Candidate], time_budget: float | None) -> list[Candidate]:
+def rank(candidates: list[Candidate], time_budget: float | None, task: str) -> list[Candidate]:
+    """Candidates that fit the memory (and time budget) first, then by the task's fit_ranking."""
     measured = [c for c in candidates if c.status == "ok"]
+    ranking = task_info(task).fit_ranking
 
-    def key(c: Candidate) -> tuple[int, float, float]:
+    def key(c: Candidate) -> tuple[float, ...]:
         fits = c.method is not None and (time_budget is None or c.estimated_seconds <= time_budget)
-        # classify: zero-shot accuracy first (what the user will measure), label cross-entropy next.
-        accuracy = c.fit.get("zero_shot_accuracy", 0.0)
-        return (0 if fits else 1, -accuracy, c.fit.get("loss_per_char", math.inf))
+        values = [c.fit.get(m.key, -math.inf if m.higher_is_better else math.inf) for m in ranking]
+        return (
+            0 if fits else 1,
+            *(-v if m.higher_is_better else v for v, m in zip(values, ranking, strict=True)),
+        )
 
     measured.sort(key=key)
-    best = measured[0].fit.get("loss_per_char") if measured else None
     for index, c in enumerate(measured, start=1):
         c.rank = index
-        c.reasons = _reasons(c, measured, best, time_budget) + c.reasons
+        c.reasons = _reasons(c, measured, ranking, time_budget) + c.reasons
     return measured
 
 
-def _reasons(
-    c: Candidate, ranked: list[Candidate], best: float | None, time_budget: float | None
-) -> list[str]:
+def _fit_reasons(c: Candidate, ranked: list[Candidate], ranking: tuple[Any, ...]) -> list[str]:
+    """The ranking metrics in words: against the best of the others on the first, plain after."""
     reasons = []
-    if "zero_shot_accuracy" in c.fit:
-        accuracy = c.fit["zero_shot_accuracy"]
-        other = max((o.fit.get("zero_shot_accuracy", 0.0) for o in ranked if o is not c), default=None)
-        if other is not None and accuracy >= other:
+    for position, metric in enumerate(ranking):
+        if metric.key not in c.fit:
+            continue
+        value = c.fit[metric.key]
+        others = [o.fit[metric.key] for o in ranked if o is not c and metric.key in o.fit]
+        if position > 0 or not others:
+            reasons.append(f"{metric.label} {value:.3f}")
+            continue
+        best = max(others) if metric.higher_is_better else min(others)
+        if (value >= best) if metric.higher_is_better else (value <= best):
+            word = "highest" if metric.higher_is_better else "lowest"
             reasons.append(
-                f"highest zero-shot accuracy on your labels ({accuracy:.2f} vs {other:.2f} next best)"
+                f"{word} {metric.label} ({value:.3f} vs {best:.3f} next best): the best fit to your data"
             )
-        elif other is not None:
-            reasons.append(f"zero-shot accuracy {accuracy:.2f} (best {other:.2f})")
-    value = c.fit.get("loss_per_char", math.inf)
-    others = [o.fit.get("loss_per_char", math.inf) for o in ranked if o is not c]
-    what = (
-        "label cross-entropy" if "label_loss" in c.fit else "loss per character on the tokens you would train"
-    )
-    if "zero_shot_accuracy" in c.fit:
-        reasons.append(f"{what} {value:.3f}")
-    elif others and value <= min(others):
-        reasons.append(
-            f"lowest {what} ({value:.3f} vs {min(others):.3f} next best): the best fit to your data"
-        )
-    elif best is not None:
-        reasons.append(f"{what} {value:.3f} (best {best:.3f}): fits your data less well")
+        else:
+            reasons.append(f"{metric.label} {value:.3f} (best {best:.3f}): fits your data less well")
+    return reasons
+
+
+def _reasons(
+    c: Candidate, ranked: list[Candidate], ranking: tuple[Any, ...], time_budget: float | None
+) -> list[str]:
+    reasons = _fit_reasons(c, ranked, ranking)
     if "loss" in c.fit:
         reasons.append(f"loss {c.fit['loss']:.3f} per token, perplexity {c.fit['perplexity']:.1f}")
     reasons.append(f"{c.fit.get('tokens_per_char', 0):.2f} tokens per character")
@@ -387,7 +391,7 @@ def select(
     names = _candidate_names(task, candidates, filters, notes)
     results = [_measure_named(name, request, filters, progress) for name in names]
     notes += _measurement_notes(results, device, measure_device)
-    ranked = rank(results, seconds_budget)
+    ranked = rank(results, seconds_budget, task)
     result = _result(request, device, seconds_budget, ranked, results, notes)
     _recommend(result, ranked, request, device)
     if out_dir is not None:
@@ -505,6 +509,7 @@ def _result(
         "memory_budget_bytes": request.budget,
         "memory_budget": format_size(request.budget),
         "time_budget_seconds": seconds_budget,
+        "fit_ranking": [dataclasses.asdict(metric) for metric in task_info(request.task).fit_ranking],
         "ranked": [c.as_dict() for c in ranked],
         "skipped": [{"name": c.name, "reason": c.reason} for c in skipped],
         "notes": notes,

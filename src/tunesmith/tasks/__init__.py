@@ -116,6 +116,11 @@ class TaskInfo:
     catalogue_needs: tuple[str, ...] = ("causal_lm",)
     has_forgetting_probe: bool = False
     on_policy: bool = False
+    # select ranks base models on these keys of measure_fit's result, in order (the first decides,
+    # the next break ties): by default the loss per character of the text that would be trained.
+    fit_ranking: tuple[Metric, ...] = (
+        Metric("loss_per_char", "loss per character on the tokens you would train", False),
+    )
 
     @property
     def step_accuracy(self) -> str:
@@ -455,6 +460,10 @@ register(
         ),
         catalogue_needs=("classification",),
         has_forgetting_probe=False,  # a classifier's head has no next-token perplexity to lose
+        fit_ranking=(  # what the user will measure first, then how sure the model is of the labels
+            Metric("zero_shot_accuracy", "zero-shot accuracy on your labels", True),
+            Metric("loss_per_char", "label cross-entropy", False),
+        ),
     )
 )
 register(
@@ -494,5 +503,9 @@ register(
         catalogue_needs=("causal_lm", "chat"),
         has_forgetting_probe=False,  # the policy loss scores sampled answers, not plain text
         on_policy=True,
+        fit_ranking=(  # the run's own rewards on held-out prompts, one greedy answer each
+            Metric("reward_mean", "held-out reward (greedy, your reward functions)", True),
+            Metric("truncated_share", "share of answers cut at max_completion_tokens", False),
+        ),
     )
 )
