@@ -154,3 +154,16 @@ def test_export_refuses_a_merge_that_changes_predictions(lora_run, tmp_path, mon
     with pytest.raises(RuntimeError, match="differs from base \\+ adapter"):
         api.merge_adapter(lora_run.run_dir, tmp_path / "bad")
     assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.tmp").exists()
+
+
+def test_the_parity_bar_admits_rounding_on_large_logits_and_not_a_wrong_merge():
+    import torch
+
+    from tunesmith.export import parity_bar, parity_error
+
+    logits = torch.linspace(-30.0, 30.0, 1000)
+    # fp32 rounding of reordered sums on logits of this size (measured 1.15e-4 on SmolLM2-135M) ...
+    assert parity_error(logits, logits + 1.15e-4) <= parity_bar(logits)
+    # ... but not a merge that moves a logit by a tenth, nor 1e-4 on logits that are all small.
+    assert parity_error(logits, logits + 0.1) > parity_bar(logits)
+    assert parity_error(logits / 100, logits / 100 + 1e-4) > parity_bar(logits / 100)
