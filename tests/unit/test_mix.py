@@ -180,3 +180,11 @@ def test_resuming_mid_run_replays_the_same_mix(tiny_llama, tmp_path, monkeypatch
         for name in ("reference", "resumed")
     ]
     assert mixes[0] == mixes[1] and sum(s["num_trained"] for s in mixes[0]) == 24
+
+
+def test_a_sources_format_that_does_not_fit_the_task_names_the_source(tmp_path):
+    from tunesmith.data.formats import load_records
+
+    data = write_jsonl(tmp_path / "a.jsonl", [{"text": "plain text"}])
+    with pytest.raises(UserError, match=re.escape("config key `data.train[1].format` (or `data.format`")):
+        load_records(str(data), "conversation", "text", what="data.train[1]")

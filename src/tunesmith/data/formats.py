@@ -388,6 +388,12 @@ def load_records(
     from tunesmith.data.load import iter_rows
 
     policy = policy or ErrorPolicy()
+    if fmt != "auto" and fmt not in KIND_FORMATS[kind] and "[" in what:  # a source of a mix: name it
+        raise UserError(
+            f"config key `{what}.format` (or `data.format`, its default): {fmt!r} does not fit this task's "
+            f"{kind} records; "
+            f"use one of {', '.join(KIND_FORMATS[kind])}"
+        )
     records = list(normalize(iter_rows(spec, policy, what), kind, fmt, fields, system_prompt, policy))
     if not records:
         shown = spec if isinstance(spec, str) else ", ".join(spec)
