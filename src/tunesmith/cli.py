@@ -323,7 +323,11 @@ def bench_command(
     include_path: list[str] = typer.Option(
         None, "--include-path", help="folder or file of your own task YAMLs (repeat for several)"
     ),
-    limit: float = typer.Option(None, "--limit", help="examples per task (under 1: a share)"),
+    limit: str = typer.Option(
+        None,
+        "--limit",
+        help="examples per task (under 1: a share; `all`: every one, whatever the run's config says)",
+    ),
     num_fewshot: int = typer.Option(None, "--num-fewshot", help="few-shot examples (default: the task's)"),
     batch_size: int = typer.Option(None, "--batch-size", help="requests per forward pass"),
     chat_template: bool = typer.Option(
@@ -350,7 +354,7 @@ def bench_command(
             out,
             _progress(console),
             include_path=include_path or None,
-            limit=limit,
+            limit=_bench_limit(limit),
             num_fewshot=num_fewshot,
             batch_size=batch_size,
             chat_template=chat_template,
@@ -359,6 +363,19 @@ def bench_command(
         ui.print_benchmarks(console, result)
 
     _run(action)
+
+
+def _bench_limit(text: str | None) -> float | str | None:
+    from tunesmith.errors import UserError
+
+    if text is None or text.strip().lower() in ("all", "none"):
+        return "all" if text is not None else None
+    try:
+        return float(text)
+    except ValueError:
+        raise UserError(
+            f"--limit: {text!r} is not a number; give a count, a share under 1, or `all`"
+        ) from None
 
 
 @app.command()

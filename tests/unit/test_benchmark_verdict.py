@@ -152,3 +152,16 @@ def test_scores_on_another_scale_than_the_value_are_not_paired():
     (row,) = compare_benchmarks(base, tuned)
     assert not row["paired"] and row["change_stderr"] == pytest.approx(math.hypot(2.6, 2.5))
     assert row["verdict"] == "within noise"
+
+
+def test_bench_takes_the_runs_settings_and_limit_all_lifts_the_runs_limit(tmp_path):
+    from tunesmith.evaluate.runner import benchmark_settings
+
+    (tmp_path / "final").mkdir()
+    (tmp_path / "config.yaml").write_text(
+        "eval:\n  benchmarks: {tasks: [arc_easy], limit: 500, batch_size: 4}\n"
+    )
+    assert benchmark_settings(str(tmp_path), {}).limit == 500
+    lifted = benchmark_settings(str(tmp_path), {"limit": "all"})
+    assert lifted.limit is None and lifted.tasks == ["arc_easy"] and lifted.batch_size == 4
+    assert benchmark_settings(str(tmp_path), {"limit": 20.0, "tasks": ["sst2"]}).limit == 20

@@ -168,6 +168,8 @@ def benchmark_settings(model_or_run: str, options: dict[str, Any]) -> BenchmarkC
     run = RunDir(Path(model_or_run).expanduser())
     saved = read_saved_config(run).get("eval", {}).get("benchmarks", {}) if run.final.is_dir() else {}
     values = {**saved, **{k: v for k, v in options.items() if v is not None}}
+    if values.get("limit") == "all":  # --limit all: every example, whatever the run's config says
+        values["limit"] = None
     try:
         settings = BenchmarkConfig.model_validate(values)
     except ValidationError as exc:
