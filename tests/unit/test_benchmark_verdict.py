@@ -165,3 +165,24 @@ def test_bench_takes_the_runs_settings_and_limit_all_lifts_the_runs_limit(tmp_pa
     lifted = benchmark_settings(str(tmp_path), {"limit": "all"})
     assert lifted.limit is None and lifted.tasks == ["arc_easy"] and lifted.batch_size == 4
     assert benchmark_settings(str(tmp_path), {"limit": 20.0, "tasks": ["sst2"]}).limit == 20
+
+
+def test_the_reports_benchmark_settings_read_as_words():
+    from tunesmith.report.benchmarks import settings_text
+
+    text = settings_text(
+        {
+            "tasks": ["arc_easy", "gsm8k"],
+            "limit": 200.0,
+            "num_fewshot": None,
+            "batch_size": 8,
+            "chat_template": False,
+        }
+    )
+    assert text == (
+        "tasks arc_easy, gsm8k; limit 200 per task; few-shot: each task's own; batch size 8; "
+        "plain prompts (no chat template)"
+    )
+    assert settings_text(
+        {"tasks": ["x"], "num_fewshot": 5, "chat_template": True, "include_path": ["/t"]}
+    ) == ("tasks x; every example; 5-shot; chat template on; task YAMLs from /t")

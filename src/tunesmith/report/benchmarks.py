@@ -51,8 +51,25 @@ def benchmarks_section(run: dict[str, Any]) -> str:
     settings = after.get("settings") or before.get("settings") or {}
     note = (
         f"EleutherAI's lm-evaluation-harness {escape(str(after.get('harness') or before.get('harness') or ''))} "
-        f"on the model in memory, the same settings before and after ({escape(str(settings))}). "
+        f"on the model in memory, the same settings before and after ({escape(settings_text(settings))}). "
         f"A change counts as better or worse only beyond {NOISE_Z} standard errors of the difference."
     )
     body = _table(["task", "metric", "base", "tuned", "change", "verdict"], table_rows, "numbers")
     return _section("benchmarks", "Benchmarks", body, note)
+
+
+def settings_text(settings: dict[str, Any]) -> str:
+    """eval.benchmarks in words: "tasks arc_easy, gsm8k; limit 200; few-shot: each task's own; ..."."""
+    tasks = settings.get("tasks") or []
+    limit = settings.get("limit")
+    shots = settings.get("num_fewshot")
+    include = settings.get("include_path")
+    parts = [
+        f"tasks {', '.join(tasks)}" if tasks else "",
+        f"limit {limit:g} per task" if isinstance(limit, (int, float)) else "every example",
+        "few-shot: each task's own" if shots is None else f"{shots}-shot",
+        f"batch size {settings['batch_size']}" if settings.get("batch_size") else "",
+        "chat template on" if settings.get("chat_template") else "plain prompts (no chat template)",
+        f"task YAMLs from {', '.join(include) if isinstance(include, list) else include}" if include else "",
+    ]
+    return "; ".join(part for part in parts if part)
