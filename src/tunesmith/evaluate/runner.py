@@ -211,7 +211,9 @@ def benchmark_models(
     model, tokenizer = load_for_inference(rundir.resolve_trained(model_or_run), model_or_run)
     # One protocol for both: the tuned model's tokenizer and chat template (as in training).
     template = getattr(tokenizer, "chat_template", None)
-    tuned = run_benchmarks(model, tokenizer, settings, template, progress, "tuned model")
+    tuned = run_benchmarks(
+        model, tokenizer, settings, template, progress, "tuned model" if baseline else "model"
+    )
     del model
     base: dict[str, Any] = {}
     if baseline:
@@ -219,7 +221,9 @@ def benchmark_models(
         base = run_benchmarks(model, tokenizer, settings, template, progress, "base model")
         del model
     else:
-        progress.message("warning: no base model recorded for this model; pass --baseline MODEL", "warning")
+        progress.message(
+            "no base model recorded for this model: its own scores only (--baseline MODEL compares)"
+        )
     result: dict[str, Any] = {
         "tuned_model": str(model_or_run),
         "baseline_model": baseline,
