@@ -2,17 +2,19 @@
 
 For each candidate: load it (a candidate that cannot be loaded is reported and skipped), take a
 held-out sample of the user's data through the task's own prepare_data, and measure
-  - fit: the loss on the tokens that would be trained, per character of that text (nats/char),
-    so models with different tokenizers compare on the same text (classify: the zero-shot label
-    cross-entropy and accuracy of label likelihoods);
+  - fit, as the task's measure_fit says: the loss on the tokens that would be trained, per
+    character of that text (nats/char), so models with different tokenizers compare on the same
+    text (classify: the zero-shot accuracy of label likelihoods and the label cross-entropy; reward:
+    the held-out reward of one greedy answer per prompt under the user's reward functions);
   - tokens per character of the user's text (tokenizer efficiency: cost);
   - throughput of real training steps in steady state on this machine (train/probe.py), at the
     recommended settings (batch, accumulation, sequence length, method), extrapolated to the data x
     epochs; the figures go into the recommended config's `prediction:` block, which `tunesmith
     train` checks against the run (summary.json's `prediction`);
   - memory of full / LoRA / QLoRA training (models/memory.py) against the given budget.
-Ranking: candidates whose recommended method fits the memory (and the time budget) first, by fit;
-then the rest. The winner gets hyperparameters chosen from the data size and a ready config.
+Ranking: candidates whose recommended method fits the memory (and the time budget) first, by the
+task's fit_ranking (tasks/__init__.py); then the rest. The winner gets hyperparameters chosen from the
+data size and a ready config, which keeps the user's own settings (`--config`: user_settings).
 """
 
 from __future__ import annotations
