@@ -561,13 +561,21 @@ def data_preview(
 
 @data_app.command("check")
 def data_check(
-    data: str = typer.Argument(..., help="training data: file, folder or glob"),
+    data: str = typer.Argument(None, help="training data: file, folder or glob (or give --config)"),
+    config: str = typer.Option(
+        None,
+        "--config",
+        help="a training config: its data.train (every source of a mix, each with its format and fields), "
+        "data.eval, task, model and data.max_seq_len, unless given here",
+    ),
     eval: str = typer.Option(None, "--eval", help="held-out data, checked for leakage and coverage"),
     task: str = typer.Option(None, "--task", help=f"{TASKS_HELP} (default: from the fields)"),
     model: str = typer.Option(
-        "embedded", "--model", help="whose tokenizer counts tokens (weights never load)"
+        None, "--model", help="whose tokenizer counts tokens (weights never load) [default: embedded]"
     ),
-    max_seq_len: int = typer.Option(512, "--max-seq-len", help="tokens per sequence (data.max_seq_len)"),
+    max_seq_len: int = typer.Option(
+        None, "--max-seq-len", help="tokens per sequence (data.max_seq_len) [default: 512]"
+    ),
     target: str = typer.Option(None, "--target", help="real inputs (.txt one per line, or JSONL) to compare"),
     near_dup_threshold: float = typer.Option(
         0.8, "--near-dup-threshold", help="MinHash Jaccard for near-dups"
@@ -590,6 +598,7 @@ def data_check(
         from tunesmith import ui
         from tunesmith.config import ModelConfig
         from tunesmith.data import doctor
+        from tunesmith.errors import UserError
         from tunesmith.models.load import load_tokenizer, resolve_model_path
         from tunesmith.outputs import claim_output, write_output_file
         from tunesmith.report.findings import FINDINGS_PURPOSE, JSON_PURPOSE, findings_json, findings_page
@@ -597,8 +606,16 @@ def data_check(
 
         if task is not None:
             task_info(task)  # an unknown task: one line naming the known ones
+        train, held_out, name, tokenizer_model, seq_len, loaded = _check_inputs(
+            data, config, eval, task, model, max_seq_len
+        )
+        if fix and not isinstance(train, str):
+            raise UserError(
+                "--fix writes a cleaned copy of one data path, and this config's data.train is several sources "
+                "(or maps its fields): run `tunesmith data check PATH --fix DIR` on each source's file"
+            )
         # Every output path is checked before any work: a taken path is refused, inputs never written.
-        inputs = [data, eval, target]
+        inputs = [*_source_paths(train), *_source_paths(held_out), target]
         fix_claim = (
             claim_output(fix, "data-fix", inputs=inputs, overwrite=overwrite, flag="--fix") if fix else None
         )
@@ -617,25 +634,27 @@ def data_check(
             else None
         )
         console = _console()
-        if task is None:  # the task whose records the data looks like
-            kind = doctor.detect_kind(data)
+        if name is None:  # the task whose records the data looks like
+            kind = doctor.detect_kind(_source_paths(train)[0])
             name = next(n for n in task_names() if task_info(n).record_kind == kind)
         else:
-            name, kind = task, task_info(task).record_kind
+            kind = task_info(name).record_kind
         # Only the tokenizer, to count tokens: the model's weights never load.
-        tokenizer = load_tokenizer(resolve_model_path(model), ModelConfig(name=model))
+        tokenizer = load_tokenizer(resolve_model_path(tokenizer_model), ModelConfig(name=tokenizer_model))
         result, fixed = doctor.run_check(
-            data,
-            eval,
+            train,
+            held_out,
             target,
             kind=kind,
             task=name,
             tokenizer=tokenizer,
-            max_seq_len=max_seq_len,
+            max_seq_len=seq_len,
             near_duplicate_threshold=near_dup_threshold,
             fix=fix_claim,
+            prompt_template=loaded.reward.prompt_template if loaded else None,
+            system_prompt=loaded.data.system_prompt if loaded else None,
         )
-        result.report.stats["model"] = model
+        result.report.stats["model"] = tokenizer_model
         report = result.report.to_dict()
         ui.print_check(console, result.report)
         for claim, text in ((json_claim, findings_json), (html_claim, findings_page)):
@@ -656,6 +675,50 @@ def data_check(
     code = _run(action)
     if code:
         raise typer.Exit(code)
+
+
+def _check_inputs(
+    data: str | None,
+    config: str | None,
+    eval: str | None,
+    task: str | None,
+    model: str | None,
+    max_seq_len: int | None,
+) -> tuple[Any, Any, str | None, str, int, Any]:
+    """What `data check` checks: the arguments, or the --config's data, task, model and length under
+    them; last, the loaded config (None without --config)."""
+    from tunesmith.errors import UserError
+
+    if config is None:
+        if data is None:
+            raise UserError("tunesmith data check: give the data (a file, folder or glob) or --config")
+        return data, eval, task, model or "embedded", max_seq_len or 512, None
+    loaded = _load(config, None)
+    train: Any = data if data is not None else loaded.data.train_sources()
+    if not train:
+        raise UserError(f"{config}: data.train is not set; name your training data there or as the argument")
+    if isinstance(train, list) and len(train) == 1 and not train[0].fields and train[0].format == "auto":
+        train = train[0].path  # one source read as it is: a plain path, as given on the command line
+    return (
+        train,
+        eval if eval is not None else loaded.data.eval,
+        task or loaded.task,
+        model or loaded.model.name,
+        max_seq_len or loaded.data.max_seq_len,
+        loaded,
+    )
+
+
+def _source_paths(spec: Any) -> list[str]:
+    """The paths of a data spec: a path, a list of paths, or data.train's sources."""
+    if spec is None:
+        return []
+    items = [spec] if isinstance(spec, str) else list(spec)
+    paths: list[str] = []
+    for item in items:
+        path = getattr(item, "path", item)
+        paths += [path] if isinstance(path, str) else list(path)
+    return paths
 
 
 @data_app.command("curve")

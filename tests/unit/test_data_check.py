@@ -605,3 +605,59 @@ def test_an_empty_data_file_is_named_in_its_finding(tmp_path: Path, content: str
     empty = finding(report, "no_usable_records")
     assert empty["severity"] == "error" and empty["examples"] == [str(data)]
     assert str(data) in empty["detail"] and "holds no rows" in empty["detail"]
+
+
+def test_data_check_with_a_config_checks_every_source_with_its_own_fields(tmp_path: Path) -> None:
+    """`data check --config`: the mix of data.train, each source read with its own fields, the task,
+    and each source's rows counted; a pair mix and a reward prompt template alike; --fix refuses a mix."""
+    import yaml
+
+    mine = write_jsonl(
+        tmp_path / "mine.jsonl", [{"q": f"What is {i} + 1?", "a": str(i + 1)} for i in range(12)]
+    )
+    general = write_jsonl(
+        tmp_path / "general.jsonl", [{"instruction": f"Name {i}.", "output": f"n{i}"} for i in range(8)]
+    )
+    config = tmp_path / "mix.yaml"
+    sources = [
+        {"path": str(mine), "weight": 3, "fields": {"instruction": "q", "output": "a"}, "name": "mine"},
+        {"path": str(general), "weight": 1, "name": "general"},
+    ]
+    config.write_text(yaml.safe_dump({"task": "instruct", "data": {"train": sources, "max_seq_len": 128}}))
+    out = tmp_path / "findings.json"
+    result = CliRunner().invoke(app, ["data", "check", "--config", str(config), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(out.read_text())["stats"]
+    assert stats["sources"] == [{"source": "mine", "num_rows": 12}, {"source": "general", "num_rows": 8}]
+    assert stats["num_train"] == 20 and stats["max_seq_len"] == 128
+    fix = CliRunner().invoke(
+        app, ["data", "check", "--config", str(config), "--fix", str(tmp_path / "clean")]
+    )
+    assert fix.exit_code == 2 and "on each source's file" in fix.output and not (tmp_path / "clean").exists()
+
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl", [{"p": f"Say {i}.", "good": str(i), "bad": "no"} for i in range(6)]
+    )
+    pair_config = tmp_path / "pairs.yaml"
+    pair_source = {"path": str(pairs), "fields": {"prompt": "p", "chosen": "good", "rejected": "bad"}}
+    pair_config.write_text(yaml.safe_dump({"task": "preference", "data": {"train": [pair_source]}}))
+    result = CliRunner().invoke(app, ["data", "check", "--config", str(pair_config)])
+    assert result.exit_code == 0, result.output
+
+    reviews = write_jsonl(
+        tmp_path / "reviews.jsonl", [{"text": f"review {i}", "label": i % 2} for i in range(6)]
+    )
+    reward_config = tmp_path / "reward.yaml"
+    reward_values = {
+        "task": "reward",
+        "data": {"train": str(reviews)},
+        "reward": {
+            "prompt_template": "Review: {text}\nPositive or negative?",
+            "functions": [{"function": "length"}],
+        },
+    }
+    reward_config.write_text(yaml.safe_dump(reward_values))
+    result = CliRunner().invoke(app, ["data", "check", "--config", str(reward_config)])
+    assert result.exit_code == 0, result.output
+    # Without the template the same rows have no prompt: the config is what made them readable.
+    assert CliRunner().invoke(app, ["data", "check", str(reviews), "--task", "reward"]).exit_code != 0

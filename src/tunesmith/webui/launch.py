@@ -283,12 +283,14 @@ def preflight(plan: Plan, num_samples: int = 3) -> dict[str, Any]:
     task = get_task(config.task)
     tokenizer = load_tokenizer(resolve_model_path(config.model.name), config.model)
     result, _ = doctor.run_check(
-        config.data.train,
+        config.data.train_sources(),  # every source of a mix, each with its format and fields
         config.data.eval,
         kind=task.record_kind,
         task=config.task,
         tokenizer=tokenizer,
         max_seq_len=config.data.max_seq_len,
+        prompt_template=config.reward.prompt_template,
+        system_prompt=config.data.system_prompt,
     )
     # `data check` takes one path (a file, folder or glob) for each split: a list shows its first.
     sources = config.data.train_sources()  # a mix is checked through its first source here

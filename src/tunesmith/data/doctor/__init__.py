@@ -164,6 +164,8 @@ def run_check(
     max_seq_len: int = 512,
     near_duplicate_threshold: float = 0.8,
     fix: str | Path | Claim | None = None,
+    prompt_template: str | None = None,
+    system_prompt: str | None = None,
 ) -> tuple[CheckResult, dict[str, Any] | None]:
     """What `tunesmith data check` does: check data that becomes `kind` records (for `task`), token
     counts with `tokenizer`; with `fix` (a claimed output folder), write a cleaned copy there."""
@@ -183,7 +185,9 @@ def run_check(
 
         if fix or target is not None:
             raise UserError("--fix and --target do not apply to prompt data yet; leave them out")
-        report = prompts.check_prompts(data, eval, tokenizer, max_seq_len, task)
+        report = prompts.check_prompts(
+            data, eval, tokenizer, max_seq_len, task, prompt_template, system_prompt
+        )
         return CheckResult(report, {}, {"train": data, "eval": eval}), None
     options = options_for(
         kind, task, max_seq_len=max_seq_len, near_duplicate_threshold=near_duplicate_threshold

@@ -253,7 +253,7 @@ def pair_findings(
 
 
 def check_pairs(
-    data: str | list[str],
+    data: Any,
     eval: str | list[str] | None = None,
     tokenizer: Any = None,
     max_seq_len: int = 512,
@@ -267,7 +267,21 @@ def check_pairs(
     from tunesmith.data.templates import resolve_chat_template
 
     policy = ErrorPolicy(on_error="skip", max_skipped=10**12)
-    train = load_pairs(data, data_format, fields, policy=policy)
+    if isinstance(data, list) and any(hasattr(item, "path") for item in data):  # data.train's sources
+        train = [
+            pair
+            for index, source in enumerate(data)
+            for pair in load_pairs(
+                source.path,
+                source.format or data_format,
+                source.fields or fields,
+                None,
+                policy,
+                f"data.train[{index}]",
+            )
+        ]
+    else:
+        train = load_pairs(data, data_format, fields, policy=policy)
     held = load_pairs(eval, data_format, fields, policy=policy, what="eval") if eval else []
     train_examples = eval_examples = None
     dropped, dropped_sources = 0, []

@@ -85,19 +85,46 @@ def preflight(data: Any, prepared: Any, task: str) -> CheckReport:
     return make_report(task, findings, {"num_train": len(prompts.train), "num_eval": len(prompts.eval)})
 
 
-def check_prompts(data: Any, eval: Any, tokenizer: Any, max_seq_len: int, task: str) -> CheckReport:
+def check_prompts(
+    data: Any,
+    eval: Any,
+    tokenizer: Any,
+    max_seq_len: int,
+    task: str,
+    prompt_template: str | None = None,
+    system_prompt: str | None = None,
+) -> CheckReport:
     """`tunesmith data check --task reward`: prompts as they are (a `prompt`, `messages` or
-    `instruction` column), rendered with the tokenizer's chat template; `max_seq_len` is the prompt budget."""
+    `instruction` column, or built by `prompt_template`, reward.prompt_template), rendered with the
+    tokenizer's chat template; `max_seq_len` is the prompt budget. `data` may be data.train's sources."""
     policy = ErrorPolicy(on_error="skip", max_skipped=10**12)
     template = resolve_chat_template(tokenizer)
-    train, stats = tokenize_prompts(
-        load_prompts(data, {}, None, None, policy), tokenizer, template, max_seq_len
+    sources = data if isinstance(data, list) and any(hasattr(i, "path") for i in data) else None
+    records = (
+        [
+            record
+            for index, source in enumerate(sources)
+            for record in load_prompts(
+                source.path,
+                source.fields or {},
+                prompt_template,
+                system_prompt,
+                policy,
+                f"data.train[{index}]",
+            )
+        ]
+        if sources
+        else load_prompts(data, {}, prompt_template, system_prompt, policy)
     )
+    train, stats = tokenize_prompts(records, tokenizer, template, max_seq_len)
     held: list[PromptExample] = []
     eval_stats = None
     if eval is not None:
         held, eval_stats = tokenize_prompts(
-            load_prompts(eval, {}, None, None, policy, "--eval"), tokenizer, template, max_seq_len
+            load_prompts(eval, {}, prompt_template, system_prompt, policy, "--eval"),
+            tokenizer,
+            template,
+            max_seq_len,
         )
     findings = prompt_findings(train, held, stats, eval_stats, f"--max-seq-len {max_seq_len} tokens", "error")
     if policy.skipped:
