@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -216,7 +217,7 @@ def format_findings(
             if train_spec is None
             else [train_spec]
             if isinstance(train_spec, str)
-            else list(map(str, train_spec))
+            else [path for item in train_spec for path in _paths_of(item)]
         )
         named = ", ".join(files) or "data.train"
         detail = (
@@ -618,3 +619,9 @@ def size_findings(
                 )
             )
     return findings
+
+
+def _paths_of(item: Any) -> list[str]:
+    """A data spec's paths: a path, or a data.train source's path (or paths)."""
+    path = getattr(item, "path", item)
+    return [str(path)] if isinstance(path, (str, Path)) else [str(p) for p in path]
