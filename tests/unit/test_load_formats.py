@@ -81,11 +81,29 @@ def test_unreachable_hub_dataset_is_a_clear_error(monkeypatch):
 
 def test_a_field_mapping_to_a_column_the_data_lacks_is_named_not_ignored(tmp_path):
     path = tmp_path / "a.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    with pytest.raises(
-        UserError, match=r"a\.jsonl:1: the field mapping \(output = `answer`\) names a column"
-    ):
-        load_records(str(path), "conversation", fields={"output": "answer"})
-    # The columns that are there map as before.
-    (record, _) = load_records(str(path), "conversation", fields={"output": "instruction"})
-    assert record.messages[-1]["content"] == "Say hi."
+    path.write_text("".join(json.dumps({"q": f"{i} + 1?", "a": str(i + 1)}) + "\n" for i in range(2)))
+    with pytest.raises(UserError, match=r"a\.jsonl:1: the field mapping \(output = `answr`\) names a column"):
+        load_records(str(path), "conversation", fields={"instruction": "q", "output": "answr"})
+    (record, _) = load_records(str(path), "conversation", fields={"instruction": "q", "output": "a"})
+    assert record.messages[-1]["content"] == "1"
+    # A row that has the canonical column already is readable: the mapping applies where it can.
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(
+        json.dumps(ROWS[0]) + "\n" + json.dumps({"instruction": "Say yes.", "reply": "yes"}) + "\n"
+    )
+    records = load_records(str(mixed), "conversation", fields={"output": "reply"})
+    assert [r.messages[-1]["content"] for r in records] == ["Hi.", "yes"]
+
+
+def test_pairs_and_prompts_name_a_mapping_to_a_missing_column_too(tmp_path):
+    from tunesmith.data.load import ErrorPolicy
+    from tunesmith.data.preference import load_pairs
+    from tunesmith.data.prompts import load_prompts
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"question": "Hi", "good": "Hello.", "rejected": "Go."}) + "\n")
+    with pytest.raises(UserError, match=r"pairs\.jsonl:1: the field mapping \(chosen = `better`\)"):
+        load_pairs(str(pairs), fields={"prompt": "question", "chosen": "better"})
+    with pytest.raises(UserError, match=r"pairs\.jsonl:1: the field mapping \(prompt = `qestion`\)"):
+        load_prompts(str(pairs), {"prompt": "qestion"}, None, None, ErrorPolicy())
+    assert len(load_prompts(str(pairs), {"prompt": "question"}, None, None, ErrorPolicy())) == 1

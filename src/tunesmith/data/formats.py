@@ -136,9 +136,14 @@ def apply_field_mapping(row: dict[str, Any], fields: dict[str, str]) -> dict[str
 
 
 def check_field_mapping(row: dict[str, Any], fields: dict[str, str], source: Source) -> None:
-    """A mapping that names a column the data does not have is a typo: say so on the first row rather
-    than train on whatever the format detection finds instead."""
-    missing = {canonical: column for canonical, column in fields.items() if column not in row}
+    """A mapping whose column the first row lacks, where the row has no column of the canonical name
+    either, is a typo: name it, rather than let format detection fail on the unmapped columns. (A
+    row that already has the canonical column is readable: rows of several shapes map where they can.)"""
+    missing = {
+        canonical: column
+        for canonical, column in fields.items()
+        if column not in row and canonical not in row
+    }
     if missing:
         named = ", ".join(f"{canonical} = `{column}`" for canonical, column in missing.items())
         raise UserError(

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from tunesmith.data.formats import SHAREGPT_ROLES, PreferencePair, apply_field_mapping
+from tunesmith.data.formats import SHAREGPT_ROLES, PreferencePair, apply_field_mapping, check_field_mapping
 from tunesmith.data.load import ErrorPolicy, Source, iter_rows
 from tunesmith.data.templates import IGNORE_INDEX, ChatTemplate, assistant_spans
 from tunesmith.data.tokenize import Example, TokenizeStats
@@ -162,6 +162,8 @@ def iter_pairs(
             f"config key `data.format`: {fmt!r} is not a preference format; use auto or one of {', '.join(PAIR_FORMATS)}"
         )
     for row, source in iter_rows(spec, policy, what):
+        if detected is None:
+            check_field_mapping(row, fields or {}, source)
         row = apply_field_mapping(row, fields or {})
         if detected is None:
             detected = detect_pair_format(row, source)

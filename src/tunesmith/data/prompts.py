@@ -14,7 +14,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from tunesmith.data.formats import PromptRecord, _normalize_messages, apply_field_mapping, normalize_tools
+from tunesmith.data.formats import (
+    PromptRecord,
+    _normalize_messages,
+    apply_field_mapping,
+    check_field_mapping,
+    normalize_tools,
+)
 from tunesmith.data.load import ErrorPolicy, Source, iter_rows
 from tunesmith.data.templates import ChatTemplate, encode_prompt
 from tunesmith.data.tokenize import TokenizeStats
@@ -117,8 +123,10 @@ def load_prompts(
     what: str = "data.train",
 ) -> list[PromptRecord]:
     """Every row of `spec` as a PromptRecord; an empty result is an error."""
-    records = []
-    for row, source in iter_rows(spec, policy, what):
+    records: list[PromptRecord] = []
+    for number, (row, source) in enumerate(iter_rows(spec, policy, what)):
+        if number == 0:
+            check_field_mapping(row, fields, source)
         try:
             records.append(
                 to_prompt_record(apply_field_mapping(row, fields), source, template, system_prompt)
