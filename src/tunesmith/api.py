@@ -232,10 +232,9 @@ def select(
         missing = "--task" if task is None else "--data"
         raise UserError(f"tunesmith select: give {missing}, or a --config that sets it")
     if options.get("out_dir"):
-        inputs: list[Any] = []
-        for source in [data] if isinstance(data, (str, Path, dict)) else list(data):
-            path = source["path"] if isinstance(source, dict) else source
-            inputs += path if isinstance(path, list) else [path]
+        from tunesmith.data.load import spec_paths
+
+        inputs: list[Any] = spec_paths(data)
         options["out_dir"] = _output_folder(
             options["out_dir"], "select", [*inputs, *(candidates or [])], overwrite
         )

@@ -598,6 +598,7 @@ def data_check(
         from tunesmith import ui
         from tunesmith.config import ModelConfig
         from tunesmith.data import doctor
+        from tunesmith.data.load import spec_paths
         from tunesmith.errors import UserError
         from tunesmith.models.load import load_tokenizer, resolve_model_path
         from tunesmith.outputs import claim_output, write_output_file
@@ -615,7 +616,7 @@ def data_check(
                 "(or maps its fields): run `tunesmith data check PATH --fix DIR` on each source's file"
             )
         # Every output path is checked before any work: a taken path is refused, inputs never written.
-        inputs = [*_source_paths(train), *_source_paths(held_out), target]
+        inputs = [*spec_paths(train), *spec_paths(held_out), target]
         fix_claim = (
             claim_output(fix, "data-fix", inputs=inputs, overwrite=overwrite, flag="--fix") if fix else None
         )
@@ -635,7 +636,7 @@ def data_check(
         )
         console = _console()
         if name is None:  # the task whose records the data looks like
-            kind = doctor.detect_kind(_source_paths(train)[0])
+            kind = doctor.detect_kind(spec_paths(train)[0])
             name = next(n for n in task_names() if task_info(n).record_kind == kind)
         else:
             kind = task_info(name).record_kind
@@ -707,18 +708,6 @@ def _check_inputs(
         max_seq_len or loaded.data.max_seq_len,
         loaded,
     )
-
-
-def _source_paths(spec: Any) -> list[str]:
-    """The paths of a data spec: a path, a list of paths, or data.train's sources."""
-    if spec is None:
-        return []
-    items = [spec] if isinstance(spec, str) else list(spec)
-    paths: list[str] = []
-    for item in items:
-        path = getattr(item, "path", item)
-        paths += [path] if isinstance(path, str) else list(path)
-    return paths
 
 
 @data_app.command("curve")

@@ -52,6 +52,23 @@ class ErrorPolicy:
             )
 
 
+def is_sources(spec: Any) -> bool:
+    """Whether a data spec is data.train's sources (objects with a `path`), not paths."""
+    return isinstance(spec, list) and any(hasattr(item, "path") for item in spec)
+
+
+def spec_paths(spec: Any) -> list[str]:
+    """Every path a data spec names: a path, a list of paths, or data.train's sources (objects or
+    {path: ...} dicts, each path one or several)."""
+    if spec is None:
+        return []
+    paths: list[str] = []
+    for item in spec if isinstance(spec, (list, tuple)) else [spec]:
+        path = item["path"] if isinstance(item, dict) else getattr(item, "path", item)
+        paths += [str(p) for p in path] if isinstance(path, (list, tuple)) else [str(path)]
+    return paths
+
+
 def looks_like_hub_id(spec: str) -> bool:
     return (
         not os.path.exists(spec)

@@ -42,7 +42,7 @@ from tunesmith.select.recommend import (
     recommend_hyperparameters,
     recommended_values,
 )
-from tunesmith.tasks import FitContext, PreparedData, get_task, task_info
+from tunesmith.tasks import FitContext, Metric, PreparedData, get_task, task_info
 from tunesmith.train.probe import measure_throughput
 from tunesmith.train.rundir import atomic_write
 
@@ -117,8 +117,8 @@ def user_settings(config: Config) -> dict[str, Any]:
     kept = {
         key: value for key, value in values.items() if key not in (*SELECT_CHOOSES, "output_dir", "run_name")
     }
-    data = {key: value for key, value in kept.get("data", {}).items() if key not in SELECT_CHOOSES_DATA}
-    return {**kept, "data": data} if data else {key: value for key, value in kept.items() if key != "data"}
+    data = {key: value for key, value in kept.pop("data", {}).items() if key not in SELECT_CHOOSES_DATA}
+    return {**kept, "data": data} if data else kept
 
 
 def _candidate_config(request: Request, model_path: str, seq_len: int) -> Config:
@@ -289,7 +289,7 @@ def rank(candidates: list[Candidate], time_budget: float | None, task: str) -> l
     return measured
 
 
-def _fit_reasons(c: Candidate, ranked: list[Candidate], ranking: tuple[Any, ...]) -> list[str]:
+def _fit_reasons(c: Candidate, ranked: list[Candidate], ranking: tuple[Metric, ...]) -> list[str]:
     """The ranking metrics in words: against the best of the others on the first, plain after."""
     reasons = []
     for position, metric in enumerate(ranking):
@@ -312,7 +312,7 @@ def _fit_reasons(c: Candidate, ranked: list[Candidate], ranking: tuple[Any, ...]
 
 
 def _reasons(
-    c: Candidate, ranked: list[Candidate], ranking: tuple[Any, ...], time_budget: float | None
+    c: Candidate, ranked: list[Candidate], ranking: tuple[Metric, ...], time_budget: float | None
 ) -> list[str]:
     reasons = _fit_reasons(c, ranked, ranking)
     if "loss" in c.fit:

@@ -39,7 +39,7 @@ from tunesmith.data.formats import (
     PromptRecord,
     TextRecord,
 )
-from tunesmith.data.load import ROW_SUFFIXES, TEXT_SUFFIXES, ErrorPolicy, expand_paths, iter_rows
+from tunesmith.data.load import ROW_SUFFIXES, TEXT_SUFFIXES, ErrorPolicy, expand_paths, is_sources, iter_rows
 from tunesmith.errors import UserError
 from tunesmith.outputs import Claim, claim_output
 
@@ -95,7 +95,7 @@ def check_data(
     held_out = held_out or set()
     route = lambda s: eval_scan if str(s) in held_out else train_scan  # noqa: E731
     # Several sources (data.train's mix): each read with its own format and fields, checked as one whole.
-    sources = train if isinstance(train, list) and any(hasattr(item, "path") for item in train) else [train]
+    sources = train if is_sources(train) else [train]
     source_rows = []
     for index, source in enumerate(sources):
         spec, source_options = source, options

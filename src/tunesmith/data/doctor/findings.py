@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ import numpy as np
 import tunesmith.data.doctor.detect as detect  # the module itself, never the package being initialised
 from tunesmith.data.doctor.scan import MAX_EXAMPLES, CheckOptions, Problems, SplitScan
 from tunesmith.data.formats import Conversation, LabeledText, TextRecord
+from tunesmith.data.load import spec_paths
 
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 VERDICTS = ("ready", "ready with warnings", "not ready")
@@ -212,13 +212,7 @@ def format_findings(
             )
         )
     if not len(train):
-        files = (
-            []
-            if train_spec is None
-            else [train_spec]
-            if isinstance(train_spec, str)
-            else [path for item in train_spec for path in _paths_of(item)]
-        )
+        files = spec_paths(train_spec)
         named = ", ".join(files) or "data.train"
         detail = (
             f"{named} holds no rows (empty or blank); point data.train at the file with your data."
@@ -619,9 +613,3 @@ def size_findings(
                 )
             )
     return findings
-
-
-def _paths_of(item: Any) -> list[str]:
-    """A data spec's paths: a path, or a data.train source's path (or paths)."""
-    path = getattr(item, "path", item)
-    return [str(path)] if isinstance(path, (str, Path)) else [str(p) for p in path]

@@ -262,12 +262,12 @@ def check_pairs(
     task: str = "preference",
 ) -> CheckReport:
     """`tunesmith data check` on pairs: read, tokenize (with a tokenizer) and check them."""
-    from tunesmith.data.load import ErrorPolicy
+    from tunesmith.data.load import ErrorPolicy, is_sources
     from tunesmith.data.preference import load_pairs, tokenize_pairs
     from tunesmith.data.templates import resolve_chat_template
 
     policy = ErrorPolicy(on_error="skip", max_skipped=10**12)
-    if isinstance(data, list) and any(hasattr(item, "path") for item in data):  # data.train's sources
+    if is_sources(data):
         train = [
             pair
             for index, source in enumerate(data)

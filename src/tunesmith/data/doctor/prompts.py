@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from tunesmith.data.doctor.findings import CheckReport, Finding, finding, make_report
-from tunesmith.data.load import ErrorPolicy
+from tunesmith.data.load import ErrorPolicy, is_sources
 from tunesmith.data.prompts import PromptExample, PromptStats, count_leaked, load_prompts, tokenize_prompts
 from tunesmith.data.templates import resolve_chat_template
 
@@ -99,7 +99,7 @@ def check_prompts(
     tokenizer's chat template; `max_seq_len` is the prompt budget. `data` may be data.train's sources."""
     policy = ErrorPolicy(on_error="skip", max_skipped=10**12)
     template = resolve_chat_template(tokenizer)
-    sources = data if isinstance(data, list) and any(hasattr(i, "path") for i in data) else None
+    sources = data if is_sources(data) else None
     records = (
         [
             record
